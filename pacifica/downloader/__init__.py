@@ -1,0 +1,54 @@
+"""Pacifica Downloader: turn Pacifica events and documents into verified files on disk.
+
+The entry point is :class:`Downloader`::
+
+    from pacifica.downloader import Downloader
+    down = Downloader(down_path, "http://127.0.0.1:8081")
+    down.cloudevent(cloud_event)      # files land in down_path/data/<subdir>/<name>
+
+:class:`CartAPI`, :class:`CloudEvent` and :class:`TransactionInfo` are the
+pieces it is built from; every error derives from :class:`DownloaderError`.
+"""
+from .cartapi import CartAPI
+from .cloudevent import CloudEvent
+from .config import Timeouts
+from .downloader import Downloader
+from .exceptions import (
+    CartError,
+    CartFailedError,
+    CartNotFoundError,
+    CartTimeoutError,
+    DestinationError,
+    DownloaderError,
+    IntegrityError,
+    InvalidInputError,
+    ManifestError,
+    TransferError,
+    UnsafeArchiveError,
+)
+from .policy import TransactionInfo
+from .records import FileRecord
+from .retry import Retry
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "Downloader",
+    "CartAPI",
+    "CloudEvent",
+    "TransactionInfo",
+    "FileRecord",
+    "Timeouts",
+    "Retry",
+    "DownloaderError",
+    "InvalidInputError",
+    "CartError",
+    "CartNotFoundError",
+    "CartFailedError",
+    "CartTimeoutError",
+    "TransferError",
+    "IntegrityError",
+    "ManifestError",
+    "UnsafeArchiveError",
+    "DestinationError",
+]

@@ -1,0 +1,215 @@
+"""The Cartd protocol: create a cart, wait until it is ready, fetch it, delete it.
+
+:class:`CartAPI` speaks to one Cartd endpoint through a :class:`Transport`,
+so every request has timeouts, credentials and the retry policy.  It polls
+with ``HEAD`` only: Cartd answers ``GET`` with 202 forever for a failed cart,
+while ``HEAD`` reports ``ready``, ``staging`` or ``error`` with the reason.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any, Callable, Dict, Iterator, Optional
+
+import requests
+
+from .config import Timeouts, resolve_cart_url
+from .exceptions import CartError, CartFailedError, CartNotFoundError, CartTimeoutError, InvalidInputError
+from .records import validate_records
+from .retry import Retry
+from .transport import Transport, redact
+
+__all__ = ["CartAPI"]
+
+LOGGER = logging.getLogger(__name__)
+
+#: Polling starts fast, so a small cart is seen ready within tens of
+#: milliseconds, and slows down to the cap, so a big one is not flooded.
+POLL_FIRST = 0.02
+POLL_GROWTH = 1.5
+POLL_CAP = 1.0
+
+
+def summarize(message: str, limit: int = 240) -> str:
+    """Keep a server message readable: its first and last meaningful lines, each at most ``limit`` characters.
+
+    Cartd puts whole tracebacks, JSON-escaped, into ``X-Pacifica-Message``.
+    """
+    text = message.replace("\\\\n", "\n").replace("\\n", "\n").replace('\\"', '"')
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "(no message)"
+    clip = [line if len(line) <= limit else line[: limit - 3] + "..." for line in lines]
+    if len(clip) == 1:
+        return clip[0]
+    return "{} ... {}".format(clip[0], clip[-1])
+
+
+class CartAPI:
+    """Creates carts on a Cartd endpoint, waits for them, fetches and deletes them.
+
+    >>> api = CartAPI("http://127.0.0.1:8081")                      # doctest: +SKIP
+    >>> url = api.setup_cart(CloudEvent.cloudevent(event))           # doctest: +SKIP
+    >>> api.wait_for_cart(url, timeout=600)                          # doctest: +SKIP
+    'http://127.0.0.1:8081/6f1c...'
+    """
+
+    def __init__(
+        self,
+        cart_api_url: Optional[str] = None,
+        *,
+        auth: Any = None,
+        session: Optional[requests.Session] = None,
+        extra_args: Optional[Dict[str, Any]] = None,
+        timeouts: Timeouts = Timeouts(),
+        retry: Retry = Retry(),
+        transport: Optional[Transport] = None,
+    ) -> None:
+        """Talk to ``cart_api_url`` (default from the environment, see :func:`resolve_cart_url`).
+
+        ``auth`` is a requests auth object, a ``(user, password)`` tuple or a
+        dict of requests arguments (``auth``, ``cert``, ``verify``,
+        ``headers``); ``session`` a ``requests.Session`` to reuse;
+        ``extra_args`` more members of the cart's POST body, such as
+        ``{"bundle": True}``.
+        """
+        self.cart_api_url = resolve_cart_url(cart_api_url)
+        self.transport = transport or Transport(session=session, auth=auth, timeouts=timeouts, retry=retry)
+        self.extra_args = dict(extra_args or {})
+        if "fileids" in self.extra_args:
+            raise InvalidInputError("extra_args must not set 'fileids'; the files come from the event")
+        try:
+            json.dumps(self.extra_args)
+        except (TypeError, ValueError) as err:
+            raise InvalidInputError("extra_args must be JSON-serialisable: {}".format(err)) from None
+
+    @property
+    def session(self) -> requests.Session:
+        """The ``requests`` session every request goes through."""
+        return self.transport.session
+
+    @property
+    def auth(self) -> Dict[str, Any]:
+        """The requests keyword arguments carrying credentials and TLS settings."""
+        return self.transport.kwargs
+
+    def setup_cart(self, yield_files: Callable[[], Iterator[Dict[str, Any]]]) -> str:
+        """Post the files ``yield_files()`` yields as a new cart; return the cart's full URL.
+
+        Each item is a Cartd ``fileids`` entry (``id``, ``path``,
+        ``hashtype``, ``hashsum``).  The entries are checked first: a bad one,
+        or none at all (Cartd would leave an empty cart staging forever),
+        raises :class:`InvalidInputError` and nothing is sent.  The cart's id
+        is chosen here, so a POST whose answer was lost is safely sent again.
+        """
+        records = validate_records(
+            (("fileids[{}]".format(index), entry) for index, entry in enumerate(yield_files())),
+            what="cart's files",
+        )
+        if not records:
+            raise InvalidInputError("a cart needs at least one file; Cartd leaves an empty cart staging forever")
+        cart_url = "{}/{}".format(self.cart_api_url, uuid.uuid4().hex)
+        body = dict(self.extra_args, fileids=[record.cart_entry() for record in records])
+        response = self.transport.request(
+            "POST", cart_url, data=json.dumps(body), headers={"Content-Type": "application/json"}
+        )
+        if response.status_code != 201:
+            raise CartError(
+                "Cartd refused to create the cart (HTTP {}): {}".format(
+                    response.status_code, summarize(response.text)
+                ),
+                cart_url=cart_url,
+                response=response,
+            )
+        LOGGER.info("cart %s created with %d files", redact(cart_url), len(records))
+        return cart_url
+
+    def wait_for_cart(self, cart_url: str, timeout: Optional[float] = None) -> str:
+        """Poll the cart with ``HEAD`` until it is ready; return ``cart_url``.
+
+        ``timeout`` is the deadline in seconds of wall-clock time (default
+        ``Timeouts.wait``, an hour).  Raises :class:`CartFailedError` with
+        the server's reason when staging failed, :class:`CartNotFoundError`
+        at once when the cart does not exist, :class:`CartTimeoutError` when
+        the deadline passes.
+        """
+        limit = self.transport.timeouts.wait if timeout is None else float(timeout)
+        started = time.monotonic()
+        deadline = started + limit
+        interval = POLL_FIRST
+        while True:
+            response = self.transport.request(
+                "HEAD", cart_url, deadline=deadline, is_final=lambda resp: resp.status_code == 500
+                and resp.headers.get("X-Pacifica-Status") == "error"
+            )
+            status = response.headers.get("X-Pacifica-Status", "")
+            message = response.headers.get("X-Pacifica-Message", "")
+            if response.status_code == 204 and status == "ready":
+                LOGGER.info("cart %s ready after %.2f s", redact(cart_url), time.monotonic() - started)
+                return cart_url
+            if response.status_code == 404:
+                raise CartNotFoundError(
+                    "the cart {} does not exist on the server (deleted, or never created)".format(redact(cart_url)),
+                    cart_url=cart_url,
+                    response=response,
+                )
+            if status == "error":
+                raise CartFailedError(
+                    "Cartd could not stage the cart: {}. Check that every file id exists in the archive "
+                    "and that its hash is right".format(summarize(message)),
+                    server_message=message,
+                    cart_url=cart_url,
+                    response=response,
+                )
+            LOGGER.debug("cart %s: HTTP %s status %r", redact(cart_url), response.status_code, status)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CartTimeoutError(
+                    "the cart {} was still {!r} after {:.0f} s; raise the timeout for large carts".format(
+                        redact(cart_url), status or response.status_code, limit
+                    ),
+                    cart_url=cart_url,
+                )
+            time.sleep(min(interval, remaining))
+            interval = min(interval * POLL_GROWTH, POLL_CAP)
+
+    def open_cart(self, cart_url: str, filename: str, offset: int = 0,
+                  deadline: Optional[float] = None) -> requests.Response:
+        """Start streaming the ready cart's tar; return the open response.
+
+        With ``offset`` the request asks for the bytes from there on (the
+        caller checks the answer is a matching 206).
+        """
+        headers = {"Range": "bytes={}-".format(offset)} if offset else None
+        response = self.transport.request(
+            "GET", cart_url, params={"filename": filename}, stream=True, headers=headers, deadline=deadline
+        )
+        if response.status_code in (200, 206):
+            return response
+        text = response.text
+        response.close()
+        if response.status_code == 404:
+            raise CartNotFoundError(
+                "the cart {} is gone from the server".format(redact(cart_url)), cart_url=cart_url, response=response
+            )
+        raise CartError(
+            "Cartd did not send the cart (HTTP {}): {}".format(response.status_code, summarize(text)),
+            cart_url=cart_url,
+            response=response,
+        )
+
+    def delete_cart(self, cart_url: str) -> bool:
+        """Delete the cart on the server; return False if it was already gone."""
+        response = self.transport.request("DELETE", cart_url)
+        if response.status_code == 404:
+            return False
+        if response.status_code != 200:
+            raise CartError(
+                "Cartd did not delete the cart (HTTP {})".format(response.status_code),
+                cart_url=cart_url,
+                response=response,
+            )
+        LOGGER.info("cart %s deleted", redact(cart_url))
+        return True

@@ -1,0 +1,278 @@
+"""The entry point: turn an event or document into verified files in a download directory.
+
+:class:`Downloader` checks the input, skips files already present with the
+right content, asks Cartd for a cart of the rest, waits for it, streams and
+verifies it into place, and deletes the cart on the server whatever happens.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
+
+import requests
+
+from .cartapi import CartAPI
+from .cloudevent import event_records
+from .config import Timeouts
+from .exceptions import DestinationError, DownloaderError, InvalidInputError, TransferError
+from .extract import extract_cart
+from .policy import transaction_records
+from .records import FileRecord, check_folder_name, entries_callable, validate_records
+from .retry import Retry
+from .staging import StagingArea, file_digest, os_error
+from .stream import CartStream, StreamBroken
+from .transport import redact
+
+__all__ = ["Downloader"]
+
+LOGGER = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Downloader:
+    """Downloads the files of Pacifica events and documents through a Cartd cart.
+
+    The seed's style: the download directory and the Cartd URL up front.
+
+    >>> down = Downloader(down_path, "http://127.0.0.1:8081")      # doctest: +SKIP
+    >>> down.cloudevent(cloud_event)                                # doctest: +SKIP
+    ['/tmp/x/data/a/b/foo.txt', ...]
+
+    The 0.4 style, still supported: the location with each call.
+
+    >>> down = Downloader(cart_api_url="http://127.0.0.1:8081")    # doctest: +SKIP
+    >>> down.cloudevent(down_path, cloud_event, timeout=600, filename="data")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        location: Optional[PathLike] = None,
+        cart_api_url: Optional[str] = None,
+        *,
+        auth: Any = None,
+        session: Optional[requests.Session] = None,
+        extra_args: Optional[Dict[str, Any]] = None,
+        timeouts: Timeouts = Timeouts(),
+        retry: Retry = Retry(),
+        keep_cart: bool = False,
+        overwrite: bool = True,
+    ) -> None:
+        """Prepare downloads into ``location`` from the Cartd at ``cart_api_url``.
+
+        ``location`` is the download directory, created when needed (it may
+        instead be given with each call).  ``cart_api_url`` defaults to the
+        environment (``CARTD_CART_API_URL``, or ``CARTD_PROTO``,
+        ``CARTD_ADDR``, ``CARTD_PORT``; else ``http://127.0.0.1:8081``).
+        ``auth``: a requests auth object, a ``(user, password)`` tuple, or a
+        dict of requests arguments (``auth``, ``cert``, ``verify``,
+        ``headers``).  ``session``: a ``requests.Session`` to reuse.
+        ``extra_args``: more members of the cart request, e.g.
+        ``{"bundle": True}``.  ``timeouts`` and ``retry``: see
+        :class:`Timeouts` and :class:`Retry`.  ``keep_cart=True`` leaves the
+        cart on the server after the download.  ``overwrite=False`` refuses
+        to replace an existing file whose content differs, instead of
+        replacing it once the new one is verified.
+        """
+        self.location = None if location is None else Path(location)
+        self.cart_api = CartAPI(
+            cart_api_url, auth=auth, session=session, extra_args=extra_args, timeouts=timeouts, retry=retry
+        )
+        self.keep_cart = keep_cart
+        self.overwrite = overwrite
+
+    # -- the documented download methods -----------------------------------
+
+    def cloudevent(self, *args: Any, **kwargs: Any) -> List[str]:
+        """Download the files of a Pacifica Notifications CloudEvent; return their paths.
+
+        ``down.cloudevent(event)`` or, 0.4 style,
+        ``down.cloudevent(location, event)``.  Keywords: ``filename`` (the
+        folder inside the location the files land in, default ``"data"``),
+        ``timeout`` (seconds to wait for the cart, default an hour),
+        ``deadline`` (seconds for the whole call).  Files land in
+        ``location/filename/<subdir>/<name>``.
+        """
+        location, event, options = self._call_style(args, kwargs, "cloudevent")
+        return self.download(event_records(event), location, **options)
+
+    def transactioninfo(self, *args: Any, **kwargs: Any) -> List[str]:
+        """Download the files of a Pacifica Policy transaction-info document; return their paths.
+
+        ``down.transactioninfo(doc)`` or ``down.transactioninfo(location, doc)``;
+        keywords as :meth:`cloudevent`.
+        """
+        location, document, options = self._call_style(args, kwargs, "transinfo")
+        return self.download(transaction_records(document), location, **options)
+
+    def download(
+        self,
+        records: Iterable[Any],
+        location: Optional[PathLike] = None,
+        *,
+        filename: str = "data",
+        timeout: Optional[float] = None,
+        deadline: Optional[float] = None,
+    ) -> List[str]:
+        """Download ``records`` (file records or Cartd ``fileids`` entries); return every file's path.
+
+        Files already present with the right hash are not fetched again, and
+        when none is missing no cart is made.  After a successful call every
+        returned path holds content verified against its hash.
+        """
+        checked = validate_records(((str(index), record) for index, record in enumerate(records)), what="files")
+        folder = check_folder_name(filename)
+        root = self._location(location)
+        destination = root / folder
+        paths = [str(destination / record.path) for record in checked]
+        if not checked:
+            LOGGER.info("no files to download; no cart created")
+            return paths
+        call_deadline = None if deadline is None else time.monotonic() + float(deadline)
+        todo = self._missing(checked, destination)
+        if not todo:
+            LOGGER.info("all %d files already present and verified; no cart created", len(checked))
+            return paths
+        LOGGER.info("%d of %d files to fetch into %s", len(todo), len(checked), destination)
+        staging = StagingArea(root)
+        try:
+            self._fetch(todo, destination, folder, staging, timeout, call_deadline)
+        finally:
+            staging.remove()
+        return paths
+
+    # -- the steps ---------------------------------------------------------------
+
+    def _call_style(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], name: str) -> Tuple[Path, Any, Dict[str, Any]]:
+        """Sort out ``(event)``, ``(location, event)`` and keyword calls."""
+        location = kwargs.pop("location", None)
+        if len(args) == 2:
+            location, document = args
+        elif len(args) == 1 and name in kwargs:
+            location, document = args[0], kwargs.pop(name)
+        elif len(args) == 1:
+            document = args[0]
+        elif not args and name in kwargs:
+            document = kwargs.pop(name)
+        else:
+            raise TypeError("{}() takes the {} and optionally the location before it".format(name, name))
+        unknown = sorted(set(kwargs) - {"filename", "timeout", "deadline"})
+        if unknown:
+            raise TypeError("{}() got unexpected keyword arguments: {}".format(name, ", ".join(unknown)))
+        return self._location(location), document, kwargs
+
+    def _location(self, location: Optional[PathLike]) -> Path:
+        root = Path(location) if location is not None else self.location
+        if root is None:
+            raise InvalidInputError("no download location: pass it to Downloader() or to the download method")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise os_error(err, str(root), "create the download directory") from err
+        return root
+
+    def _missing(self, records: List[FileRecord], destination: Path) -> List[FileRecord]:
+        """Return the records whose final file is absent or differs; honour ``overwrite``."""
+        todo: List[FileRecord] = []
+        conflicts: List[str] = []
+        for record in records:
+            final = destination / record.path
+            digest = file_digest(final, record.hashtype)
+            if digest == record.hashsum:
+                continue
+            if (digest is not None or final.is_symlink()) and not self.overwrite:
+                conflicts.append(str(final))
+            todo.append(record)
+        if conflicts:
+            raise DestinationError(
+                "{} file(s) exist with other content and overwrite=False: {}; move them or allow overwrite".format(
+                    len(conflicts), ", ".join(conflicts[:5]) + (" ..." if len(conflicts) > 5 else "")
+                ),
+                path=conflicts[0],
+            )
+        return todo
+
+    def _fetch(
+        self,
+        records: List[FileRecord],
+        destination: Path,
+        filename: str,
+        staging: StagingArea,
+        timeout: Optional[float],
+        deadline: Optional[float],
+    ) -> None:
+        """Make one cart of ``records``, wait, transfer; delete the cart whatever happens."""
+        cart_url = self.cart_api.setup_cart(entries_callable(records))
+        try:
+            wait = timeout
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                wait = left if wait is None else min(float(wait), left)
+            self.cart_api.wait_for_cart(cart_url, timeout=wait)
+            self._transfer(cart_url, records, destination, filename, staging, deadline)
+        finally:
+            if not self.keep_cart:
+                self._delete_quietly(cart_url)
+
+    def _transfer(
+        self,
+        cart_url: str,
+        records: List[FileRecord],
+        destination: Path,
+        filename: str,
+        staging: StagingArea,
+        deadline: Optional[float],
+    ) -> None:
+        """Stream the ready cart into place; start over (skipping verified files) when it breaks."""
+        wanted = {record.path: record for record in records}
+        tops = {filename.replace(".tar", ""), cart_url.rsplit("/", 1)[-1]}
+        done: Set[str] = set()
+        failures: List[str] = []
+        started = time.monotonic()
+        transport = self.cart_api.transport
+        for attempt in range(1, transport.retry.attempts + 1):
+            response = self.cart_api.open_cart(cart_url, filename, deadline=deadline)
+            stream = CartStream(
+                response,
+                reopen=lambda offset: self.cart_api.open_cart(cart_url, filename, offset=offset, deadline=deadline),
+                timeouts=transport.timeouts,
+                attempts=transport.retry.attempts,
+                deadline=deadline,
+            )
+            try:
+                extract_cart(stream, wanted, tops, destination, staging, done)
+            except StreamBroken as err:
+                failures.extend(stream.resumes)
+                failures.append(err.reason)
+                if attempt < transport.retry.attempts:
+                    delay = transport.retry.delay(attempt)
+                    LOGGER.warning(
+                        "cart %s stream broke (%s) with %d of %d files verified; starting over in %.1f s",
+                        redact(cart_url), err.reason, len(done), len(wanted), delay,
+                    )
+                    time.sleep(delay)
+                continue
+            finally:
+                stream.close()
+            LOGGER.info(
+                "cart %s: %d files verified and placed in %.2f s",
+                redact(cart_url), len(done), time.monotonic() - started,
+            )
+            return
+        raise TransferError(
+            "the cart's stream kept breaking; {} of {} files were verified and kept, run again to fetch the rest".format(
+                len(done), len(wanted)
+            ),
+            attempts=failures,
+            cart_url=cart_url,
+        )
+
+    def _delete_quietly(self, cart_url: str) -> None:
+        """Delete the cart; a failure is logged, never raised over the download's own outcome."""
+        try:
+            self.cart_api.delete_cart(cart_url)
+        except (DownloaderError, requests.RequestException) as err:
+            LOGGER.warning("could not delete cart %s: %s", redact(cart_url), err)

@@ -1,0 +1,182 @@
+"""Every error this library raises, in one shallow hierarchy.
+
+All of them derive from :class:`DownloaderError`, so ``except DownloaderError``
+catches anything the library means to report.  Each class answers one question
+a caller asks when a download fails: was my input wrong, did the cart fail on
+the server, did the network give out, or did the data not check out?  Each
+message says what happened and what to do about it.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import requests
+
+__all__ = [
+    "DownloaderError",
+    "InvalidInputError",
+    "CartError",
+    "CartNotFoundError",
+    "CartFailedError",
+    "CartTimeoutError",
+    "TransferError",
+    "IntegrityError",
+    "ManifestError",
+    "UnsafeArchiveError",
+    "DestinationError",
+]
+
+
+class DownloaderError(Exception):
+    """Base class of every error raised by pacifica-downloader.
+
+    ``response`` is the HTTP response that revealed the problem, when there
+    was one; ``cart_url`` is the cart involved, when there was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cart_url: Optional[str] = None,
+        response: Optional[requests.Response] = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cart_url = cart_url
+        self.response = response
+
+
+class InvalidInputError(DownloaderError, ValueError):
+    """The event, document or arguments cannot be turned into a download.
+
+    Raised before any request is sent.  ``problems`` lists every bad record
+    or argument found, not just the first one.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        self.problems = list(problems)
+        if self.problems:
+            message = "{}:\n  - {}".format(message, "\n  - ".join(self.problems))
+        super().__init__(message)
+
+
+class CartError(DownloaderError):
+    """The cart service refused, lost or could not prepare the cart."""
+
+
+class CartNotFoundError(CartError):
+    """The cart does not exist on the server (HTTP 404): it was deleted or never made."""
+
+
+class CartFailedError(CartError):
+    """The server reported that staging the cart failed (status ``error``).
+
+    ``server_message`` holds the server's full message (often a traceback);
+    the exception's own message keeps only its readable first and last lines.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        server_message: str = "",
+        cart_url: Optional[str] = None,
+        response: Optional[requests.Response] = None,
+    ) -> None:
+        super().__init__(message, cart_url=cart_url, response=response)
+        self.server_message = server_message
+
+
+class CartTimeoutError(CartError, TimeoutError):
+    """The cart was not ready, or the download did not finish, before the deadline."""
+
+
+class TransferError(DownloaderError):
+    """The connection to the cart service failed and retrying did not help.
+
+    ``attempts`` lists, in order, why each attempt failed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: Sequence[str] = (),
+        cart_url: Optional[str] = None,
+        response: Optional[requests.Response] = None,
+    ) -> None:
+        self.attempts = list(attempts)
+        if self.attempts:
+            message = "{} ({} attempts):\n  - {}".format(
+                message, len(self.attempts), "\n  - ".join(self.attempts)
+            )
+        super().__init__(message, cart_url=cart_url, response=response)
+
+
+class IntegrityError(DownloaderError):
+    """A file's content does not match the hash the event promised.
+
+    ``path`` is the file's path inside the download; ``expected`` and
+    ``actual`` are the hex digests.  Nothing unverified is left on disk.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str = "",
+        expected: str = "",
+        actual: str = "",
+        cart_url: Optional[str] = None,
+    ) -> None:
+        super().__init__(message, cart_url=cart_url)
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+
+
+class ManifestError(IntegrityError):
+    """The set of files received is not the set requested.
+
+    ``missing``, ``duplicated`` and ``unexpected`` list the paths concerned.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: Sequence[str] = (),
+        duplicated: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        cart_url: Optional[str] = None,
+    ) -> None:
+        super().__init__(message, cart_url=cart_url)
+        self.missing = list(missing)
+        self.duplicated = list(duplicated)
+        self.unexpected = list(unexpected)
+
+
+class UnsafeArchiveError(DownloaderError):
+    """The server sent a tar entry that could write outside the download or is not a plain file.
+
+    Links, devices, FIFOs, absolute names, ``..`` components and malformed
+    archives are refused; nothing outside the download directory is touched.
+    """
+
+
+class DestinationError(DownloaderError, OSError):
+    """The download directory cannot take the files.
+
+    Disk full, no permission, or a file that exists with other content when
+    the caller asked not to overwrite.  ``path`` is the file concerned and
+    ``errno`` the operating system's error number when there was one.
+    """
+
+    def __init__(self, message: str, *, path: str = "", errno: Optional[int] = None) -> None:
+        DownloaderError.__init__(self, message)
+        self.path = path
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return self.message

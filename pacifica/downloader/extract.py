@@ -1,0 +1,186 @@
+"""Read a cart's tar as untrusted input: verify each file while it streams, write only what was asked.
+
+:func:`extract_cart` walks the tar one member at a time and never lets
+:mod:`tarfile` touch the filesystem (its extraction filters have been
+bypassed, and some Pythons have none).  The rules:
+
+* only regular files and folders are accepted; links, devices, FIFOs and
+  sparse files are refused with :class:`UnsafeArchiveError`;
+* a name must be the cart's top folder followed by a requested path; an
+  absolute name, a ``..`` part or a NUL is refused;
+* a requested file's bytes are hashed while they are written to the staging
+  area, and only a file whose digest matches is moved to its final name; a
+  file that is not requested, or comes twice, is a :class:`ManifestError`;
+* file modes from the archive are ignored: files get the process's default
+  permissions, so no setuid, setgid or sticky bit ever survives.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import tarfile
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Optional, Set, Tuple
+
+from .exceptions import IntegrityError, ManifestError, UnsafeArchiveError
+from .records import FileRecord
+from .staging import StagingArea, os_error
+from .stream import READ_SIZE, CartStream, StreamBroken
+
+__all__ = ["extract_cart"]
+
+LOGGER = logging.getLogger(__name__)
+
+#: Member types accepted as files: plain regular files only.
+FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
+
+
+def _split_name(member: tarfile.TarInfo, tops: Iterable[str]) -> Tuple[str, str]:
+    """Return the member's top folder and its path below it ('' for the top itself); refuse unsafe names."""
+    name = member.name
+    if "\x00" in name or name.startswith("/") or "\\" in name.split("/")[0]:
+        raise UnsafeArchiveError("the tar entry {!r} has an absolute or malformed name".format(name))
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchiveError("the tar entry {!r} climbs out with '..'".format(name))
+    if not parts or parts[0] not in tops:
+        raise UnsafeArchiveError(
+            "the tar entry {!r} is not inside the cart's folder ({})".format(name, " or ".join(sorted(tops)))
+        )
+    return parts[0], "/".join(parts[1:])
+
+
+def extract_cart(
+    stream: CartStream,
+    wanted: Dict[str, FileRecord],
+    tops: Set[str],
+    destination: Path,
+    staging: StagingArea,
+    done: Set[str],
+    on_bytes: Callable[[int], None] = lambda count: None,
+    on_file: Callable[[FileRecord, Path], None] = lambda record, path: None,
+) -> None:
+    """Stream the cart's tar into ``destination``, verifying every file; add each placed path to ``done``.
+
+    ``wanted`` maps each requested relative path to its record; ``tops``
+    are the acceptable names of the tar's top folder (the ``filename``
+    asked for, or the cart's id when Cartd bundles); files already in
+    ``done`` (placed by an earlier, broken attempt) are skipped.  Raises
+    :class:`StreamBroken` when the connection broke and the stream must
+    start over, and the library's typed errors for everything else.
+    """
+    folders = {record.path.rpartition("/")[0] for record in wanted.values()}
+    for folder in list(folders):
+        while folder:
+            folder = folder.rpartition("/")[0]
+            folders.add(folder)
+    top_seen: Optional[str] = None
+    received: Set[str] = set()
+    try:
+        archive = tarfile.open(fileobj=stream, mode="r:")  # type: ignore[call-overload]
+    except tarfile.ReadError as err:
+        raise ManifestError(
+            "the cart's stream held no tar ({}); all {} files are missing".format(err, len(wanted)),
+            missing=sorted(set(wanted) - done),
+        ) from None
+    while True:
+        try:
+            member = archive.next()
+        except tarfile.ReadError as err:
+            if "unexpected end of data" in str(err):
+                raise StreamBroken("the stream ended inside a tar entry", stream.tell()) from None
+            raise UnsafeArchiveError("the cart's tar is malformed: {}".format(err)) from None
+        except tarfile.TarError as err:
+            raise UnsafeArchiveError("the cart's tar is malformed: {}".format(err)) from None
+        if member is None:
+            break
+        archive.members.clear()  # keep memory flat however many files the cart has
+        # Every entry must share the first entry's top folder.
+        top_seen, relative = _split_name(member, {top_seen} if top_seen else tops)
+        if member.isdir() and member.type == tarfile.DIRTYPE:
+            if relative and relative not in folders:
+                raise ManifestError(
+                    "the cart holds a folder nobody asked for: {!r}".format(relative), unexpected=[relative]
+                )
+            continue
+        if member.type not in FILE_TYPES or member.issparse():
+            raise UnsafeArchiveError(
+                "the tar entry {!r} is a {}, not a regular file; refused".format(member.name, _kind(member))
+            )
+        record = wanted.get(relative)
+        if record is None:
+            raise ManifestError("the cart holds a file nobody asked for: {!r}".format(relative), unexpected=[relative])
+        if relative in received:
+            raise ManifestError("the cart holds {!r} twice".format(relative), duplicated=[relative])
+        received.add(relative)
+        if relative in done:
+            continue  # verified and placed by an earlier attempt; tarfile skips its bytes
+        _receive(archive, member, record, destination, staging, on_bytes)
+        done.add(relative)
+        on_file(record, destination / relative)
+    missing = sorted(set(wanted) - done)
+    if missing:
+        raise ManifestError(
+            "the cart's stream ended without {} of the {} files requested (first: {!r})".format(
+                len(missing), len(wanted), missing[0]
+            ),
+            missing=missing,
+        )
+
+
+def _receive(
+    archive: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    record: FileRecord,
+    destination: Path,
+    staging: StagingArea,
+    on_bytes: Callable[[int], None],
+) -> None:
+    """Copy one member into a staging file while hashing it; place it if the digest matches."""
+    source = archive.extractfile(member)
+    if source is None:  # not reachable for regular files; kept for the type checker
+        raise UnsafeArchiveError("the tar entry {!r} has no data".format(member.name))
+    digest = hashlib.new(record.hashtype)
+    staged, handle = staging.open_file()
+    try:
+        try:
+            with handle:
+                while True:
+                    chunk = source.read(READ_SIZE)
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    handle.write(chunk)
+                    on_bytes(len(chunk))
+        except OSError as err:
+            raise os_error(err, str(destination / record.path), "write") from err
+        except tarfile.ReadError as err:
+            raise StreamBroken("the stream ended inside {!r}: {}".format(record.path, err), 0) from None
+        actual = digest.hexdigest()
+        if actual != record.hashsum:
+            raise IntegrityError(
+                "{} does not match its {} hash: expected {}, received {}; it was not saved".format(
+                    record.path, record.hashtype, record.hashsum, actual
+                ),
+                path=record.path,
+                expected=record.hashsum,
+                actual=actual,
+            )
+        staging.place(staged, destination / record.path, mtime=member.mtime or None)
+    finally:
+        if staged.exists():
+            staged.unlink()
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return "symbolic link"
+    if member.islnk():
+        return "hard link"
+    if member.ischr() or member.isblk():
+        return "device"
+    if member.isfifo():
+        return "FIFO"
+    if member.issparse():
+        return "sparse file"
+    return "entry of type {!r}".format(member.type)

@@ -1,0 +1,59 @@
+"""Turn a Pacifica Policy "transaction info" document into the files to download.
+
+The Policy service answers ``/transactioninfo/<id>`` with a document whose
+``files`` member maps each file id to its metadata
+(``{"files": {"103": {"_id": 103, "name": ..., "subdir": ..., "hashtype": ...,
+"hashsum": ...}}}``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterator, List
+
+from .exceptions import InvalidInputError
+from .records import FileRecord, entries_callable, validate_records
+
+__all__ = ["TransactionInfo", "transaction_records"]
+
+
+def transaction_records(transinfo: Any) -> List[FileRecord]:
+    """Return the checked file records of a transaction-info document, ordered by file id.
+
+    Raises :class:`InvalidInputError` listing every bad file entry.
+    """
+    if not isinstance(transinfo, dict):
+        raise InvalidInputError(
+            "a transaction-info document must be a JSON object (dict), not {}".format(type(transinfo).__name__)
+        )
+    files = transinfo.get("files", {})
+    if not isinstance(files, dict):
+        raise InvalidInputError("the document's 'files' must map file ids to file metadata")
+    return validate_records(
+        (("files[{!r}]".format(key), _with_key(key, obj)) for key, obj in files.items()),
+        what="transaction's files",
+    )
+
+
+def _with_key(key: str, obj: Any) -> Any:
+    if isinstance(obj, dict) and "_id" not in obj:
+        return dict(obj, _id=key)
+    return obj
+
+
+class TransactionInfo:
+    """Reads the files of a Pacifica Policy transaction-info document.
+
+    >>> TransactionInfo.transactioninfo({"files": {}})()   # doctest: +ELLIPSIS
+    <generator object ...>
+    """
+
+    @staticmethod
+    def transactioninfo(transinfo: Any) -> Callable[[], Iterator[Dict[str, str]]]:
+        """Return a callable yielding the document's files as Cartd ``fileids`` entries.
+
+        The document is checked at once; a bad entry raises
+        :class:`InvalidInputError` before any cart is made.
+        """
+        return entries_callable(transaction_records(transinfo))
+
+    #: The name the released 0.x versions used.
+    yield_files = transactioninfo

@@ -1,0 +1,155 @@
+"""Where files are written before they are verified, and how they are put in place.
+
+A :class:`StagingArea` is a private folder inside the download directory
+(so on the same filesystem): each file streams into it, is hashed on the
+way, and only once verified is moved to its final name with
+:func:`os.replace`, which is atomic.  A final name therefore holds either
+what it held before or verified content, never a partial file.  The area is
+removed when the download ends; one left by a killed process is removed by
+the next download into the same directory.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Optional, Tuple
+
+from .exceptions import DestinationError, UnsafeArchiveError
+
+__all__ = ["StagingArea", "STAGING_DIR", "file_digest"]
+
+LOGGER = logging.getLogger(__name__)
+
+#: The hidden folder, inside the download directory, that holds staging areas.
+STAGING_DIR = ".pacifica-downloader"
+#: Bytes per read when hashing a file already on disk.
+HASH_CHUNK = 1024 * 1024
+
+
+def os_error(err: OSError, path: str, doing: str) -> DestinationError:
+    """Turn an OSError while writing ``path`` into a DestinationError that says what to do."""
+    advice = {
+        errno.ENOSPC: "the disk is full; free space or choose another location",
+        errno.EDQUOT: "the disk quota is exhausted; free space or choose another location",
+        errno.EACCES: "permission denied; choose a location you can write to",
+        errno.EPERM: "operation not permitted; choose a location you can write to",
+        errno.EROFS: "the filesystem is read-only; choose another location",
+    }.get(err.errno or 0, "check the download location")
+    return DestinationError(
+        "cannot {} {}: {} ({})".format(doing, path, err.strerror or err, advice), path=path, errno=err.errno
+    )
+
+
+def file_digest(path: Path, hashtype: str) -> Optional[str]:
+    """Return the hex digest of the regular file at ``path``, or None if there is none."""
+    if not path.is_file() or path.is_symlink():
+        return None
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            digest = hashlib.new(hashtype)
+            buffer = bytearray(HASH_CHUNK)
+            view = memoryview(buffer)
+            while True:
+                count = handle.readinto(buffer)
+                if not count:
+                    return digest.hexdigest()
+                digest.update(view[:count])
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StagingArea:
+    """A private folder inside ``location`` for files not yet verified."""
+
+    def __init__(self, location: Path) -> None:
+        """Create the area under ``location/.pacifica-downloader/``; clean areas of dead processes."""
+        self.location = location
+        self.root = location / STAGING_DIR
+        host = socket.gethostname().replace("-", "_")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._remove_stale(host)
+            self.path = self.root / "staging-{}-{}-{}".format(host, os.getpid(), uuid.uuid4().hex[:12])
+            self.path.mkdir()
+        except OSError as err:
+            raise os_error(err, str(self.root), "create the staging folder") from err
+        self._count = 0
+
+    def _remove_stale(self, host: str) -> None:
+        for entry in self.root.iterdir():
+            parts = entry.name.split("-")
+            if len(parts) != 4 or parts[0] != "staging" or parts[1] != host or not parts[2].isdigit():
+                continue
+            if not _pid_alive(int(parts[2])):
+                LOGGER.info("removing the staging folder %s left by a process that is gone", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def open_file(self) -> Tuple[Path, BinaryIO]:
+        """Open a new, empty staging file for writing; return its path and handle."""
+        self._count += 1
+        path = self.path / "{}.part".format(self._count)
+        try:
+            return path, open(path, "xb")
+        except OSError as err:
+            raise os_error(err, str(path), "create the staging file") from err
+
+    def place(self, staged: Path, final: Path, mtime: Optional[float] = None) -> None:
+        """Move the verified ``staged`` file to ``final`` atomically, creating its folders.
+
+        Refuses a ``final`` whose folder resolves outside the download
+        directory (a symbolic link in the way) or that is a folder.
+        """
+        parent = final.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as err:
+            raise DestinationError(
+                "cannot create the folder {}: a file is in the way; move it or choose another location".format(
+                    parent
+                ),
+                path=str(parent),
+            ) from err
+        except OSError as err:
+            raise os_error(err, str(parent), "create the folder") from err
+        real_root = os.path.realpath(self.location)
+        if os.path.commonpath([os.path.realpath(parent), real_root]) != real_root:
+            raise UnsafeArchiveError(
+                "{} leads outside the download directory through a symbolic link; refusing to write there".format(
+                    parent
+                )
+            )
+        if final.is_dir() and not final.is_symlink():
+            raise DestinationError(
+                "{} is a folder, the cart has a file there; move it or choose another location".format(final),
+                path=str(final),
+            )
+        try:
+            if mtime is not None:
+                os.utime(staged, (mtime, mtime))
+            os.replace(staged, final)
+        except OSError as err:
+            raise os_error(err, str(final), "move the verified file to") from err
+
+    def remove(self) -> None:
+        """Remove the area and whatever is left in it; the parent goes too when empty."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        try:
+            self.root.rmdir()
+        except OSError:
+            pass  # another download is using it, or it is gone already

@@ -1,0 +1,204 @@
+"""The cart's bytes as one forward-only file, whatever happens to the connection.
+
+:class:`CartStream` reads the tar from Cartd and gives :mod:`tarfile` a
+plain ``read``/``tell``/forward-``seek`` file.  It watches every read: a
+stream that stalls or trickles fails after ``Timeouts.stall``, the caller's
+deadline is enforced between reads, and a connection that breaks is resumed
+with a ``Range`` request from the last byte received when the server
+supports ranges (Cartd's bundled carts); otherwise :class:`StreamBroken`
+tells the caller to start over.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Callable, List, Optional, Union
+
+import requests
+import urllib3
+
+from .config import Timeouts
+from .exceptions import CartTimeoutError, UnsafeArchiveError
+from .transport import RETRYABLE_ERRORS
+
+__all__ = ["CartStream", "StreamBroken", "READ_SIZE"]
+
+LOGGER = logging.getLogger(__name__)
+
+#: Bytes asked of the socket per read: large reads keep the per-call cost low.
+READ_SIZE = 1024 * 1024
+#: No honest tar read is larger: data is read in READ_SIZE pieces, headers are
+#: small.  A larger one is a hostile header (a giant pax record) and is refused.
+MAX_READ = 16 * 1024 * 1024
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+#: Errors that mean the connection broke under a read.
+BROKEN = RETRYABLE_ERRORS + (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+
+
+class StreamBroken(Exception):
+    """The connection broke and could not be resumed in place; ``reason`` says why.
+
+    Internal: the downloader catches it and starts the cart's stream over.
+    """
+
+    def __init__(self, reason: str, position: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.position = position
+
+
+class CartStream:
+    """A forward-only file over the cart's HTTP stream, resumed with ``Range`` when it breaks.
+
+    ``reopen(offset)`` opens the stream again from ``offset`` (a ranged GET);
+    ``attempts`` bounds how many times it is tried; ``deadline`` is a
+    :func:`time.monotonic` value the whole read must finish by.
+    """
+
+    def __init__(
+        self,
+        response: requests.Response,
+        reopen: Callable[[int], requests.Response],
+        timeouts: Timeouts,
+        attempts: int,
+        deadline: Optional[float] = None,
+    ) -> None:
+        """Read ``response``'s body; see the class docstring for the rest."""
+        self._response = response
+        self._reopen = reopen
+        self._timeouts = timeouts
+        self._attempts = attempts
+        self._deadline = deadline
+        self._position = 0
+        self._buffer = b""
+        self._view = memoryview(self._buffer)
+        self._offset = 0
+        self._eof = False
+        self.resumes: List[str] = []
+        self._window_start = time.monotonic()
+        self._window_bytes = 0
+        self._resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" and bool(
+            response.headers.get("Content-Length")
+        )
+        self._read1 = getattr(response.raw, "read1", None)
+
+    # -- the file interface tarfile uses --------------------------------
+
+    def tell(self) -> int:
+        """Bytes handed out so far."""
+        return self._position
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        """Skip forward to ``position`` by reading; backward seeks are refused."""
+        if whence != 0 or position < self._position:
+            raise UnsafeArchiveError("the tar asked to seek backwards; the archive is malformed")
+        while position > self._position:
+            if not self.read(min(position - self._position, READ_SIZE)):
+                break
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        """Return exactly ``size`` bytes, fewer only at the end of the stream."""
+        if size is None or size < 0 or size > MAX_READ:
+            raise UnsafeArchiveError(
+                "the tar asked for a {} read; a header that large is refused".format(
+                    "whole-stream" if size is None or size < 0 else "{} byte".format(size)
+                )
+            )
+        pieces: List[Union[bytes, memoryview]] = []
+        wanted = size
+        left = len(self._buffer) - self._offset
+        if left:
+            take = min(wanted, left)
+            pieces.append(self._view[self._offset:self._offset + take])
+            self._offset += take
+            wanted -= take
+        while wanted > 0 and not self._eof:
+            chunk = self._next_chunk(max(wanted, 64 * 1024))
+            if not chunk:
+                self._eof = True
+                break
+            if len(chunk) > wanted:
+                # Keep the rest without copying it: later reads slice the view.
+                self._buffer, self._view, self._offset = chunk, memoryview(chunk), wanted
+                pieces.append(self._view[:wanted])
+                wanted = 0
+            else:
+                pieces.append(chunk)
+                wanted -= len(chunk)
+        if len(pieces) == 1 and isinstance(pieces[0], bytes):
+            data = pieces[0]
+        else:
+            data = b"".join(pieces)
+        self._position += len(data)
+        return data
+
+    def close(self) -> None:
+        """Close the underlying connection."""
+        self._response.close()
+
+    # -- watching the connection ----------------------------------------
+
+    def _received(self) -> int:
+        return self._position + len(self._buffer) - self._offset
+
+    def _next_chunk(self, size: int) -> bytes:
+        while True:
+            self._check_time()
+            try:
+                if self._read1 is not None:
+                    chunk: bytes = self._read1(min(size, READ_SIZE))
+                else:
+                    chunk = self._response.raw.read(min(size, READ_SIZE))
+            except BROKEN as err:
+                self._resume("{}: {}".format(type(err).__name__, err))
+                continue
+            self._count(len(chunk))
+            return chunk
+
+    def _count(self, nbytes: int) -> None:
+        self._window_bytes += nbytes
+        if self._window_bytes >= self._timeouts.stall_bytes:
+            self._window_start = time.monotonic()
+            self._window_bytes = 0
+
+    def _check_time(self) -> None:
+        now = time.monotonic()
+        if self._deadline is not None and now > self._deadline:
+            raise CartTimeoutError("the download did not finish before the deadline")
+        if now - self._window_start > self._timeouts.stall:
+            self._response.close()
+            raise StreamBroken(
+                "stalled: fewer than {} bytes in {:.0f} s".format(self._timeouts.stall_bytes, self._timeouts.stall),
+                self._received(),
+            )
+
+    def _resume(self, reason: str) -> None:
+        """Reopen the stream at the first byte not yet received, or raise StreamBroken."""
+        self._response.close()
+        offset = self._received()
+        if not self._resumable:
+            raise StreamBroken(reason, offset)
+        self.resumes.append(reason)
+        if len(self.resumes) >= self._attempts:
+            raise StreamBroken("{} (after {} resumes)".format(reason, len(self.resumes) - 1), offset)
+        LOGGER.warning("cart stream broke at byte %d (%s); resuming with a range request", offset, reason)
+        try:
+            response = self._reopen(offset)
+        except Exception as err:  # any failure to reopen ends in a restart
+            raise StreamBroken("{}; resume failed: {}".format(reason, err), offset) from err
+        match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+        if response.status_code != 206 or not match or int(match.group(1)) != offset:
+            response.close()
+            raise StreamBroken(
+                "{}; the server did not resume at byte {} (HTTP {} {!r})".format(
+                    reason, offset, response.status_code, response.headers.get("Content-Range")
+                ),
+                offset,
+            )
+        self._response = response
+        self._read1 = getattr(response.raw, "read1", None)
+        self._window_start = time.monotonic()
+        self._window_bytes = 0

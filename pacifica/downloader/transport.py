@@ -1,0 +1,140 @@
+"""HTTP with timeouts, credentials and the retry policy applied to every request.
+
+:class:`Transport` owns the ``requests`` session every request of a
+downloader goes through, the tar download included, so that authentication,
+TLS settings, timeouts and retries are the same everywhere.  It retries
+connection errors and the policy's statuses with backoff, logs each retry
+without credentials, and raises :class:`TransferError` listing every failed
+attempt when it gives up.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Dict, List, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from .config import Timeouts
+from .exceptions import InvalidInputError, TransferError
+from .retry import Retry
+
+__all__ = ["Transport", "request_kwargs", "redact"]
+
+LOGGER = logging.getLogger(__name__)
+
+#: The requests keyword arguments an ``auth`` dict may carry.
+AUTH_KEYS = frozenset({"auth", "cert", "verify", "headers", "proxies"})
+#: Errors after which a request is worth sending again.
+RETRYABLE_ERRORS = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+
+def request_kwargs(auth: Any) -> Dict[str, Any]:
+    """Turn the ``auth`` argument into requests keyword arguments.
+
+    ``auth`` may be ``None``, a requests auth object or ``(user, password)``
+    tuple, or a dict of requests keyword arguments (``auth``, ``cert``,
+    ``verify``, ``headers``, ``proxies``) as the released versions took.
+    """
+    if auth is None:
+        return {}
+    if isinstance(auth, dict):
+        unknown = sorted(set(map(str, auth)) - AUTH_KEYS)
+        if unknown:
+            raise InvalidInputError(
+                "the auth dict may only hold {}".format(", ".join(sorted(AUTH_KEYS))),
+                ["unknown key {!r}".format(key) for key in unknown],
+            )
+        return dict(auth)
+    if isinstance(auth, tuple) or isinstance(auth, requests.auth.AuthBase) or callable(auth):
+        return {"auth": auth}
+    raise InvalidInputError(
+        "auth must be None, a (user, password) tuple, a requests auth object or a dict of requests arguments"
+    )
+
+
+def redact(url: str) -> str:
+    """Return ``url`` without any ``user:password@`` part, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = "{}:{}".format(host, parts.port)
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+class Transport:
+    """Sends requests through one session with timeouts and the retry policy."""
+
+    def __init__(
+        self,
+        session: Optional[requests.Session] = None,
+        auth: Any = None,
+        timeouts: Timeouts = Timeouts(),
+        retry: Retry = Retry(),
+    ) -> None:
+        """Use ``session`` (or a new one) with the ``auth`` settings, ``timeouts`` and ``retry``."""
+        self.session = session if session is not None else requests.Session()
+        self.kwargs = request_kwargs(auth)
+        self.timeouts = timeouts
+        self.retry = retry
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        stream: bool = False,
+        headers: Optional[Dict[str, str]] = None,
+        deadline: Optional[float] = None,
+        is_final: Callable[[requests.Response], bool] = lambda response: False,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Send a request, retrying transient failures; return the first answer worth keeping.
+
+        An answer whose status is in the retry policy is retried unless
+        ``is_final(response)`` says it is the server's real answer (Cartd's
+        HEAD answers 500 for a failed cart).  ``deadline`` is a
+        :func:`time.monotonic` value no retry may sleep past.
+        """
+        failures: List[str] = []
+        merged = dict(self.kwargs)
+        if headers:
+            merged["headers"] = dict(merged.get("headers") or {}, **headers)
+        merged.update(kwargs)
+        merged.setdefault("timeout", (self.timeouts.connect, self.timeouts.read))
+        for attempt in range(1, self.retry.attempts + 1):
+            retry_after: Optional[str] = None
+            LOGGER.debug("%s %s (attempt %d)", method, redact(url), attempt)
+            try:
+                response = self.session.request(method, url, stream=stream, **merged)
+            except RETRYABLE_ERRORS as err:
+                failures.append("{}: {}".format(type(err).__name__, err))
+            else:
+                if response.status_code not in self.retry.statuses or is_final(response):
+                    return response
+                retry_after = response.headers.get("Retry-After")
+                failures.append("HTTP {} {}".format(response.status_code, response.reason))
+                response.close()
+            if attempt == self.retry.attempts:
+                break
+            delay = self.retry.delay(attempt, retry_after)
+            if deadline is not None and time.monotonic() + delay > deadline:
+                failures.append("deadline reached before the next try")
+                break
+            LOGGER.warning(
+                "%s %s failed (%s); trying again in %.1f s (%d of %d)",
+                method, redact(url), failures[-1], delay, attempt + 1, self.retry.attempts,
+            )
+            time.sleep(delay)
+        raise TransferError(
+            "{} {} failed; check that the cart service is up and reachable".format(method, redact(url)),
+            attempts=failures,
+            cart_url=url,
+        )
