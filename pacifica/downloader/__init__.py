@@ -27,6 +27,7 @@ from .exceptions import (
     UnsafeArchiveError,
 )
 from .policy import TransactionInfo
+from .progress import Progress
 from .records import FileRecord
 from .retry import Retry
 
@@ -38,6 +39,7 @@ __all__ = [
     "CloudEvent",
     "TransactionInfo",
     "FileRecord",
+    "Progress",
     "Timeouts",
     "Retry",
     "DownloaderError",

@@ -126,14 +126,17 @@ class CartAPI:
         LOGGER.info("cart %s created with %d files", redact(cart_url), len(records))
         return cart_url
 
-    def wait_for_cart(self, cart_url: str, timeout: Optional[float] = None) -> str:
+    def wait_for_cart(
+        self, cart_url: str, timeout: Optional[float] = None, on_poll: Optional[Callable[[str], None]] = None
+    ) -> str:
         """Poll the cart with ``HEAD`` until it is ready; return ``cart_url``.
 
         ``timeout`` is the deadline in seconds of wall-clock time (default
         ``Timeouts.wait``, an hour).  Raises :class:`CartFailedError` with
         the server's reason when staging failed, :class:`CartNotFoundError`
         at once when the cart does not exist, :class:`CartTimeoutError` when
-        the deadline passes.
+        the deadline passes.  ``on_poll(status)`` is called after each poll
+        that finds the cart still staging.
         """
         limit = self.transport.timeouts.wait if timeout is None else float(timeout)
         started = time.monotonic()
@@ -164,6 +167,8 @@ class CartAPI:
                     response=response,
                 )
             LOGGER.debug("cart %s: HTTP %s status %r", redact(cart_url), response.status_code, status)
+            if on_poll is not None:
+                on_poll(status)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CartTimeoutError(

@@ -20,6 +20,7 @@ from .config import Timeouts
 from .exceptions import DestinationError, DownloaderError, InvalidInputError, TransferError
 from .extract import extract_cart
 from .policy import transaction_records
+from .progress import Progress, ProgressCallback
 from .records import FileRecord, check_folder_name, entries_callable, validate_records
 from .retry import Retry
 from .staging import StagingArea, file_digest, os_error
@@ -60,6 +61,7 @@ class Downloader:
         retry: Retry = Retry(),
         keep_cart: bool = False,
         overwrite: bool = True,
+        progress: Optional[ProgressCallback] = None,
     ) -> None:
         """Prepare downloads into ``location`` from the Cartd at ``cart_api_url``.
 
@@ -75,7 +77,8 @@ class Downloader:
         :class:`Timeouts` and :class:`Retry`.  ``keep_cart=True`` leaves the
         cart on the server after the download.  ``overwrite=False`` refuses
         to replace an existing file whose content differs, instead of
-        replacing it once the new one is verified.
+        replacing it once the new one is verified.  ``progress`` is called
+        with a :class:`Progress` at each step (see :mod:`.progress`).
         """
         self.location = None if location is None else Path(location)
         self.cart_api = CartAPI(
@@ -83,6 +86,7 @@ class Downloader:
         )
         self.keep_cart = keep_cart
         self.overwrite = overwrite
+        self.progress = progress
 
     # -- the documented download methods -----------------------------------
 
@@ -137,11 +141,14 @@ class Downloader:
             LOGGER.info("all %d files already present and verified; no cart created", len(checked))
             return paths
         LOGGER.info("%d of %d files to fetch into %s", len(todo), len(checked), destination)
+        report = _Reporter(self.progress, todo)
+        report("validating")
         staging = StagingArea(root)
         try:
-            self._fetch(todo, destination, folder, staging, timeout, call_deadline)
+            self._fetch(todo, destination, folder, staging, timeout, call_deadline, report)
         finally:
             staging.remove()
+        report("done")
         return paths
 
     # -- the steps ---------------------------------------------------------------
@@ -203,6 +210,7 @@ class Downloader:
         staging: StagingArea,
         timeout: Optional[float],
         deadline: Optional[float],
+        report: "_Reporter",
     ) -> None:
         """Make one cart of ``records``, wait, transfer; delete the cart whatever happens."""
         cart_url = self.cart_api.setup_cart(entries_callable(records))
@@ -211,8 +219,10 @@ class Downloader:
             if deadline is not None:
                 left = deadline - time.monotonic()
                 wait = left if wait is None else min(float(wait), left)
-            self.cart_api.wait_for_cart(cart_url, timeout=wait)
-            self._transfer(cart_url, records, destination, filename, staging, deadline)
+            report.cart_url = cart_url
+            report("staging")
+            self.cart_api.wait_for_cart(cart_url, timeout=wait, on_poll=lambda status: report("staging"))
+            self._transfer(cart_url, records, destination, filename, staging, deadline, report)
         finally:
             if not self.keep_cart:
                 self._delete_quietly(cart_url)
@@ -225,6 +235,7 @@ class Downloader:
         filename: str,
         staging: StagingArea,
         deadline: Optional[float],
+        report: "_Reporter",
     ) -> None:
         """Stream the ready cart into place; start over (skipping verified files) when it breaks."""
         wanted = {record.path: record for record in records}
@@ -243,7 +254,8 @@ class Downloader:
                 deadline=deadline,
             )
             try:
-                extract_cart(stream, wanted, tops, destination, staging, done)
+                report("transferring")
+                extract_cart(stream, wanted, tops, destination, staging, done, report.add_bytes, report.file_placed)
             except StreamBroken as err:
                 failures.extend(stream.resumes)
                 failures.append(err.reason)
@@ -276,3 +288,41 @@ class Downloader:
             self.cart_api.delete_cart(cart_url)
         except (DownloaderError, requests.RequestException) as err:
             LOGGER.warning("could not delete cart %s: %s", redact(cart_url), err)
+
+
+class _Reporter:
+    """Counts files and bytes of one call and hands :class:`Progress` values to the callback."""
+
+    def __init__(self, callback: Optional[ProgressCallback], records: List[FileRecord]) -> None:
+        self.callback = callback
+        self.files_total = len(records)
+        sizes = [record.size for record in records]
+        self.bytes_total = None if None in sizes else sum(size or 0 for size in sizes)
+        self.files_done = 0
+        self.bytes_done = 0
+        self.cart_url: Optional[str] = None
+        self.started = time.monotonic()
+        self.phase = "validating"
+
+    def __call__(self, phase: str) -> None:
+        self.phase = phase
+        if self.callback is not None:
+            self.callback(
+                Progress(
+                    phase=phase,
+                    files_done=self.files_done,
+                    files_total=self.files_total,
+                    bytes_done=self.bytes_done,
+                    bytes_total=self.bytes_total,
+                    elapsed=time.monotonic() - self.started,
+                    cart_url=self.cart_url,
+                )
+            )
+
+    def add_bytes(self, count: int) -> None:
+        self.bytes_done += count
+        self("transferring")
+
+    def file_placed(self, record: FileRecord, path: Path) -> None:
+        self.files_done += 1
+        self("verifying")
