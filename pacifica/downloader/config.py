@@ -63,7 +63,7 @@ class Timeouts:
         """Refuse non-positive limits."""
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError("Timeouts.{} must be a positive number, got {!r}".format(field.name, value))
 
     def replace(self, **changes: Any) -> "Timeouts":

@@ -23,7 +23,7 @@ from .policy import transaction_records
 from .progress import Progress, ProgressCallback
 from .records import FileRecord, check_folder_name, entries_callable, validate_records
 from .retry import Retry
-from .staging import StagingArea, file_digest, os_error
+from .staging import StagingArea, file_digest, os_error, safe_folder
 from .stream import CartStream, StreamBroken
 from .transport import redact
 
@@ -185,9 +185,12 @@ class Downloader:
         """Return the records whose final file is absent or differs; honour ``overwrite``."""
         todo: List[FileRecord] = []
         conflicts: List[str] = []
+        root = destination.parent
         for record in records:
+            folder, _, name = record.path.rpartition("/")
+            parent = safe_folder(root, "{}/{}".format(destination.name, folder), create=False)
             final = destination / record.path
-            digest = file_digest(final, record.hashtype)
+            digest = None if parent is None else file_digest(parent / name, record.hashtype)
             if digest == record.hashsum:
                 continue
             if (digest is not None or final.is_symlink()) and not self.overwrite:

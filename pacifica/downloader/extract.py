@@ -24,7 +24,7 @@ from typing import Callable, Dict, Iterable, Optional, Set, Tuple
 
 from .exceptions import IntegrityError, ManifestError, UnsafeArchiveError
 from .records import FileRecord
-from .staging import StagingArea, os_error
+from .staging import StagingArea, os_error, usable_mtime
 from .stream import READ_SIZE, CartStream, StreamBroken
 
 __all__ = ["extract_cart"]
@@ -166,7 +166,7 @@ def _receive(
                 expected=record.hashsum,
                 actual=actual,
             )
-        staging.place(staged, destination / record.path, mtime=member.mtime or None)
+        staging.place(staged, destination, record.path, mtime=usable_mtime(member.mtime))
     finally:
         if staged.exists():
             staged.unlink()

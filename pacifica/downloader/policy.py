@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Iterator, List
 
 from .exceptions import InvalidInputError
-from .records import FileRecord, entries_callable, validate_records
+from .records import FileRecord, Keyed, entries_callable, validate_records
 
 __all__ = ["TransactionInfo", "transaction_records"]
 
 
 def transaction_records(transinfo: Any) -> List[FileRecord]:
-    """Return the checked file records of a transaction-info document, ordered by file id.
+    """Return the checked file records of a transaction-info document, in document order.
 
     Raises :class:`InvalidInputError` listing every bad file entry.
     """
@@ -28,15 +28,9 @@ def transaction_records(transinfo: Any) -> List[FileRecord]:
     if not isinstance(files, dict):
         raise InvalidInputError("the document's 'files' must map file ids to file metadata")
     return validate_records(
-        (("files[{!r}]".format(key), _with_key(key, obj)) for key, obj in files.items()),
+        (("files[{!r}]".format(key), Keyed(obj, key)) for key, obj in files.items()),
         what="transaction's files",
     )
-
-
-def _with_key(key: str, obj: Any) -> Any:
-    if isinstance(obj, dict) and "_id" not in obj:
-        return dict(obj, _id=key)
-    return obj
 
 
 class TransactionInfo:

@@ -16,16 +16,22 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from .exceptions import InvalidInputError
 
-__all__ = ["FileRecord", "join_path", "validate_records", "check_hashtype", "check_folder_name", "entries_callable"]
+__all__ = [
+    "FileRecord", "Keyed", "join_path", "validate_records", "check_hashtype", "check_folder_name", "entries_callable",
+]
 
 #: Algorithms whose digest has a fixed length; SHAKE needs a length and Cartd
 #: cannot check it, so it is refused.
 _FIXED_DIGESTS = frozenset(
     name for name in hashlib.algorithms_available if not name.lower().startswith("shake")
 )
-_HEX = re.compile(r"^[0-9a-fA-F]+$")
+_HEX = re.compile(r"[0-9a-fA-F]+")
 #: Archive ids end up in a URL path on the archive interface.
-_ID = re.compile(r"^[^/\\?#\s\x00]+$")
+_ID = re.compile(r"[^/\\?#\s\x00]+")
+#: Longest file or folder name most filesystems take, in bytes.
+NAME_MAX = 255
+#: Longest relative path accepted, in bytes, leaving room under PATH_MAX for the location.
+PATH_LIMIT = 3072
 
 
 @dataclass(frozen=True)
@@ -65,18 +71,27 @@ def join_path(subdir: Any, name: Any) -> str:
         raise ValueError("'name' must be a non-empty string")
     if "\x00" in subdir or "\x00" in name:
         raise ValueError("the path contains a NUL byte")
+    try:
+        (subdir + name).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the path is not valid Unicode (it holds a lone surrogate)") from None
     if subdir.startswith("/") or (not subdir and name.startswith("/")):
         raise ValueError("the path {!r} is absolute".format(subdir or name))
+    if all(part in ("", ".") for part in name.split("/")):
+        raise ValueError("the path names no file")
     parts: List[str] = []
     for part in (subdir + "/" + name).split("/"):
         if part in ("", "."):
             continue
         if part == "..":
             raise ValueError("the path {!r} climbs out with '..'".format(subdir.rstrip("/") + "/" + name))
+        if len(part.encode("utf-8")) > NAME_MAX:
+            raise ValueError("the path has a part longer than {} bytes".format(NAME_MAX))
         parts.append(part)
-    if not parts or name.strip("/") in ("", "."):
-        raise ValueError("the path names no file")
-    return "/".join(parts)
+    joined = "/".join(parts)
+    if len(joined.encode("utf-8")) > PATH_LIMIT:
+        raise ValueError("the path is longer than {} bytes".format(PATH_LIMIT))
+    return joined
 
 
 def check_hashtype(hashtype: Any) -> str:
@@ -107,7 +122,7 @@ def _check_id(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError("'_id' must be an integer or a string, not {}".format(type(value).__name__))
     text = str(value)
-    if not _ID.match(text):
+    if not _ID.fullmatch(text):
         raise ValueError("'_id' {!r} cannot name an archived file".format(value))
     return text
 
@@ -152,7 +167,7 @@ def record_from_metadata(obj: Any, file_id: Any = None) -> FileRecord:
             problems.append(str(err))
     hashsum = obj.get("hashsum")
     if "hashsum" in obj:
-        if not isinstance(hashsum, str) or not _HEX.match(hashsum):
+        if not isinstance(hashsum, str) or not _HEX.fullmatch(hashsum):
             problems.append("'hashsum' must be a hex string")
         elif "hashtype" in values and len(hashsum) != 2 * hashlib.new(values["hashtype"]).digest_size:
             problems.append(
@@ -207,14 +222,28 @@ def validate_records(labelled: Iterable[Tuple[str, Any]], what: str = "records")
     return records
 
 
+@dataclass(frozen=True)
+class Keyed:
+    """A metadata object together with the key it was filed under (policy documents key files by id)."""
+
+    obj: Any
+    key: Any
+
+
 def _coerce(raw: Any) -> FileRecord:
+    if isinstance(raw, Keyed):
+        return record_from_metadata(raw.obj, file_id=raw.key)
     if isinstance(raw, FileRecord):
-        return raw
+        # Built by a caller: check it like any other input.
+        checked = _coerce(raw.cart_entry())
+        return FileRecord(checked.id, checked.path, checked.hashtype, checked.hashsum, _check_size(raw.size))
     if isinstance(raw, dict) and "path" in raw and "name" not in raw:
         # A Cartd ``fileids`` entry, as CartAPI.setup_cart callables yield.
         path = raw.get("path")
         if not isinstance(path, str):
             raise ValueError("'path' must be a string")
+        if path.startswith("/"):
+            raise ValueError("the path {!r} is absolute".format(path))
         subdir, _, name = path.rpartition("/")
         return record_from_metadata(
             {"_id": raw.get("id"), "subdir": subdir, "name": name,

@@ -48,7 +48,7 @@ class Retry:
         """Refuse values that would make the policy meaningless."""
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
             raise ValueError("Retry.attempts must be an integer >= 1 (1 means no retry)")
-        if self.backoff < 0 or self.backoff_max < 0 or not 0 <= self.jitter <= 1:
+        if not (self.backoff >= 0 and self.backoff_max >= 0 and 0 <= self.jitter <= 1):
             raise ValueError("Retry.backoff and backoff_max must be >= 0 and jitter within [0, 1]")
         object.__setattr__(self, "statuses", frozenset(self.statuses))
 
@@ -65,7 +65,7 @@ class Retry:
             seconds = _parse_retry_after(retry_after)
             if seconds is not None:
                 return min(seconds, self.backoff_max)
-        base = min(self.backoff * (2 ** (attempt - 1)), self.backoff_max)
+        base = min(self.backoff * (2.0 ** min(attempt - 1, 64)), self.backoff_max)
         return base * (1 - self.jitter * random.random())
 
 

@@ -13,16 +13,18 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import math
 import os
 import shutil
 import socket
+import stat
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Optional, Tuple
+from typing import Any, BinaryIO, Optional, Tuple
 
 from .exceptions import DestinationError, UnsafeArchiveError
 
-__all__ = ["StagingArea", "STAGING_DIR", "file_digest"]
+__all__ = ["StagingArea", "STAGING_DIR", "file_digest", "safe_folder", "usable_mtime"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,10 +49,10 @@ def os_error(err: OSError, path: str, doing: str) -> DestinationError:
 
 
 def file_digest(path: Path, hashtype: str) -> Optional[str]:
-    """Return the hex digest of the regular file at ``path``, or None if there is none."""
-    if not path.is_file() or path.is_symlink():
-        return None
+    """Return the hex digest of the regular file at ``path``, or None if there is none (or a link)."""
     try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
         with open(path, "rb", buffering=0) as handle:
             digest = hashlib.new(hashtype)
             buffer = bytearray(HASH_CHUNK)
@@ -60,8 +62,62 @@ def file_digest(path: Path, hashtype: str) -> Optional[str]:
                 if not count:
                     return digest.hexdigest()
                 digest.update(view[:count])
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as err:
+        raise os_error(err, str(path), "read the existing file") from err
+
+
+def _refuse_link(path: Path) -> None:
+    raise UnsafeArchiveError(
+        "{} is a symbolic link inside the download directory; refusing to write through it "
+        "(remove the link or choose another location)".format(path)
+    )
+
+
+def safe_folder(root: Path, relative: str, create: bool) -> Optional[Path]:
+    """Return ``root/relative`` as a real folder, never going through a symbolic link below ``root``.
+
+    Each part is checked with ``lstat``: a link raises
+    :class:`UnsafeArchiveError`, a file in the way :class:`DestinationError`.
+    A missing part is created one ``mkdir`` at a time when ``create`` is
+    true; otherwise None is returned.
+    """
+    current = root
+    for part in [part for part in relative.split("/") if part]:
+        current = current / part
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                os.mkdir(current)
+            except FileExistsError:
+                info = os.lstat(current)  # made by a concurrent download: check it below
+            except OSError as err:
+                raise os_error(err, str(current), "create the folder") from err
+            else:
+                continue
+        except OSError as err:
+            raise os_error(err, str(current), "inspect") from err
+        if stat.S_ISLNK(info.st_mode):
+            _refuse_link(current)
+        if not stat.S_ISDIR(info.st_mode):
+            raise DestinationError(
+                "cannot create the folder {}: a file is in the way; move it or choose another location".format(
+                    current
+                ),
+                path=str(current),
+            )
+    return current
+
+
+def usable_mtime(value: Any) -> Optional[float]:
+    """Return a tar member's mtime if it is a sane timestamp (finite, 1970 to 2242), else None."""
+    if isinstance(value, (int, float)) and math.isfinite(value) and 0 < value < 2**33:
+        return float(value)
+    return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -83,7 +139,12 @@ class StagingArea:
         self.root = location / STAGING_DIR
         host = socket.gethostname().replace("-", "_")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(exist_ok=True)
+            if self.root.is_symlink() or not self.root.is_dir():
+                raise DestinationError(
+                    "{} is not a plain folder (a link or a file); remove it and run again".format(self.root),
+                    path=str(self.root),
+                )
             self._remove_stale(host)
             self.path = self.root / "staging-{}-{}-{}".format(host, os.getpid(), uuid.uuid4().hex[:12])
             self.path.mkdir()
@@ -109,31 +170,17 @@ class StagingArea:
         except OSError as err:
             raise os_error(err, str(path), "create the staging file") from err
 
-    def place(self, staged: Path, final: Path, mtime: Optional[float] = None) -> None:
-        """Move the verified ``staged`` file to ``final`` atomically, creating its folders.
+    def place(self, staged: Path, destination: Path, relative: str, mtime: Optional[float] = None) -> Path:
+        """Move the verified ``staged`` file to ``destination/relative`` atomically; return the final path.
 
-        Refuses a ``final`` whose folder resolves outside the download
-        directory (a symbolic link in the way) or that is a folder.
+        The folders on the way are created without following any symbolic
+        link below the download directory (see :func:`safe_folder`).
         """
-        parent = final.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except FileExistsError as err:
-            raise DestinationError(
-                "cannot create the folder {}: a file is in the way; move it or choose another location".format(
-                    parent
-                ),
-                path=str(parent),
-            ) from err
-        except OSError as err:
-            raise os_error(err, str(parent), "create the folder") from err
-        real_root = os.path.realpath(self.location)
-        if os.path.commonpath([os.path.realpath(parent), real_root]) != real_root:
-            raise UnsafeArchiveError(
-                "{} leads outside the download directory through a symbolic link; refusing to write there".format(
-                    parent
-                )
-            )
+        folder, _, name = relative.rpartition("/")
+        parent = safe_folder(self.location, str(destination.relative_to(self.location)) + "/" + folder, create=True)
+        if parent is None:  # safe_folder(create=True) always returns a folder; this satisfies the type checker
+            raise DestinationError("cannot create the folder for {}".format(relative), path=relative)
+        final = parent / name
         if final.is_dir() and not final.is_symlink():
             raise DestinationError(
                 "{} is a folder, the cart has a file there; move it or choose another location".format(final),
@@ -145,6 +192,7 @@ class StagingArea:
             os.replace(staged, final)
         except OSError as err:
             raise os_error(err, str(final), "move the verified file to") from err
+        return final
 
     def remove(self) -> None:
         """Remove the area and whatever is left in it; the parent goes too when empty."""

@@ -61,12 +61,9 @@ def request_kwargs(auth: Any) -> Dict[str, Any]:
 def redact(url: str) -> str:
     """Return ``url`` without any ``user:password@`` part, for logs and messages."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = "{}:{}".format(host, parts.port)
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, parts.fragment))
 
 
 class Transport:
