@@ -1,0 +1,48 @@
+"""Shared pytest fixtures.
+
+``cartd_stack`` runs one real Pacifica Cartd stack (see ``cartd_stack.py``) for
+the whole session. When any test fails or errors, the stack's service logs are
+copied to ``<repo>/test-logs/`` so a failed CI run keeps them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cartd_stack import REPO_ROOT, CartdStack, default_stack_venv_path, ensure_stack_venv
+
+#: Where the logs of a failed session's stacks are kept.
+TEST_LOGS_DIR: Path = REPO_ROOT / "test-logs"
+
+_STACKS = pytest.StashKey[list[CartdStack]]()
+
+
+@pytest.fixture(scope="session")
+def cartd_stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[CartdStack]:
+    """A running Cartd stack shared by the session (``cart_url``, ``bundle_cart_url``, ``put_files`` ...)."""
+    bin_dir = ensure_stack_venv(default_stack_venv_path())
+    stack = CartdStack(tmp_path_factory.mktemp("cartd-stack"), bin_dir)
+    pytestconfig.stash.setdefault(_STACKS, []).append(stack)
+    with stack:
+        yield stack
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """Say how long the stack took to start; keep its logs in test-logs/ if anything failed."""
+    stacks = config.stash.get(_STACKS, [])
+    for stack in stacks:
+        if stack.startup_seconds is not None:
+            terminalreporter.write_line(f"cartd stack started in {stack.startup_seconds:.1f}s ({stack.workdir})")
+    if not stacks or not (terminalreporter.stats.get("failed") or terminalreporter.stats.get("error")):
+        return
+    for stack in stacks:
+        if stack.log_dir.is_dir():
+            destination = TEST_LOGS_DIR / stack.workdir.name
+            shutil.copytree(stack.log_dir, destination, dirs_exist_ok=True)
+            terminalreporter.write_line(f"cartd stack logs copied to {destination}", yellow=True, bold=True)
