@@ -1,0 +1,294 @@
+"""End-to-end downloads through the real Cartd stack (archive interface, Cartd, Celery, Redis)."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import pytest
+import requests
+
+from pacifica.downloader import (
+    CartAPI,
+    CartFailedError,
+    CartNotFoundError,
+    CloudEvent,
+    Downloader,
+    InvalidInputError,
+    Progress,
+    TransactionInfo,
+)
+
+EXAMPLE_EVENT = Path(__file__).resolve().parents[2] / "shared" / "examples" / "notifications-events.json"
+_IDS = itertools.count(random.randrange(10**6, 10**9, 10**4))
+
+
+class RecordingSession(requests.Session):
+    """A session that remembers every request it sent: (method, url)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: List[Tuple[str, str]] = []
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.sent.append((method.upper(), url))
+        return super().request(method, url, *args, **kwargs)
+
+    def carts(self) -> List[str]:
+        return [url for method, url in self.sent if method == "POST"]
+
+
+def files_record(file_id: int, name: str, subdir: str, data: bytes, hashtype: str = "sha1") -> Dict[str, Any]:
+    return {
+        "destinationTable": "Files",
+        "_id": file_id,
+        "name": name,
+        "subdir": subdir,
+        "hashtype": hashtype,
+        "hashsum": hashlib.new(hashtype, data).hexdigest(),
+        "size": len(data),
+        "mimetype": "application/octet-stream",
+    }
+
+
+def make_event(stack: Any, files: Dict[str, bytes], hashtype: str = "sha1") -> Dict[str, Any]:
+    """Archive ``files`` ({"sub/dir/name": bytes}) under fresh ids; return a Notifications-shaped event."""
+    data: List[Dict[str, Any]] = [
+        {"destinationTable": "Transactions._id", "value": next(_IDS)},
+        {"destinationTable": "TransactionKeyValue", "key": "Tag", "value": "e2e"},
+    ]
+    for path, content in files.items():
+        file_id = next(_IDS)
+        stack.put_file(file_id, content)
+        subdir, _, name = path.rpartition("/")
+        data.append(files_record(file_id, name, subdir, content, hashtype))
+    return {
+        "cloudEventsVersion": "0.1",
+        "eventType": "org.pacifica.metadata.ingest",
+        "eventID": "e2e-{}".format(next(_IDS)),
+        "source": "/pacifica/metadata/ingest",
+        "contentType": "application/json",
+        "data": data,
+    }
+
+
+def assert_tree(root: Path, files: Dict[str, bytes]) -> None:
+    """``root`` holds exactly ``files`` and nothing else (no staging folder, no partials)."""
+    found = {
+        str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()
+    }
+    assert found == files
+
+
+def cart_gone(url: str) -> bool:
+    return requests.head(url, timeout=10).status_code == 404
+
+
+SAMPLE = {
+    "a/b/foo.txt": b"foo\n" * 32,
+    "a/b/bar.txt": b"bar" * 15 + b"\n",
+    "data/a/c/\u30d1\u30bd\u30b3\u30f3\u8cc7\u7523\u7ba1\u7406\u53f0\u5e33\uff08S&T HK\uff09_\u73fe\u5730\u8abf\u9054PC.xls": b"xls!",
+}
+
+
+def test_seed_example_verbatim(cartd_stack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's seed example, as written, against a local Cartd."""
+    event = make_event(cartd_stack, SAMPLE)
+    monkeypatch.chdir(tmp_path)
+    Path("cloudevent.json").write_text(json.dumps(event))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # mkdtemp() below creates its folder here
+    # --- the seed's example, with the local Cartd's URL ---
+    from json import loads
+    from tempfile import mkdtemp
+
+    cloud_event = loads(open("cloudevent.json").read())
+    down_path = mkdtemp()
+    down = Downloader(down_path, cartd_stack.cart_url)
+    written = down.cloudevent(cloud_event)
+    # ---
+    assert_tree(Path(down_path) / "data", SAMPLE)
+    assert sorted(written) == sorted(str(Path(down_path) / "data" / path) for path in SAMPLE)
+    assert not (Path(down_path) / ".pacifica-downloader").exists()
+
+
+def test_example_event_shape(cartd_stack: Any, tmp_path: Path) -> None:
+    """The shipped Notifications example, with its files archived and its hashes made real."""
+    event = json.loads(EXAMPLE_EVENT.read_text())
+    expected: Dict[str, bytes] = {}
+    for obj in event["data"]:
+        if obj.get("destinationTable") != "Files":
+            continue
+        obj.setdefault("_id", next(_IDS))
+        obj["_id"] = next(_IDS)  # unique in this archive
+        content = "{} {}\n".format(obj["subdir"], obj["name"]).encode() * 3
+        cartd_stack.put_file(obj["_id"], content)
+        obj["hashsum"] = hashlib.sha1(content).hexdigest()
+        obj["size"] = len(content)
+        expected["{}/{}".format(obj["subdir"].strip("/"), obj["name"])] = content
+    session = RecordingSession()
+    written = Downloader(tmp_path, cartd_stack.cart_url, session=session).cloudevent(event)
+    assert_tree(tmp_path / "data", expected)
+    assert len(written) == 3
+    (cart_url,) = session.carts()
+    assert ("DELETE", cart_url) in session.sent
+    assert cart_gone(cart_url)
+    assert [method for method, _ in session.sent].count("GET") == 1, "one GET for the tar; polling uses HEAD"
+
+
+def test_transaction_info_document(cartd_stack: Any, tmp_path: Path) -> None:
+    files = {"x/one.bin": os.urandom(3000), "two.bin": os.urandom(10)}
+    event = make_event(cartd_stack, files, hashtype="sha256")
+    document = {
+        "files": {str(obj["_id"]): {k: v for k, v in obj.items() if k != "destinationTable"}
+                  for obj in event["data"] if obj.get("destinationTable") == "Files"}
+    }
+    written = Downloader(tmp_path, cartd_stack.cart_url).transactioninfo(document, filename="trans")
+    assert_tree(tmp_path / "trans", files)
+    assert len(written) == 2
+
+
+@pytest.mark.parametrize("mode", ["bundle-in-request", "bundle-server"])
+def test_bundled_carts_land_under_filename(cartd_stack: Any, tmp_path: Path, mode: str) -> None:
+    """With bundling the tar's top folder is the cart uid; files must still land in location/<filename>."""
+    files = {"deep/er/f{}.dat".format(index): os.urandom(700 + index) for index in range(5)}
+    event = make_event(cartd_stack, files)
+    if mode == "bundle-in-request":
+        down = Downloader(tmp_path, cartd_stack.cart_url, extra_args={"bundle": True})
+    else:
+        down = Downloader(tmp_path, cartd_stack.bundle_cart_url)
+    down.cloudevent(event, filename="mydata")
+    assert_tree(tmp_path / "mydata", files)
+
+
+def test_released_call_style(cartd_stack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0.4-style: URL from the environment, auth dict, location with each call, timeout and filename keywords."""
+    files = {"old/style.txt": b"still works\n"}
+    event = make_event(cartd_stack, files)
+    monkeypatch.setenv("CARTD_CART_API_URL", cartd_stack.cart_url)
+    session = RecordingSession()
+    down = Downloader(auth={"headers": {"X-Test": "1"}, "verify": True}, session=session)
+    written = down.cloudevent(str(tmp_path), event, timeout=120, filename="old")
+    assert_tree(tmp_path / "old", files)
+    assert written == [str(tmp_path / "old" / "old/style.txt")]
+    written = down.cloudevent(location=str(tmp_path / "kw"), cloudevent=event)
+    assert_tree(tmp_path / "kw" / "data", files)
+
+
+def test_cartapi_pieces(cartd_stack: Any) -> None:
+    """The documented internals: setup_cart -> URL, wait_for_cart -> URL, GET streams the tar."""
+    event = make_event(cartd_stack, {"p/q.txt": b"q"})
+    api = CartAPI(cartd_stack.cart_url)
+    cart_url = api.setup_cart(CloudEvent.yield_files(event))
+    assert cart_url.startswith(cartd_stack.cart_url + "/")
+    assert api.wait_for_cart(cart_url, timeout=60) == cart_url
+    assert api.delete_cart(cart_url) is True
+    assert cart_gone(cart_url)
+    with pytest.raises(CartNotFoundError):
+        api.wait_for_cart(cart_url, timeout=60)
+    assert api.delete_cart(cart_url) is False
+
+
+def test_transactioninfo_yield_files_alias() -> None:
+    document = {"files": {"103": {"_id": 103, "name": "n", "subdir": "s", "hashtype": "md5",
+                                  "hashsum": hashlib.md5(b"").hexdigest()}}}
+    assert list(TransactionInfo.yield_files(document)()) == [
+        {"id": "103", "path": "s/n", "hashtype": "md5", "hashsum": hashlib.md5(b"").hexdigest()}
+    ]
+
+
+@pytest.mark.parametrize("fault", ["wrong-hash", "unknown-id"])
+def test_failed_cart(cartd_stack: Any, tmp_path: Path, fault: str) -> None:
+    """A cart Cartd cannot stage: typed error with the server's reason, nothing on disk, cart deleted."""
+    files = {"good.txt": b"good", "bad.txt": b"bad"}
+    event = make_event(cartd_stack, files)
+    bad = event["data"][-1]
+    if fault == "wrong-hash":
+        bad["hashsum"] = hashlib.sha1(b"something else").hexdigest()
+    else:
+        bad["_id"] = next(_IDS)  # never archived
+    session = RecordingSession()
+    with pytest.raises(CartFailedError) as raised:
+        Downloader(tmp_path, cartd_stack.cart_url, session=session).cloudevent(event)
+    assert "Failed to pull" in str(raised.value) or "Failed to stage" in str(raised.value)
+    assert len(str(raised.value)) < 800, "a server traceback is summarised"
+    assert raised.value.server_message
+    assert_tree(tmp_path, {})
+    (cart_url,) = session.carts()
+    assert ("DELETE", cart_url) in session.sent
+    assert cart_gone(cart_url)
+
+
+def test_empty_event_makes_no_cart(cartd_stack: Any, tmp_path: Path) -> None:
+    session = RecordingSession()
+    event = {"data": [{"destinationTable": "Transactions._id", "value": 1}]}
+    assert Downloader(tmp_path, cartd_stack.cart_url, session=session).cloudevent(event) == []
+    assert session.sent == []
+
+
+def test_bad_input_sends_nothing(cartd_stack: Any, tmp_path: Path) -> None:
+    session = RecordingSession()
+    event = make_event(cartd_stack, {"ok.txt": b"ok"})
+    event["data"].append({"destinationTable": "Files", "_id": 5, "name": "../../etc/passwd", "subdir": "",
+                          "hashtype": "sha1", "hashsum": "0" * 40})
+    event["data"].append({"destinationTable": "Files", "name": "x", "hashtype": "sha1"})
+    with pytest.raises(InvalidInputError) as raised:
+        Downloader(tmp_path, cartd_stack.cart_url, session=session).cloudevent(event)
+    assert len(raised.value.problems) == 2
+    assert session.sent == []
+
+
+def test_rerun_fetches_only_what_is_missing(cartd_stack: Any, tmp_path: Path) -> None:
+    files = {"r/{}.bin".format(index): os.urandom(100 + index) for index in range(6)}
+    event = make_event(cartd_stack, files)
+    down = Downloader(tmp_path, cartd_stack.cart_url)
+    down.cloudevent(event)
+    (tmp_path / "data" / "r/2.bin").unlink()
+    (tmp_path / "data" / "r/4.bin").write_bytes(b"changed")
+    session = RecordingSession()
+    again = Downloader(tmp_path, cartd_stack.cart_url, session=session)
+    again.cloudevent(event)
+    assert_tree(tmp_path / "data", files)
+    assert len(session.carts()) == 1
+    session.sent.clear()
+    again.cloudevent(event)
+    assert session.sent == [], "nothing missing: no cart"
+
+
+class Interrupt(BaseException):
+    """Stands in for Ctrl-C (KeyboardInterrupt) raised from inside the download."""
+
+
+@pytest.mark.parametrize("phase", ["staging", "transferring", "verifying"])
+def test_interrupt_deletes_cart_and_leaves_nothing_partial(cartd_stack: Any, tmp_path: Path, phase: str) -> None:
+    files = {"i/{}.bin".format(index): os.urandom(200_000) for index in range(4)}
+    event = make_event(cartd_stack, files)
+    session = RecordingSession()
+
+    def progress(report: Progress) -> None:
+        if report.phase == phase and (phase != "transferring" or report.bytes_done > 0):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Downloader(tmp_path, cartd_stack.cart_url, session=session, progress=progress).cloudevent(event)
+    (cart_url,) = session.carts()
+    assert ("DELETE", cart_url) in session.sent
+    assert cart_gone(cart_url)
+    assert not (tmp_path / ".pacifica-downloader").exists()
+    on_disk = {str(p.relative_to(tmp_path / "data")): p.read_bytes()
+               for p in (tmp_path / "data").rglob("*") if p.is_file()} if (tmp_path / "data").exists() else {}
+    assert all(files[path] == content for path, content in on_disk.items()), "only verified files"
+
+
+def test_keep_cart(cartd_stack: Any, tmp_path: Path) -> None:
+    event = make_event(cartd_stack, {"k.txt": b"keep"})
+    session = RecordingSession()
+    Downloader(tmp_path, cartd_stack.cart_url, session=session, keep_cart=True).cloudevent(event)
+    (cart_url,) = session.carts()
+    assert not cart_gone(cart_url)
+    assert CartAPI(cartd_stack.cart_url).delete_cart(cart_url)
