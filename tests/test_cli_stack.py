@@ -1,0 +1,162 @@
+"""The ``pacifica-downloader`` command end to end, on the real Cartd stack (``cartd_stack`` fixture).
+
+Each test runs ``python -m pacifica.downloader`` as a subprocess and stores
+its files in the archive under ids of its own, drawn at random from a high
+range, so that tests never see each other's files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 180  # seconds for one command, cart staging included
+
+
+def unique_ids(count: int) -> List[int]:
+    """File ids no other test uses: random, from a range the stack's other tests do not touch."""
+    return random.sample(range(3_000_000_000, 4_000_000_000), count)
+
+
+def put(stack: Any, files: Dict[int, Tuple[str, str, bytes]]) -> List[Dict[str, Any]]:
+    """Store each ``{id: (subdir, name, data)}`` in the archive; return their ``Files`` metadata objects."""
+    objects = []
+    for file_id, (subdir, name, data) in files.items():
+        stack.put_file(file_id, data)
+        objects.append({
+            "destinationTable": "Files", "_id": file_id, "name": name, "subdir": subdir, "size": len(data),
+            "hashtype": "sha1", "hashsum": hashlib.sha1(data).hexdigest(),
+        })
+    return objects
+
+
+def some_files() -> Dict[int, Tuple[str, str, bytes]]:
+    first, second, third = unique_ids(3)
+    return {
+        first: ("proposal/run1", "readme.txt", b"pacifica end to end\n"),
+        second: ("proposal/run1", "data.bin", os.urandom(200_000)),
+        third: ("", "empty.txt", b""),
+    }
+
+
+def event(objects: List[Dict[str, Any]]) -> Dict[str, Any]:
+    return {
+        "specversion": "1.0", "id": "stack-{}".format(unique_ids(1)[0]), "source": "/pacifica/metadata/ingest",
+        "type": "org.pacifica.metadata.ingest",
+        "data": [{"destinationTable": "Transactions._id", "value": 1}] + objects,
+    }
+
+
+def run_cli(*args: str, stdin: Optional[str] = None) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    env = {
+        key: value for key, value in os.environ.items()
+        if not key.startswith(("PACIFICA_DOWNLOADER_", "CARTD_")) and not key.lower().endswith("_proxy")
+    }
+    env["NO_PROXY"] = "127.0.0.1,localhost"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "pacifica.downloader", *args], input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=TIMEOUT,
+    )
+
+
+def check_manifest(stdout: str, files: Dict[int, Tuple[str, str, bytes]], root: Path, ordered: bool = True) -> None:
+    """The --json manifest lists every file (in input order if ``ordered``), and each file holds its content."""
+    entries = json.loads(stdout)
+    expected = [(str((root / subdir / name).resolve()), data) for subdir, name, data in files.values()]
+    if not ordered:
+        entries.sort(key=lambda entry: entry["path"])
+        expected.sort()
+    assert [entry["path"] for entry in entries] == [path for path, _ in expected]
+    for entry, (_, data) in zip(entries, expected):
+        assert Path(entry["path"]).read_bytes() == data
+        assert entry["size"] == len(data)
+        assert (entry["hashtype"], entry["hashsum"]) == ("sha1", hashlib.sha1(data).hexdigest())
+
+
+@pytest.mark.parametrize("server", ["plain", "bundle"])
+def test_cloudevent_json_manifest(cartd_stack: Any, tmp_path: Path, server: str) -> None:
+    files = some_files()
+    event_file = tmp_path / "event.json"
+    event_file.write_text(json.dumps(event(put(cartd_stack, files))))
+    cart_url = cartd_stack.bundle_cart_url if server == "bundle" else cartd_stack.cart_url
+    out = tmp_path / "out"
+    carts_before = cartd_stack.cart_count_on_disk()
+
+    result = run_cli("cloudevent", str(event_file), "-d", str(out), "--cart-url", cart_url, "--json")
+
+    assert result.returncode == 0, result.stderr
+    check_manifest(result.stdout, files, out / "data")
+    assert result.stderr.startswith("pacifica-downloader: 3 files (")
+    assert cartd_stack.cart_count_on_disk() == carts_before  # the cart was deleted
+
+    # A second run finds everything in place: no cart, same manifest.
+    again = run_cli("cloudevent", str(event_file), "-d", str(out), "--cart-url", cart_url, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == json.loads(result.stdout)
+    assert "3 already present" in again.stderr
+
+
+def test_cloudevent_from_stdin_with_filename(cartd_stack: Any, tmp_path: Path) -> None:
+    files = some_files()
+    result = run_cli("cloudevent", "-", "-d", str(tmp_path), "--cart-url", cartd_stack.cart_url,
+                     "--filename", "incoming", "--json", "-q", stdin=json.dumps(event(put(cartd_stack, files))))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    check_manifest(result.stdout, files, tmp_path / "incoming")
+
+
+def test_wrong_hash_exits_3_and_writes_nothing(cartd_stack: Any, tmp_path: Path) -> None:
+    files = some_files()
+    objects = put(cartd_stack, files)
+    objects[1]["hashsum"] = hashlib.sha1(b"something else").hexdigest()
+    event_file = tmp_path / "event.json"
+    event_file.write_text(json.dumps(event(objects)))
+    out = tmp_path / "out"
+    carts_before = cartd_stack.cart_count_on_disk()
+
+    result = run_cli("cloudevent", str(event_file), "-d", str(out), "--cart-url", cartd_stack.cart_url, "--json")
+
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith("pacifica-downloader: error: Cartd could not stage the cart")
+    assert "Traceback" not in result.stderr
+    assert [path for path in out.rglob("*") if path.is_file()] == []
+    assert cartd_stack.cart_count_on_disk() == carts_before
+
+
+def test_transactioninfo_document(cartd_stack: Any, tmp_path: Path) -> None:
+    files = some_files()
+    objects = put(cartd_stack, files)
+    document = {"files": {str(obj["_id"]): {k: v for k, v in obj.items() if k != "destinationTable"}
+                          for obj in objects}}
+    doc_file = tmp_path / "transaction.json"
+    doc_file.write_text(json.dumps(document))
+    out = tmp_path / "out"
+
+    result = run_cli("transactioninfo", str(doc_file), "-d", str(out), "--cart-url", cartd_stack.cart_url, "--json")
+
+    assert result.returncode == 0, result.stderr
+    check_manifest(result.stdout, files, out / "data", ordered=False)
+
+
+def test_missing_file_id_exits_3(cartd_stack: Any, tmp_path: Path) -> None:
+    """A file id the archive does not hold makes Cartd fail the cart: a server error, exit 3."""
+    (missing,) = unique_ids(1)
+    obj = {"destinationTable": "Files", "_id": missing, "name": "ghost.txt", "subdir": "",
+           "hashtype": "sha1", "hashsum": hashlib.sha1(b"ghost").hexdigest()}
+    event_file = tmp_path / "event.json"
+    event_file.write_text(json.dumps(event([obj])))
+    result = run_cli("cloudevent", str(event_file), "-d", str(tmp_path / "out"), "--cart-url", cartd_stack.cart_url)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith("pacifica-downloader: error: ")
+    assert not (tmp_path / "out" / "data" / "ghost.txt").exists()
