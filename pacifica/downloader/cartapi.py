@@ -11,7 +11,8 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import requests
 
@@ -44,7 +45,7 @@ def summarize(message: str, limit: int = 240) -> str:
     clip = [line if len(line) <= limit else line[: limit - 3] + "..." for line in lines]
     if len(clip) == 1:
         return clip[0]
-    return "{} ... {}".format(clip[0], clip[-1])
+    return f"{clip[0]} ... {clip[-1]}"
 
 
 class CartAPI:
@@ -58,14 +59,14 @@ class CartAPI:
 
     def __init__(
         self,
-        cart_api_url: Optional[str] = None,
+        cart_api_url: str | None = None,
         *,
         auth: Any = None,
-        session: Optional[requests.Session] = None,
-        extra_args: Optional[Dict[str, Any]] = None,
+        session: requests.Session | None = None,
+        extra_args: dict[str, Any] | None = None,
         timeouts: Timeouts = Timeouts(),
         retry: Retry = Retry(),
-        transport: Optional[Transport] = None,
+        transport: Transport | None = None,
     ) -> None:
         """Talk to ``cart_api_url`` (default from the environment, see :func:`resolve_cart_url`).
 
@@ -83,7 +84,7 @@ class CartAPI:
         try:
             json.dumps(self.extra_args)
         except (TypeError, ValueError) as err:
-            raise InvalidInputError("extra_args must be JSON-serialisable: {}".format(err)) from None
+            raise InvalidInputError(f"extra_args must be JSON-serialisable: {err}") from None
 
     @property
     def session(self) -> requests.Session:
@@ -91,11 +92,11 @@ class CartAPI:
         return self.transport.session
 
     @property
-    def auth(self) -> Dict[str, Any]:
+    def auth(self) -> dict[str, Any]:
         """The requests keyword arguments carrying credentials and TLS settings."""
         return self.transport.kwargs
 
-    def setup_cart(self, yield_files: Callable[[], Iterator[Dict[str, Any]]]) -> str:
+    def setup_cart(self, yield_files: Callable[[], Iterator[dict[str, Any]]]) -> str:
         """Post the files ``yield_files()`` yields as a new cart; return the cart's full URL.
 
         Each item is a Cartd ``fileids`` entry (``id``, ``path``,
@@ -105,21 +106,19 @@ class CartAPI:
         is chosen here, so a POST whose answer was lost is safely sent again.
         """
         records = validate_records(
-            (("fileids[{}]".format(index), entry) for index, entry in enumerate(yield_files())),
+            ((f"fileids[{index}]", entry) for index, entry in enumerate(yield_files())),
             what="cart's files",
         )
         if not records:
             raise InvalidInputError("a cart needs at least one file; Cartd leaves an empty cart staging forever")
-        cart_url = "{}/{}".format(self.cart_api_url, uuid.uuid4().hex)
+        cart_url = f"{self.cart_api_url}/{uuid.uuid4().hex}"
         body = dict(self.extra_args, fileids=[record.cart_entry() for record in records])
         response = self.transport.request(
             "POST", cart_url, data=json.dumps(body), headers={"Content-Type": "application/json"}
         )
         if response.status_code != 201:
             raise CartError(
-                "Cartd refused to create the cart (HTTP {}): {}".format(
-                    response.status_code, summarize(response.text)
-                ),
+                f"Cartd refused to create the cart (HTTP {response.status_code}): {summarize(response.text)}",
                 cart_url=cart_url,
                 response=response,
             )
@@ -127,7 +126,7 @@ class CartAPI:
         return cart_url
 
     def wait_for_cart(
-        self, cart_url: str, timeout: Optional[float] = None, on_poll: Optional[Callable[[str], None]] = None
+        self, cart_url: str, timeout: float | None = None, on_poll: Callable[[str], None] | None = None
     ) -> str:
         """Poll the cart with ``HEAD`` until it is ready; return ``cart_url``.
 
@@ -154,14 +153,14 @@ class CartAPI:
                 return cart_url
             if response.status_code == 404:
                 raise CartNotFoundError(
-                    "the cart {} does not exist on the server (deleted, or never created)".format(redact(cart_url)),
+                    f"the cart {redact(cart_url)} does not exist on the server (deleted, or never created)",
                     cart_url=cart_url,
                     response=response,
                 )
             if status == "error":
                 raise CartFailedError(
-                    "Cartd could not stage the cart: {}. Check that every file id exists in the archive "
-                    "and that its hash is right".format(summarize(message)),
+                    f"Cartd could not stage the cart: {summarize(message)}. "
+                    "Check that every file id exists in the archive and that its hash is right",
                     server_message=message,
                     cart_url=cart_url,
                     response=response,
@@ -172,22 +171,21 @@ class CartAPI:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CartTimeoutError(
-                    "the cart {} was still {!r} after {:.0f} s; raise the timeout for large carts".format(
-                        redact(cart_url), status or response.status_code, limit
-                    ),
+                    f"the cart {redact(cart_url)} was still {status or response.status_code!r} after {limit:.0f} s; "
+                    "raise the timeout for large carts",
                     cart_url=cart_url,
                 )
             time.sleep(min(interval, remaining))
             interval = min(interval * POLL_GROWTH, POLL_CAP)
 
     def open_cart(self, cart_url: str, filename: str, offset: int = 0,
-                  deadline: Optional[float] = None) -> requests.Response:
+                  deadline: float | None = None) -> requests.Response:
         """Start streaming the ready cart's tar; return the open response.
 
         With ``offset`` the request asks for the bytes from there on (the
         caller checks the answer is a matching 206).
         """
-        headers = {"Range": "bytes={}-".format(offset)} if offset else None
+        headers = {"Range": f"bytes={offset}-"} if offset else None
         response = self.transport.request(
             "GET", cart_url, params={"filename": filename}, stream=True, headers=headers, deadline=deadline
         )
@@ -197,10 +195,10 @@ class CartAPI:
         response.close()
         if response.status_code == 404:
             raise CartNotFoundError(
-                "the cart {} is gone from the server".format(redact(cart_url)), cart_url=cart_url, response=response
+                f"the cart {redact(cart_url)} is gone from the server", cart_url=cart_url, response=response
             )
         raise CartError(
-            "Cartd did not send the cart (HTTP {}): {}".format(response.status_code, summarize(text)),
+            f"Cartd did not send the cart (HTTP {response.status_code}): {summarize(text)}",
             cart_url=cart_url,
             response=response,
         )
@@ -212,7 +210,7 @@ class CartAPI:
             return False
         if response.status_code != 200:
             raise CartError(
-                "Cartd did not delete the cart (HTTP {})".format(response.status_code),
+                f"Cartd did not delete the cart (HTTP {response.status_code})",
                 cart_url=cart_url,
                 response=response,
             )

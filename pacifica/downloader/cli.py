@@ -24,7 +24,8 @@ import textwrap
 import time
 import traceback
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence, TextIO
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import requests
@@ -53,15 +54,15 @@ from .records import FileRecord
 from .transport import Transport, redact
 
 __all__ = [
-    "main",
-    "build_parser",
+    "EXIT_CODES",
+    "PolicyError",
     "auth_from_environment",
+    "build_parser",
     "exit_code_for",
     "fetch_transaction",
     "load_json",
+    "main",
     "manifest",
-    "PolicyError",
-    "EXIT_CODES",
 ]
 
 PROG = "pacifica-downloader"
@@ -81,7 +82,7 @@ EXIT_DESTINATION = 6
 EXIT_INTERRUPTED = 130
 
 #: Every exit status of the command and what it means (also shown by ``--help``).
-EXIT_CODES: Dict[int, str] = {
+EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success: every file is on disk and verified",
     EXIT_INTERNAL: "unexpected internal error (a bug: please report it with the -vv output)",
     EXIT_USAGE: "bad input or usage: invalid arguments, an unreadable or invalid JSON file, "
@@ -119,23 +120,23 @@ def _wrap(text: str) -> str:
 
 def _epilog() -> str:
     codes = "\n".join(
-        textwrap.fill(text, width=79, initial_indent="  {:>3}  ".format(code), subsequent_indent=" " * 7)
+        textwrap.fill(text, width=79, initial_indent=f"  {code:>3}  ", subsequent_indent=" " * 7)
         for code, text in sorted(EXIT_CODES.items())
     )
     return (
-        "exit status:\n{codes}\n\n"
+        f"exit status:\n{codes}\n\n"
         "environment:\n"
-        "  {user}, {password}\n"
+        f"  {ENV_USER}, {ENV_PASSWORD}\n"
         "        HTTP basic authentication\n"
-        "  {token}\n"
+        f"  {ENV_TOKEN}\n"
         "        bearer token (Authorization: Bearer ...)\n"
-        "  {cert} [, {key}]\n"
+        f"  {ENV_CERT} [, {ENV_KEY}]\n"
         "        client certificate file [and its private key file]\n"
         "  CARTD_CART_API_URL, or CARTD_PROTO, CARTD_ADDR, CARTD_PORT\n"
         "        the cart service when --cart-url is not given\n"
         "        (default: http://127.0.0.1:8081)\n"
         "Credentials are read from the environment only, never from the command line."
-    ).format(codes=codes, user=ENV_USER, password=ENV_PASSWORD, token=ENV_TOKEN, cert=ENV_CERT, key=ENV_KEY)
+    )
 
 
 # -- argument parsing ------------------------------------------------------------------
@@ -145,9 +146,9 @@ def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("{!r} is not a number of seconds".format(text)) from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number of seconds, got {!r}".format(text))
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
 
 
@@ -155,9 +156,9 @@ def _transaction_id(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("{!r} is not a transaction id (an integer)".format(text)) from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a transaction id (an integer)") from None
     if value < 0:
-        raise argparse.ArgumentTypeError("a transaction id is not negative, got {!r}".format(text))
+        raise argparse.ArgumentTypeError(f"a transaction id is not negative, got {text!r}")
     return value
 
 
@@ -178,7 +179,7 @@ def _add_common_options(command: argparse.ArgumentParser) -> None:
     )
     where.add_argument(
         "--timeout", metavar="SECONDS", type=_positive_float, default=None,
-        help="how long to wait for the cart to be ready (default: {:.0f})".format(Timeouts().wait),
+        help=f"how long to wait for the cart to be ready (default: {Timeouts().wait:.0f})",
     )
     tls = command.add_argument_group("TLS (credentials: see environment below)").add_mutually_exclusive_group()
     tls.add_argument("--ca-bundle", metavar="PATH", help="CA certificate file or directory to verify servers with")
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=epilog,
         formatter_class=formatter,
     )
-    parser.add_argument("--version", action="version", version="%(prog)s {}".format(__version__))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     event = commands.add_parser(
         "cloudevent", epilog=epilog, formatter_class=formatter,
@@ -269,16 +270,16 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             continue
         flag = "--" + option.replace("_", "-")
         if not url.startswith(("http://", "https://")):
-            parser.error("{} must start with http:// or https://".format(flag))
+            parser.error(f"{flag} must start with http:// or https://")
         try:
             parts = urlsplit(url)
             has_credentials = parts.username is not None or parts.password is not None
         except ValueError as err:
-            parser.error("{} is not a valid URL: {}".format(flag, err))
+            parser.error(f"{flag} is not a valid URL: {err}")
         if has_credentials:
             parser.error(
-                "{} must not carry credentials (they would show in the process list); set {} and {} "
-                "in the environment instead".format(flag, ENV_USER, ENV_PASSWORD)
+                f"{flag} must not carry credentials (they would show in the process list); "
+                f"set {ENV_USER} and {ENV_PASSWORD} in the environment instead"
             )
 
 
@@ -286,8 +287,8 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 def auth_from_environment(
-    environ: Mapping[str, str], *, ca_bundle: Optional[str] = None, insecure: bool = False
-) -> Dict[str, Any]:
+    environ: Mapping[str, str], *, ca_bundle: str | None = None, insecure: bool = False
+) -> dict[str, Any]:
     """Return the requests arguments for the credentials in ``environ`` and the TLS options.
 
     The result is the ``auth`` dict :class:`Downloader` takes (``auth``,
@@ -298,43 +299,43 @@ def auth_from_environment(
     >>> auth_from_environment({"PACIFICA_DOWNLOADER_TOKEN": "t0k"})
     {'headers': {'Authorization': 'Bearer t0k'}}
     """
-    def get(name: str) -> Optional[str]:
+    def get(name: str) -> str | None:
         return environ.get(name) or None
 
     user, password, token = get(ENV_USER), get(ENV_PASSWORD), get(ENV_TOKEN)
     cert, key = get(ENV_CERT), get(ENV_KEY)
-    result: Dict[str, Any] = {}
+    result: dict[str, Any] = {}
     if (user is None) != (password is None):
         missing = ENV_PASSWORD if password is None else ENV_USER
         present = ENV_USER if password is None else ENV_PASSWORD
-        raise InvalidInputError("{} is set but {} is not; set both for basic authentication".format(present, missing))
+        raise InvalidInputError(f"{present} is set but {missing} is not; set both for basic authentication")
     if user is not None and token is not None:
         raise InvalidInputError(
-            "set either {}/{} (basic) or {} (bearer), not both".format(ENV_USER, ENV_PASSWORD, ENV_TOKEN)
+            f"set either {ENV_USER}/{ENV_PASSWORD} (basic) or {ENV_TOKEN} (bearer), not both"
         )
     if user is not None:
         result["auth"] = (user, password)
     if token is not None:
-        result["headers"] = {"Authorization": "Bearer {}".format(token)}
+        result["headers"] = {"Authorization": f"Bearer {token}"}
     if key is not None and cert is None:
-        raise InvalidInputError("{} is set but {} is not".format(ENV_KEY, ENV_CERT))
+        raise InvalidInputError(f"{ENV_KEY} is set but {ENV_CERT} is not")
     if cert is not None:
         for name, path in ((ENV_CERT, cert), (ENV_KEY, key)):
             if path is not None and not os.path.isfile(path):
-                raise InvalidInputError("{} names no file: {}".format(name, path))
+                raise InvalidInputError(f"{name} names no file: {path}")
         result["cert"] = cert if key is None else (cert, key)
     if ca_bundle is not None and insecure:
         raise InvalidInputError("--ca-bundle and --insecure contradict each other")
     if ca_bundle is not None:
         if not os.path.exists(ca_bundle):
-            raise InvalidInputError("--ca-bundle names no file or directory: {}".format(ca_bundle))
+            raise InvalidInputError(f"--ca-bundle names no file or directory: {ca_bundle}")
         result["verify"] = ca_bundle
     elif insecure:
         result["verify"] = False
     return result
 
 
-def load_json(path: str, stdin: Optional[TextIO] = None) -> Any:
+def load_json(path: str, stdin: TextIO | None = None) -> Any:
     """Read and parse the JSON file ``path`` (``-`` is ``stdin``); raise :class:`InvalidInputError` if that fails."""
     name = "standard input" if path == "-" else path
     try:
@@ -345,11 +346,11 @@ def load_json(path: str, stdin: Optional[TextIO] = None) -> Any:
             with open(path, "rb") as handle:
                 raw = handle.read()
     except OSError as err:
-        raise InvalidInputError("cannot read {}: {}".format(name, err.strerror or err)) from None
+        raise InvalidInputError(f"cannot read {name}: {err.strerror or err}") from None
     try:
         return json.loads(raw)
     except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
-        raise InvalidInputError("{} is not valid JSON: {}".format(name, err)) from None
+        raise InvalidInputError(f"{name} is not valid JSON: {err}") from None
 
 
 def fetch_transaction(transport: Transport, policy_url: str, transaction_id: int) -> Any:
@@ -371,30 +372,28 @@ def fetch_transaction(transport: Transport, policy_url: str, transaction_id: int
     with response:
         if response.status_code == 404:
             raise PolicyError(
-                "the policy service knows no transaction {} (HTTP 404 from {})".format(transaction_id, redact(url)),
+                f"the policy service knows no transaction {transaction_id} (HTTP 404 from {redact(url)})",
                 response=response,
             )
         if response.status_code != 200:
             raise PolicyError(
-                "the policy service answered HTTP {} for transaction {}: {}".format(
-                    response.status_code, transaction_id, summarize(response.text)
-                ),
+                f"the policy service answered HTTP {response.status_code} for transaction {transaction_id}: "
+                f"{summarize(response.text)}",
                 response=response,
             )
         try:
             document = response.json()
         except ValueError:
             raise PolicyError(
-                "the policy service's answer for transaction {} is not JSON: {}".format(
-                    transaction_id, summarize(response.text[:500])
-                ),
+                f"the policy service's answer for transaction {transaction_id} is not JSON: "
+                f"{summarize(response.text[:500])}",
                 response=response,
             ) from None
     LOGGER.info("fetched transaction %d from %s", transaction_id, redact(url))
     return document
 
 
-def manifest(records: Sequence[FileRecord], paths: Sequence[str]) -> List[Dict[str, Any]]:
+def manifest(records: Sequence[FileRecord], paths: Sequence[str]) -> list[dict[str, Any]]:
     """Return the ``--json`` manifest: one ``{"path", "size", "hashtype", "hashsum"}`` per file, in input order."""
     entries = []
     for record, path in zip(records, paths):
@@ -438,7 +437,7 @@ class _LevelFormatter(logging.Formatter):
 class _DisplayHandler(logging.Handler):
     """Writes log records to stderr, through the progress display when one is drawing."""
 
-    def __init__(self, stream: TextIO, display: Optional[SafeDisplay]) -> None:
+    def __init__(self, stream: TextIO, display: SafeDisplay | None) -> None:
         super().__init__()
         self.stream = stream
         self.display = display
@@ -449,17 +448,17 @@ class _DisplayHandler(logging.Handler):
             if self.display is None or not self.display.write(text):
                 self.stream.write(text + "\n")
                 self.stream.flush()
-        except Exception:
+        except Exception:  # noqa: BLE001 - logging.Handler's contract: report, never raise
             self.handleError(record)
 
 
 class _Tracker:
     """The progress callback: remembers the last report and passes it on to the display."""
 
-    def __init__(self, display: Optional[SafeDisplay]) -> None:
+    def __init__(self, display: SafeDisplay | None) -> None:
         self.display = display
-        self.last: Optional[Progress] = None
-        self.cart_url: Optional[str] = None
+        self.last: Progress | None = None
+        self.cart_url: str | None = None
 
     def __call__(self, progress: Progress) -> None:
         self.last = progress
@@ -472,7 +471,7 @@ class _Tracker:
 class _Output:
     """Everything the command prints besides logs, in one place."""
 
-    def __init__(self, stdout: TextIO, stderr: TextIO, display: Optional[SafeDisplay]) -> None:
+    def __init__(self, stdout: TextIO, stderr: TextIO, display: SafeDisplay | None) -> None:
         self.stdout = stdout
         self.stderr = stderr
         self.display = display
@@ -483,7 +482,7 @@ class _Output:
 
     def message(self, text: str) -> None:
         self.close_display()
-        self.stderr.write("{}: {}\n".format(PROG, text))
+        self.stderr.write(f"{PROG}: {text}\n")
         self.stderr.flush()
 
     def error(self, error: BaseException, verbose: int) -> None:
@@ -492,15 +491,15 @@ class _Output:
             traceback.print_exception(type(error), error, error.__traceback__, file=self.stderr)
         text = str(error) if str(error) else type(error).__name__
         if not isinstance(error, DownloaderError):
-            text = "{}: {}".format(type(error).__name__, text)
+            text = f"{type(error).__name__}: {text}"
         lines = text.splitlines() or [text]
         if isinstance(error, CartFailedError) and verbose >= 1 and error.server_message:
             lines.append("  server message: " + error.server_message)
         detail = lines[1:]
         if verbose < 1 and len(detail) > DETAIL_LINES:
             more = len(detail) - DETAIL_LINES
-            detail = detail[:DETAIL_LINES] + ["  ... and {} more (-v shows all)".format(more)]
-        self.stderr.write("{}: error: {}\n".format(PROG, lines[0]))
+            detail = detail[:DETAIL_LINES] + [f"  ... and {more} more (-v shows all)"]
+        self.stderr.write(f"{PROG}: error: {lines[0]}\n")
         for line in detail:
             self.stderr.write(line + "\n")
         self.stderr.flush()
@@ -519,7 +518,7 @@ class _Output:
                 pass
 
 
-def _setup_logging(verbose: int, quiet: bool, stream: TextIO, display: Optional[SafeDisplay]) -> Any:
+def _setup_logging(verbose: int, quiet: bool, stream: TextIO, display: SafeDisplay | None) -> Any:
     """Send the library's log records to ``stream``; return what :func:`_restore_logging` needs."""
     logger = logging.getLogger(LIBRARY_LOGGER)
     saved = (logger.level, logger.propagate)
@@ -533,9 +532,9 @@ def _setup_logging(verbose: int, quiet: bool, stream: TextIO, display: Optional[
         level = logging.WARNING
     handler = _DisplayHandler(stream, display)
     if verbose >= 2:
-        fmt = "{}: %(asctime)s %(levelname_lower)s %(name)s: %(message)s".format(PROG)
+        fmt = f"{PROG}: %(asctime)s %(levelname_lower)s %(name)s: %(message)s"
     else:
-        fmt = "{}: %(levelname_lower)s: %(message)s".format(PROG)
+        fmt = f"{PROG}: %(levelname_lower)s: %(message)s"
     handler.setFormatter(_LevelFormatter(fmt))
     logger.addHandler(handler)
     logger.setLevel(level)
@@ -551,7 +550,7 @@ def _restore_logging(state: Any) -> None:
 
 
 def _summary(
-    paths: Sequence[str], records: Sequence[FileRecord], entries: Optional[List[Dict[str, Any]]],
+    paths: Sequence[str], records: Sequence[FileRecord], entries: list[dict[str, Any]] | None,
     tracker: _Tracker, elapsed: float, destination: str, keep_cart: bool,
 ) -> str:
     if not records:
@@ -565,14 +564,14 @@ def _summary(
     if present:
         text += " ({} already present{})".format(present, "" if fetched else ", no cart needed")
     if keep_cart and tracker.cart_url:
-        text += "; cart kept at {}".format(redact(tracker.cart_url))
+        text += f"; cart kept at {redact(tracker.cart_url)}"
     return text
 
 
 # -- the command -------------------------------------------------------------------
 
 
-def _run(args: argparse.Namespace, out: _Output, tracker: _Tracker, stdin: Optional[TextIO]) -> int:
+def _run(args: argparse.Namespace, out: _Output, tracker: _Tracker, stdin: TextIO | None) -> int:
     with warnings.catch_warnings():
         if args.insecure:
             out.message("warning: --insecure: TLS certificates are not verified; anyone on the network path "
@@ -582,10 +581,10 @@ def _run(args: argparse.Namespace, out: _Output, tracker: _Tracker, stdin: Optio
         return _download(args, out, tracker, stdin)
 
 
-def _download(args: argparse.Namespace, out: _Output, tracker: _Tracker, stdin: Optional[TextIO]) -> int:
+def _download(args: argparse.Namespace, out: _Output, tracker: _Tracker, stdin: TextIO | None) -> int:
     auth = auth_from_environment(os.environ, ca_bundle=args.ca_bundle, insecure=args.insecure)
     with requests.Session() as session:
-        session.headers["User-Agent"] = "{}/{} {}".format(PROG, __version__, requests.utils.default_user_agent())
+        session.headers["User-Agent"] = f"{PROG}/{__version__} {requests.utils.default_user_agent()}"
         down = Downloader(
             cart_api_url=args.cart_url,
             auth=auth or None,
@@ -622,7 +621,7 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     stdout, stderr = sys.stdout, sys.stderr
     parser = build_parser()
@@ -642,17 +641,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out.close_display()
         text = "interrupted; no partial file was left"
         if args.keep_cart and tracker.cart_url:
-            text += "; the cart was kept at {}".format(redact(tracker.cart_url))
+            text += f"; the cart was kept at {redact(tracker.cart_url)}"
         stderr.write("{}{}: {}\n".format("\n" if _isatty(stderr) else "", PROG, text))
         stderr.flush()
         return EXIT_INTERRUPTED
     except (DownloaderError, requests.RequestException) as error:
         out.error(error, args.verbose)
         return exit_code_for(error)
-    except Exception as error:  # a bug: say so in one line, the traceback with -vv
+    except Exception as error:  # noqa: BLE001 - a bug: say so in one line, the traceback with -vv
         out.error(error, args.verbose)
         if args.verbose < 2:
-            stderr.write("{}: this is a bug; run again with -vv for the traceback\n".format(PROG))
+            stderr.write(f"{PROG}: this is a bug; run again with -vv for the traceback\n")
         return EXIT_INTERNAL
     finally:
         out.close_display()

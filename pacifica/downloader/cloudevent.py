@@ -9,7 +9,8 @@ way, and an object of the ``cloudevents`` SDK is read through its ``data``.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, Iterator, List
+from collections.abc import Iterator
+from typing import Any, Callable
 
 from .exceptions import InvalidInputError
 from .records import FileRecord, entries_callable, validate_records
@@ -21,29 +22,27 @@ def _event_data(event: Any) -> Any:
     """Return the ``data`` member of an event given as a mapping or an SDK object."""
     if isinstance(event, dict):
         if "data" not in event:
-            raise InvalidInputError("the event has no 'data' member", ["keys: {}".format(sorted(map(str, event)))])
+            raise InvalidInputError("the event has no 'data' member", [f"keys: {sorted(map(str, event))}"])
         data = event["data"]
     elif hasattr(event, "data") and hasattr(event, "get_attributes"):
         data = event.data  # a cloudevents SDK object
     else:
         raise InvalidInputError(
-            "a CloudEvent must be a JSON object (dict) or a cloudevents SDK event, not {}".format(
-                type(event).__name__
-            )
+            f"a CloudEvent must be a JSON object (dict) or a cloudevents SDK event, not {type(event).__name__}"
         )
     if isinstance(data, (bytes, bytearray, str)):
         try:
             data = json.loads(data)
         except ValueError as err:
-            raise InvalidInputError("the event's data is not JSON: {}".format(err)) from None
+            raise InvalidInputError(f"the event's data is not JSON: {err}") from None
     if not isinstance(data, list):
         raise InvalidInputError(
-            "the event's 'data' must be the list of ingested metadata objects, not {}".format(type(data).__name__)
+            f"the event's 'data' must be the list of ingested metadata objects, not {type(data).__name__}"
         )
     return data
 
 
-def event_records(event: Any) -> List[FileRecord]:
+def event_records(event: Any) -> list[FileRecord]:
     """Return the checked file records of ``event``, in event order.
 
     Raises :class:`InvalidInputError` listing every bad ``Files`` object.
@@ -51,7 +50,7 @@ def event_records(event: Any) -> List[FileRecord]:
     """
     data = _event_data(event)
     files = (
-        ("data[{}]".format(index), obj)
+        (f"data[{index}]", obj)
         for index, obj in enumerate(data)
         if not isinstance(obj, dict) or obj.get("destinationTable") == "Files"
     )
@@ -67,7 +66,7 @@ class CloudEvent:
     """
 
     @staticmethod
-    def cloudevent(cloudevent: Any) -> Callable[[], Iterator[Dict[str, str]]]:
+    def cloudevent(cloudevent: Any) -> Callable[[], Iterator[dict[str, str]]]:
         """Return a callable yielding the event's files as Cartd ``fileids`` entries.
 
         The event is checked at once: a bad record raises

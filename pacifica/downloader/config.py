@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from .exceptions import InvalidInputError
 
-__all__ = ["Timeouts", "resolve_cart_url", "DEFAULT_CART_API_URL"]
+__all__ = ["DEFAULT_CART_API_URL", "Timeouts", "resolve_cart_url"]
 
 DEFAULT_CART_API_URL = "http://127.0.0.1:8081"
 
 
-def resolve_cart_url(cart_api_url: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> str:
+def resolve_cart_url(cart_api_url: str | None = None, environ: Mapping[str, str] | None = None) -> str:
     """Return the Cartd endpoint: the argument, else ``CARTD_CART_API_URL``,
     else ``CARTD_PROTO://CARTD_ADDR:CARTD_PORT`` (default ``http://127.0.0.1:8081``).
 
@@ -31,7 +32,7 @@ def resolve_cart_url(cart_api_url: Optional[str] = None, environ: Optional[Mappi
             env.get("CARTD_PROTO", "http"), env.get("CARTD_ADDR", "127.0.0.1"), env.get("CARTD_PORT", "8081")
         )
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise InvalidInputError("the cart API URL must start with http:// or https://, got {!r}".format(url))
+        raise InvalidInputError(f"the cart API URL must start with http:// or https://, got {url!r}")
     return url.rstrip("/")
 
 
@@ -64,8 +65,8 @@ class Timeouts:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError("Timeouts.{} must be a positive number, got {!r}".format(field.name, value))
+                raise ValueError(f"Timeouts.{field.name} must be a positive number, got {value!r}")
 
-    def replace(self, **changes: Any) -> "Timeouts":
+    def replace(self, **changes: Any) -> Timeouts:
         """Return a copy with ``changes`` applied: ``Timeouts().replace(wait=600)``."""
         return dataclasses.replace(self, **changes)

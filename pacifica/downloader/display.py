@@ -20,11 +20,11 @@ import importlib
 import io
 import logging
 import os
-from typing import Any, Dict, Optional, TextIO
+from typing import Any, TextIO
 
 from .progress import Progress
 
-__all__ = ["Display", "LineDisplay", "TqdmDisplay", "SafeDisplay", "make_display", "format_size", "stage_of"]
+__all__ = ["Display", "LineDisplay", "SafeDisplay", "TqdmDisplay", "format_size", "make_display", "stage_of"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B [{elapsed}
 SPINNER = "|/-\\"
 
 
-def format_size(count: Optional[float]) -> str:
+def format_size(count: float | None) -> str:
     """Return a byte count in decimal units, as tqdm shows them.
 
     >>> format_size(0), format_size(999), format_size(12_500_000), format_size(3 * 10**9)
@@ -48,15 +48,15 @@ def format_size(count: Optional[float]) -> str:
         return "?"
     value = float(count)
     if value < 1000:
-        return "{:d} B".format(int(value))
+        return f"{int(value):d} B"
     for unit in ("kB", "MB", "GB", "TB", "PB"):
         value /= 1000.0
         if value < 1000 or unit == "PB":
             break
-    return "{:.1f} {}".format(value, unit)
+    return f"{value:.1f} {unit}"
 
 
-def terminal_shape(stream: TextIO) -> Dict[str, Optional[int]]:
+def terminal_shape(stream: TextIO) -> dict[str, int | None]:
     """tqdm's ``ncols`` and ``nrows`` for ``stream``: None to let tqdm ask, a default when the terminal reports none.
 
     A pseudo-terminal nobody sized (``script`` without a terminal, some
@@ -83,8 +83,8 @@ def transfer_text(progress: Progress) -> str:
     """``12.5 MB of 40.0 MB, 3/10 files`` (or without ``of ...`` when the sizes are unknown)."""
     done = format_size(progress.bytes_done)
     if progress.bytes_total is not None:
-        done = "{} of {}".format(done, format_size(progress.bytes_total))
-    return "{}, {}/{} files".format(done, progress.files_done, progress.files_total)
+        done = f"{done} of {format_size(progress.bytes_total)}"
+    return f"{done}, {progress.files_done}/{progress.files_total} files"
 
 
 class Display:
@@ -117,7 +117,7 @@ class LineDisplay(Display):
     def __init__(self, stream: TextIO, interval: float = LINE_INTERVAL) -> None:
         super().__init__(stream)
         self.interval = interval
-        self.last_time: Optional[float] = None
+        self.last_time: float | None = None
         self.last_line = ""
 
     def __call__(self, progress: Progress) -> None:
@@ -134,7 +134,7 @@ class LineDisplay(Display):
             self.staging_started = progress.elapsed
         self.stage = stage
         if stage == "staging":
-            text = "staging... {:.1f} s".format(progress.elapsed - self.staging_started)
+            text = f"staging... {progress.elapsed - self.staging_started:.1f} s"
         else:
             text = transfer_text(progress)
         self._line(text, progress.elapsed, force=changed)
@@ -181,7 +181,7 @@ class TqdmDisplay(Display):
             )
         self.frame = (self.frame + 1) % len(SPINNER)
         self.spinner.set_description_str(
-            "{} staging cart... {:.1f} s".format(SPINNER[self.frame], progress.elapsed - self.staging_started),
+            f"{SPINNER[self.frame]} staging cart... {progress.elapsed - self.staging_started:.1f} s",
             refresh=True,
         )
 
@@ -202,7 +202,7 @@ class TqdmDisplay(Display):
             )
         if progress.files_done != self.files_shown:
             self.files_shown = progress.files_done
-            self.bar.set_postfix_str("files {}/{}".format(progress.files_done, progress.files_total), refresh=False)
+            self.bar.set_postfix_str(f"files {progress.files_done}/{progress.files_total}", refresh=False)
         step = progress.bytes_done - self.bar.n
         if step > 0:
             self.bar.update(step)
@@ -231,7 +231,7 @@ class SafeDisplay:
     """
 
     def __init__(self, display: Display) -> None:
-        self.display: Optional[Display] = display
+        self.display: Display | None = display
 
     def __call__(self, progress: Progress) -> None:
         if self.display is None:
@@ -264,7 +264,7 @@ class SafeDisplay:
                 LOGGER.debug("closing the progress display failed", exc_info=True)
 
 
-def _tqdm_class() -> Optional[Any]:
+def _tqdm_class() -> Any | None:
     """Return ``tqdm.tqdm`` if the optional ``tqdm`` package is installed (the ``progress`` extra)."""
     try:
         module = importlib.import_module("tqdm")
@@ -274,8 +274,8 @@ def _tqdm_class() -> Optional[Any]:
 
 
 def make_display(
-    stream: TextIO, *, quiet: bool = False, tqdm_class: Optional[Any] = None, use_tqdm: Optional[bool] = None
-) -> Optional[SafeDisplay]:
+    stream: TextIO, *, quiet: bool = False, tqdm_class: Any | None = None, use_tqdm: bool | None = None
+) -> SafeDisplay | None:
     """Return the progress callback for ``stream``, or None when nothing should be shown.
 
     Nothing is shown under ``quiet`` or when ``stream`` is not a terminal.

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Any, Union
 
 import requests
 
@@ -51,17 +52,17 @@ class Downloader:
 
     def __init__(
         self,
-        location: Optional[PathLike] = None,
-        cart_api_url: Optional[str] = None,
+        location: PathLike | None = None,
+        cart_api_url: str | None = None,
         *,
         auth: Any = None,
-        session: Optional[requests.Session] = None,
-        extra_args: Optional[Dict[str, Any]] = None,
+        session: requests.Session | None = None,
+        extra_args: dict[str, Any] | None = None,
         timeouts: Timeouts = Timeouts(),
         retry: Retry = Retry(),
         keep_cart: bool = False,
         overwrite: bool = True,
-        progress: Optional[ProgressCallback] = None,
+        progress: ProgressCallback | None = None,
     ) -> None:
         """Prepare downloads into ``location`` from the Cartd at ``cart_api_url``.
 
@@ -90,7 +91,7 @@ class Downloader:
 
     # -- the documented download methods -----------------------------------
 
-    def cloudevent(self, *args: Any, **kwargs: Any) -> List[str]:
+    def cloudevent(self, *args: Any, **kwargs: Any) -> list[str]:
         """Download the files of a Pacifica Notifications CloudEvent; return their paths.
 
         ``down.cloudevent(event)`` or, 0.4 style,
@@ -103,7 +104,7 @@ class Downloader:
         location, event, options = self._call_style(args, kwargs, "cloudevent")
         return self.download(event_records(event), location, **options)
 
-    def transactioninfo(self, *args: Any, **kwargs: Any) -> List[str]:
+    def transactioninfo(self, *args: Any, **kwargs: Any) -> list[str]:
         """Download the files of a Pacifica Policy transaction-info document; return their paths.
 
         ``down.transactioninfo(doc)`` or ``down.transactioninfo(location, doc)``;
@@ -115,12 +116,12 @@ class Downloader:
     def download(
         self,
         records: Iterable[Any],
-        location: Optional[PathLike] = None,
+        location: PathLike | None = None,
         *,
         filename: str = "data",
-        timeout: Optional[float] = None,
-        deadline: Optional[float] = None,
-    ) -> List[str]:
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> list[str]:
         """Download ``records`` (file records or Cartd ``fileids`` entries); return every file's path.
 
         Files already present with the right hash are not fetched again, and
@@ -153,7 +154,7 @@ class Downloader:
 
     # -- the steps ---------------------------------------------------------------
 
-    def _call_style(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], name: str) -> Tuple[Path, Any, Dict[str, Any]]:
+    def _call_style(self, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> tuple[Path, Any, dict[str, Any]]:
         """Sort out ``(event)``, ``(location, event)`` and keyword calls."""
         location = kwargs.pop("location", None)
         if len(args) == 2:
@@ -165,13 +166,13 @@ class Downloader:
         elif not args and name in kwargs:
             document = kwargs.pop(name)
         else:
-            raise TypeError("{}() takes the {} and optionally the location before it".format(name, name))
+            raise TypeError(f"{name}() takes the {name} and optionally the location before it")
         unknown = sorted(set(kwargs) - {"filename", "timeout", "deadline"})
         if unknown:
             raise TypeError("{}() got unexpected keyword arguments: {}".format(name, ", ".join(unknown)))
         return self._location(location), document, kwargs
 
-    def _location(self, location: Optional[PathLike]) -> Path:
+    def _location(self, location: PathLike | None) -> Path:
         root = Path(location) if location is not None else self.location
         if root is None:
             raise InvalidInputError("no download location: pass it to Downloader() or to the download method")
@@ -181,14 +182,14 @@ class Downloader:
             raise os_error(err, str(root), "create the download directory") from err
         return root
 
-    def _missing(self, records: List[FileRecord], destination: Path) -> List[FileRecord]:
+    def _missing(self, records: list[FileRecord], destination: Path) -> list[FileRecord]:
         """Return the records whose final file is absent or differs; honour ``overwrite``."""
-        todo: List[FileRecord] = []
-        conflicts: List[str] = []
+        todo: list[FileRecord] = []
+        conflicts: list[str] = []
         root = destination.parent
         for record in records:
             folder, _, name = record.path.rpartition("/")
-            parent = safe_folder(root, "{}/{}".format(destination.name, folder), create=False)
+            parent = safe_folder(root, f"{destination.name}/{folder}", create=False)
             final = destination / record.path
             digest = None if parent is None else file_digest(parent / name, record.hashtype)
             if digest == record.hashsum:
@@ -207,13 +208,13 @@ class Downloader:
 
     def _fetch(
         self,
-        records: List[FileRecord],
+        records: list[FileRecord],
         destination: Path,
         filename: str,
         staging: StagingArea,
-        timeout: Optional[float],
-        deadline: Optional[float],
-        report: "_Reporter",
+        timeout: float | None,
+        deadline: float | None,
+        report: _Reporter,
     ) -> None:
         """Make one cart of ``records``, wait, transfer; delete the cart whatever happens."""
         cart_url = self.cart_api.setup_cart(entries_callable(records))
@@ -233,18 +234,18 @@ class Downloader:
     def _transfer(
         self,
         cart_url: str,
-        records: List[FileRecord],
+        records: list[FileRecord],
         destination: Path,
         filename: str,
         staging: StagingArea,
-        deadline: Optional[float],
-        report: "_Reporter",
+        deadline: float | None,
+        report: _Reporter,
     ) -> None:
         """Stream the ready cart into place; start over (skipping verified files) when it breaks."""
         wanted = {record.path: record for record in records}
         tops = {filename.replace(".tar", ""), cart_url.rsplit("/", 1)[-1]}
-        done: Set[str] = set()
-        failures: List[str] = []
+        done: set[str] = set()
+        failures: list[str] = []
         started = time.monotonic()
         transport = self.cart_api.transport
         for attempt in range(1, transport.retry.attempts + 1):
@@ -278,9 +279,8 @@ class Downloader:
             )
             return
         raise TransferError(
-            "the cart's stream kept breaking; {} of {} files were verified and kept, run again to fetch the rest".format(
-                len(done), len(wanted)
-            ),
+            f"the cart's stream kept breaking; {len(done)} of {len(wanted)} files were verified and kept, "
+            "run again to fetch the rest",
             attempts=failures,
             cart_url=cart_url,
         )
@@ -296,14 +296,14 @@ class Downloader:
 class _Reporter:
     """Counts files and bytes of one call and hands :class:`Progress` values to the callback."""
 
-    def __init__(self, callback: Optional[ProgressCallback], records: List[FileRecord]) -> None:
+    def __init__(self, callback: ProgressCallback | None, records: list[FileRecord]) -> None:
         self.callback = callback
         self.files_total = len(records)
         sizes = [record.size for record in records]
         self.bytes_total = None if None in sizes else sum(size or 0 for size in sizes)
         self.files_done = 0
         self.bytes_done = 0
-        self.cart_url: Optional[str] = None
+        self.cart_url: str | None = None
         self.started = time.monotonic()
         self.phase = "validating"
 

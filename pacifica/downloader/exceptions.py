@@ -8,22 +8,22 @@ message says what happened and what to do about it.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import requests
 
 __all__ = [
-    "DownloaderError",
-    "InvalidInputError",
     "CartError",
-    "CartNotFoundError",
     "CartFailedError",
+    "CartNotFoundError",
     "CartTimeoutError",
-    "TransferError",
-    "IntegrityError",
-    "ManifestError",
-    "UnsafeArchiveError",
     "DestinationError",
+    "DownloaderError",
+    "IntegrityError",
+    "InvalidInputError",
+    "ManifestError",
+    "TransferError",
+    "UnsafeArchiveError",
 ]
 
 
@@ -38,8 +38,8 @@ class DownloaderError(Exception):
         self,
         message: str,
         *,
-        cart_url: Optional[str] = None,
-        response: Optional[requests.Response] = None,
+        cart_url: str | None = None,
+        response: requests.Response | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -81,8 +81,8 @@ class CartFailedError(CartError):
         message: str,
         *,
         server_message: str = "",
-        cart_url: Optional[str] = None,
-        response: Optional[requests.Response] = None,
+        cart_url: str | None = None,
+        response: requests.Response | None = None,
     ) -> None:
         super().__init__(message, cart_url=cart_url, response=response)
         self.server_message = server_message
@@ -103,8 +103,8 @@ class TransferError(DownloaderError):
         message: str,
         *,
         attempts: Sequence[str] = (),
-        cart_url: Optional[str] = None,
-        response: Optional[requests.Response] = None,
+        cart_url: str | None = None,
+        response: requests.Response | None = None,
     ) -> None:
         self.attempts = list(attempts)
         if self.attempts:
@@ -128,7 +128,7 @@ class IntegrityError(DownloaderError):
         path: str = "",
         expected: str = "",
         actual: str = "",
-        cart_url: Optional[str] = None,
+        cart_url: str | None = None,
     ) -> None:
         super().__init__(message, cart_url=cart_url)
         self.path = path
@@ -149,7 +149,7 @@ class ManifestError(IntegrityError):
         missing: Sequence[str] = (),
         duplicated: Sequence[str] = (),
         unexpected: Sequence[str] = (),
-        cart_url: Optional[str] = None,
+        cart_url: str | None = None,
     ) -> None:
         super().__init__(message, cart_url=cart_url)
         self.missing = list(missing)
@@ -173,7 +173,7 @@ class DestinationError(DownloaderError, OSError):
     ``errno`` the operating system's error number when there was one.
     """
 
-    def __init__(self, message: str, *, path: str = "", errno: Optional[int] = None) -> None:
+    def __init__(self, message: str, *, path: str = "", errno: int | None = None) -> None:
         DownloaderError.__init__(self, message)
         self.path = path
         self.errno = errno

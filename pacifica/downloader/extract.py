@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Set, Tuple
+from typing import Callable
 
 from .exceptions import IntegrityError, ManifestError, UnsafeArchiveError
 from .records import FileRecord
@@ -35,14 +36,14 @@ LOGGER = logging.getLogger(__name__)
 FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 
 
-def _split_name(member: tarfile.TarInfo, tops: Iterable[str]) -> Tuple[str, str]:
+def _split_name(member: tarfile.TarInfo, tops: Iterable[str]) -> tuple[str, str]:
     """Return the member's top folder and its path below it ('' for the top itself); refuse unsafe names."""
     name = member.name
     if "\x00" in name or name.startswith("/") or "\\" in name.split("/")[0]:
-        raise UnsafeArchiveError("the tar entry {!r} has an absolute or malformed name".format(name))
+        raise UnsafeArchiveError(f"the tar entry {name!r} has an absolute or malformed name")
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise UnsafeArchiveError("the tar entry {!r} climbs out with '..'".format(name))
+        raise UnsafeArchiveError(f"the tar entry {name!r} climbs out with '..'")
     if not parts or parts[0] not in tops:
         raise UnsafeArchiveError(
             "the tar entry {!r} is not inside the cart's folder ({})".format(name, " or ".join(sorted(tops)))
@@ -52,11 +53,11 @@ def _split_name(member: tarfile.TarInfo, tops: Iterable[str]) -> Tuple[str, str]
 
 def extract_cart(
     stream: CartStream,
-    wanted: Dict[str, FileRecord],
-    tops: Set[str],
+    wanted: dict[str, FileRecord],
+    tops: set[str],
     destination: Path,
     staging: StagingArea,
-    done: Set[str],
+    done: set[str],
     on_bytes: Callable[[int], None] = lambda count: None,
     on_file: Callable[[FileRecord, Path], None] = lambda record, path: None,
 ) -> None:
@@ -74,13 +75,13 @@ def extract_cart(
         while folder:
             folder = folder.rpartition("/")[0]
             folders.add(folder)
-    top_seen: Optional[str] = None
-    received: Set[str] = set()
+    top_seen: str | None = None
+    received: set[str] = set()
     try:
-        archive = tarfile.open(fileobj=stream, mode="r:")  # type: ignore[call-overload]
+        archive = tarfile.open(fileobj=stream, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115 - read member by member below
     except tarfile.ReadError as err:
         raise ManifestError(
-            "the cart's stream held no tar ({}); all {} files are missing".format(err, len(wanted)),
+            f"the cart's stream held no tar ({err}); all {len(wanted)} files are missing",
             missing=sorted(set(wanted) - done),
         ) from None
     while True:
@@ -89,9 +90,9 @@ def extract_cart(
         except tarfile.ReadError as err:
             if "unexpected end of data" in str(err):
                 raise StreamBroken("the stream ended inside a tar entry", stream.tell()) from None
-            raise UnsafeArchiveError("the cart's tar is malformed: {}".format(err)) from None
+            raise UnsafeArchiveError(f"the cart's tar is malformed: {err}") from None
         except tarfile.TarError as err:
-            raise UnsafeArchiveError("the cart's tar is malformed: {}".format(err)) from None
+            raise UnsafeArchiveError(f"the cart's tar is malformed: {err}") from None
         if member is None:
             break
         archive.members.clear()  # keep memory flat however many files the cart has
@@ -100,18 +101,18 @@ def extract_cart(
         if member.isdir() and member.type == tarfile.DIRTYPE:
             if relative and relative not in folders:
                 raise ManifestError(
-                    "the cart holds a folder nobody asked for: {!r}".format(relative), unexpected=[relative]
+                    f"the cart holds a folder nobody asked for: {relative!r}", unexpected=[relative]
                 )
             continue
         if member.type not in FILE_TYPES or member.issparse():
             raise UnsafeArchiveError(
-                "the tar entry {!r} is a {}, not a regular file; refused".format(member.name, _kind(member))
+                f"the tar entry {member.name!r} is a {_kind(member)}, not a regular file; refused"
             )
         record = wanted.get(relative)
         if record is None:
-            raise ManifestError("the cart holds a file nobody asked for: {!r}".format(relative), unexpected=[relative])
+            raise ManifestError(f"the cart holds a file nobody asked for: {relative!r}", unexpected=[relative])
         if relative in received:
-            raise ManifestError("the cart holds {!r} twice".format(relative), duplicated=[relative])
+            raise ManifestError(f"the cart holds {relative!r} twice", duplicated=[relative])
         received.add(relative)
         if relative in done:
             continue  # verified and placed by an earlier attempt; tarfile skips its bytes
@@ -121,9 +122,8 @@ def extract_cart(
     missing = sorted(set(wanted) - done)
     if missing:
         raise ManifestError(
-            "the cart's stream ended without {} of the {} files requested (first: {!r})".format(
-                len(missing), len(wanted), missing[0]
-            ),
+            f"the cart's stream ended without {len(missing)} of the {len(wanted)} files requested "
+            f"(first: {missing[0]!r})",
             missing=missing,
         )
 
@@ -139,7 +139,7 @@ def _receive(
     """Copy one member into a staging file while hashing it; place it if the digest matches."""
     source = archive.extractfile(member)
     if source is None:  # not reachable for regular files; kept for the type checker
-        raise UnsafeArchiveError("the tar entry {!r} has no data".format(member.name))
+        raise UnsafeArchiveError(f"the tar entry {member.name!r} has no data")
     digest = hashlib.new(record.hashtype)
     staged, handle = staging.open_file()
     try:
@@ -155,13 +155,12 @@ def _receive(
         except OSError as err:
             raise os_error(err, str(destination / record.path), "write") from err
         except tarfile.ReadError as err:
-            raise StreamBroken("the stream ended inside {!r}: {}".format(record.path, err), 0) from None
+            raise StreamBroken(f"the stream ended inside {record.path!r}: {err}", 0) from None
         actual = digest.hexdigest()
         if actual != record.hashsum:
             raise IntegrityError(
-                "{} does not match its {} hash: expected {}, received {}; it was not saved".format(
-                    record.path, record.hashtype, record.hashsum, actual
-                ),
+                f"{record.path} does not match its {record.hashtype} hash: "
+                f"expected {record.hashsum}, received {actual}; it was not saved",
                 path=record.path,
                 expected=record.hashsum,
                 actual=actual,
@@ -183,4 +182,4 @@ def _kind(member: tarfile.TarInfo) -> str:
         return "FIFO"
     if member.issparse():
         return "sparse file"
-    return "entry of type {!r}".format(member.type)
+    return f"entry of type {member.type!r}"

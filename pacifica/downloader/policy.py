@@ -7,7 +7,8 @@ The Policy service answers ``/transactioninfo/<id>`` with a document whose
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List
+from collections.abc import Iterator
+from typing import Any, Callable
 
 from .exceptions import InvalidInputError
 from .records import FileRecord, Keyed, entries_callable, validate_records
@@ -15,20 +16,20 @@ from .records import FileRecord, Keyed, entries_callable, validate_records
 __all__ = ["TransactionInfo", "transaction_records"]
 
 
-def transaction_records(transinfo: Any) -> List[FileRecord]:
+def transaction_records(transinfo: Any) -> list[FileRecord]:
     """Return the checked file records of a transaction-info document, in document order.
 
     Raises :class:`InvalidInputError` listing every bad file entry.
     """
     if not isinstance(transinfo, dict):
         raise InvalidInputError(
-            "a transaction-info document must be a JSON object (dict), not {}".format(type(transinfo).__name__)
+            f"a transaction-info document must be a JSON object (dict), not {type(transinfo).__name__}"
         )
     files = transinfo.get("files", {})
     if not isinstance(files, dict):
         raise InvalidInputError("the document's 'files' must map file ids to file metadata")
     return validate_records(
-        (("files[{!r}]".format(key), Keyed(obj, key)) for key, obj in files.items()),
+        ((f"files[{key!r}]", Keyed(obj, key)) for key, obj in files.items()),
         what="transaction's files",
     )
 
@@ -41,7 +42,7 @@ class TransactionInfo:
     """
 
     @staticmethod
-    def transactioninfo(transinfo: Any) -> Callable[[], Iterator[Dict[str, str]]]:
+    def transactioninfo(transinfo: Any) -> Callable[[], Iterator[dict[str, str]]]:
         """Return a callable yielding the document's files as Cartd ``fileids`` entries.
 
         The document is checked at once; a bad entry raises

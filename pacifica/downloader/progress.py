@@ -9,9 +9,9 @@ runs in the downloading thread: keep it quick, and let it raise nothing.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable
 
-__all__ = ["Progress", "ProgressCallback", "PHASES"]
+__all__ = ["PHASES", "Progress", "ProgressCallback"]
 
 PHASES = ("validating", "staging", "transferring", "verifying", "done")
 
@@ -32,12 +32,12 @@ class Progress:
     files_done: int = 0
     files_total: int = 0
     bytes_done: int = 0
-    bytes_total: Optional[int] = None
+    bytes_total: int | None = None
     elapsed: float = 0.0
-    cart_url: Optional[str] = None
+    cart_url: str | None = None
 
     @property
-    def fraction(self) -> Optional[float]:
+    def fraction(self) -> float | None:
         """Share of the bytes done, when the total is known."""
         if not self.bytes_total:
             return None

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable
 
 from .exceptions import InvalidInputError
 
 __all__ = [
-    "FileRecord", "Keyed", "join_path", "validate_records", "check_hashtype", "check_folder_name", "entries_callable",
+    "FileRecord",
+    "Keyed",
+    "check_folder_name",
+    "check_hashtype",
+    "entries_callable",
+    "join_path",
+    "validate_records",
 ]
 
 #: Algorithms whose digest has a fixed length; SHAKE needs a length and Cartd
@@ -50,9 +57,9 @@ class FileRecord:
     path: str
     hashtype: str
     hashsum: str
-    size: Optional[int] = None
+    size: int | None = None
 
-    def cart_entry(self) -> Dict[str, str]:
+    def cart_entry(self) -> dict[str, str]:
         """Return the record as Cartd's ``fileids`` entry."""
         return {"id": self.id, "path": self.path, "hashtype": self.hashtype, "hashsum": self.hashsum}
 
@@ -66,7 +73,7 @@ def join_path(subdir: Any, name: Any) -> str:
     if subdir is None:
         subdir = ""
     if not isinstance(subdir, str):
-        raise ValueError("'subdir' must be a string, not {}".format(type(subdir).__name__))
+        raise ValueError(f"'subdir' must be a string, not {type(subdir).__name__}")
     if not isinstance(name, str) or not name:
         raise ValueError("'name' must be a non-empty string")
     if "\x00" in subdir or "\x00" in name:
@@ -76,21 +83,21 @@ def join_path(subdir: Any, name: Any) -> str:
     except UnicodeEncodeError:
         raise ValueError("the path is not valid Unicode (it holds a lone surrogate)") from None
     if subdir.startswith("/") or (not subdir and name.startswith("/")):
-        raise ValueError("the path {!r} is absolute".format(subdir or name))
+        raise ValueError(f"the path {subdir or name!r} is absolute")
     if all(part in ("", ".") for part in name.split("/")):
         raise ValueError("the path names no file")
-    parts: List[str] = []
+    parts: list[str] = []
     for part in (subdir + "/" + name).split("/"):
         if part in ("", "."):
             continue
         if part == "..":
             raise ValueError("the path {!r} climbs out with '..'".format(subdir.rstrip("/") + "/" + name))
         if len(part.encode("utf-8")) > NAME_MAX:
-            raise ValueError("the path has a part longer than {} bytes".format(NAME_MAX))
+            raise ValueError(f"the path has a part longer than {NAME_MAX} bytes")
         parts.append(part)
     joined = "/".join(parts)
     if len(joined.encode("utf-8")) > PATH_LIMIT:
-        raise ValueError("the path is longer than {} bytes".format(PATH_LIMIT))
+        raise ValueError(f"the path is longer than {PATH_LIMIT} bytes")
     return joined
 
 
@@ -113,21 +120,21 @@ def check_folder_name(filename: Any) -> str:
         or filename.replace(".tar", "") in ("", ".", "..")
     ):
         raise InvalidInputError(
-            "filename must be one plain folder name such as 'data'", ["filename={!r}".format(filename)]
+            "filename must be one plain folder name such as 'data'", [f"filename={filename!r}"]
         )
     return filename
 
 
 def _check_id(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError("'_id' must be an integer or a string, not {}".format(type(value).__name__))
+        raise ValueError(f"'_id' must be an integer or a string, not {type(value).__name__}")
     text = str(value)
     if not _ID.fullmatch(text):
-        raise ValueError("'_id' {!r} cannot name an archived file".format(value))
+        raise ValueError(f"'_id' {value!r} cannot name an archived file")
     return text
 
 
-def _check_size(value: Any) -> Optional[int]:
+def _check_size(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -144,15 +151,15 @@ def record_from_metadata(obj: Any, file_id: Any = None) -> FileRecord:
     problem found in the object.
     """
     if not isinstance(obj, dict):
-        raise ValueError("a file record must be an object, not {}".format(type(obj).__name__))
-    problems: List[str] = []
+        raise ValueError(f"a file record must be an object, not {type(obj).__name__}")
+    problems: list[str] = []
     missing = [key for key in ("name", "hashtype", "hashsum") if key not in obj]
     if "_id" not in obj and file_id is None:
         missing.insert(0, "_id")
     if missing:
         problems.append("missing {}".format(", ".join(repr(key) for key in missing)))
-    values: Dict[str, Any] = {}
-    checks: List[Tuple[str, Any]] = [
+    values: dict[str, Any] = {}
+    checks: list[tuple[str, Any]] = [
         ("id", lambda: _check_id(obj.get("_id", file_id))),
         ("path", lambda: join_path(obj.get("subdir", ""), obj["name"])),
         ("hashtype", lambda: check_hashtype(obj["hashtype"])),
@@ -188,7 +195,7 @@ def record_from_metadata(obj: Any, file_id: Any = None) -> FileRecord:
     )
 
 
-def validate_records(labelled: Iterable[Tuple[str, Any]], what: str = "records") -> List[FileRecord]:
+def validate_records(labelled: Iterable[tuple[str, Any]], what: str = "records") -> list[FileRecord]:
     """Check every record, then the set as a whole; return them or raise one error listing all problems.
 
     ``labelled`` yields ``(label, record)`` pairs; a record is either a
@@ -198,27 +205,27 @@ def validate_records(labelled: Iterable[Tuple[str, Any]], what: str = "records")
     Two records with one path, or a path that is also another's folder, are
     refused: they would overwrite each other.
     """
-    records: List[FileRecord] = []
-    problems: List[str] = []
+    records: list[FileRecord] = []
+    problems: list[str] = []
     for label, raw in labelled:
         try:
             records.append(_coerce(raw))
         except ValueError as err:
-            problems.append("{} ({}): {}".format(label, _describe(raw), err))
-    seen: Dict[str, FileRecord] = {}
+            problems.append(f"{label} ({_describe(raw)}): {err}")
+    seen: dict[str, FileRecord] = {}
     for record in records:
         if record.path in seen:
-            problems.append("path {!r} is requested twice".format(record.path))
+            problems.append(f"path {record.path!r} is requested twice")
         seen[record.path] = record
     for record in records:
         parent = record.path.rpartition("/")[0]
         while parent:
             if parent in seen:
-                problems.append("path {!r} is both a file and a folder".format(parent))
+                problems.append(f"path {parent!r} is both a file and a folder")
                 break
             parent = parent.rpartition("/")[0]
     if problems:
-        raise InvalidInputError("the {} cannot be downloaded".format(what), problems)
+        raise InvalidInputError(f"the {what} cannot be downloaded", problems)
     return records
 
 
@@ -243,7 +250,7 @@ def _coerce(raw: Any) -> FileRecord:
         if not isinstance(path, str):
             raise ValueError("'path' must be a string")
         if path.startswith("/"):
-            raise ValueError("the path {!r} is absolute".format(path))
+            raise ValueError(f"the path {path!r} is absolute")
         subdir, _, name = path.rpartition("/")
         return record_from_metadata(
             {"_id": raw.get("id"), "subdir": subdir, "name": name,
@@ -256,14 +263,14 @@ def _describe(raw: Any) -> str:
     if isinstance(raw, dict):
         for key in ("name", "path", "_id", "id"):
             if isinstance(raw.get(key), (str, int)):
-                return "{}={!r}".format(key, raw[key])
+                return f"{key}={raw[key]!r}"
     return type(raw).__name__
 
 
-def entries_callable(records: List[FileRecord]) -> Callable[[], Iterator[Dict[str, str]]]:
+def entries_callable(records: list[FileRecord]) -> Callable[[], Iterator[dict[str, str]]]:
     """Return a callable yielding ``records`` as Cartd ``fileids`` entries (what ``setup_cart`` takes)."""
 
-    def yield_files() -> Iterator[Dict[str, str]]:
+    def yield_files() -> Iterator[dict[str, str]]:
         for record in records:
             yield record.cart_entry()
 

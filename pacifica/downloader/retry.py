@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from email.utils import parsedate_to_datetime
 from datetime import datetime, timezone
-from typing import Any, FrozenSet, Optional
+from email.utils import parsedate_to_datetime
+from typing import Any
 
 __all__ = ["Retry"]
 
@@ -41,7 +41,7 @@ class Retry:
     backoff: float = 0.5
     backoff_max: float = 30.0
     jitter: float = 0.5
-    statuses: FrozenSet[int] = frozenset({408, 429, 500, 502, 503, 504})
+    statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
     respect_retry_after: bool = True
 
     def __post_init__(self) -> None:
@@ -52,11 +52,11 @@ class Retry:
             raise ValueError("Retry.backoff and backoff_max must be >= 0 and jitter within [0, 1]")
         object.__setattr__(self, "statuses", frozenset(self.statuses))
 
-    def replace(self, **changes: Any) -> "Retry":
+    def replace(self, **changes: Any) -> Retry:
         """Return a copy with ``changes`` applied: ``Retry().replace(attempts=10)``."""
         return dataclasses.replace(self, **changes)
 
-    def delay(self, attempt: int, retry_after: Optional[str] = None) -> float:
+    def delay(self, attempt: int, retry_after: str | None = None) -> float:
         """Seconds to wait after failed try number ``attempt`` (1-based).
 
         ``retry_after`` is the server's ``Retry-After`` header, if any.
@@ -69,7 +69,7 @@ class Retry:
         return base * (1 - self.jitter * random.random())
 
 
-def _parse_retry_after(value: str) -> Optional[float]:
+def _parse_retry_after(value: str) -> float | None:
     value = value.strip()
     try:
         return max(0.0, float(value))

@@ -10,6 +10,7 @@ the next download into the same directory.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -20,11 +21,11 @@ import socket
 import stat
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Optional, Tuple
+from typing import Any, BinaryIO
 
 from .exceptions import DestinationError, UnsafeArchiveError
 
-__all__ = ["StagingArea", "STAGING_DIR", "file_digest", "safe_folder", "usable_mtime"]
+__all__ = ["STAGING_DIR", "StagingArea", "file_digest", "safe_folder", "usable_mtime"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,11 +45,11 @@ def os_error(err: OSError, path: str, doing: str) -> DestinationError:
         errno.EROFS: "the filesystem is read-only; choose another location",
     }.get(err.errno or 0, "check the download location")
     return DestinationError(
-        "cannot {} {}: {} ({})".format(doing, path, err.strerror or err, advice), path=path, errno=err.errno
+        f"cannot {doing} {path}: {err.strerror or err} ({advice})", path=path, errno=err.errno
     )
 
 
-def file_digest(path: Path, hashtype: str) -> Optional[str]:
+def file_digest(path: Path, hashtype: str) -> str | None:
     """Return the hex digest of the regular file at ``path``, or None if there is none (or a link)."""
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):
@@ -70,12 +71,12 @@ def file_digest(path: Path, hashtype: str) -> Optional[str]:
 
 def _refuse_link(path: Path) -> None:
     raise UnsafeArchiveError(
-        "{} is a symbolic link inside the download directory; refusing to write through it "
-        "(remove the link or choose another location)".format(path)
+        f"{path} is a symbolic link inside the download directory; refusing to write through it "
+        "(remove the link or choose another location)"
     )
 
 
-def safe_folder(root: Path, relative: str, create: bool) -> Optional[Path]:
+def safe_folder(root: Path, relative: str, create: bool) -> Path | None:
     """Return ``root/relative`` as a real folder, never going through a symbolic link below ``root``.
 
     Each part is checked with ``lstat``: a link raises
@@ -105,15 +106,13 @@ def safe_folder(root: Path, relative: str, create: bool) -> Optional[Path]:
             _refuse_link(current)
         if not stat.S_ISDIR(info.st_mode):
             raise DestinationError(
-                "cannot create the folder {}: a file is in the way; move it or choose another location".format(
-                    current
-                ),
+                f"cannot create the folder {current}: a file is in the way; move it or choose another location",
                 path=str(current),
             )
     return current
 
 
-def usable_mtime(value: Any) -> Optional[float]:
+def usable_mtime(value: Any) -> float | None:
     """Return a tar member's mtime if it is a sane timestamp (finite, 1970 to 2242), else None."""
     if isinstance(value, (int, float)) and math.isfinite(value) and 0 < value < 2**33:
         return float(value)
@@ -142,11 +141,11 @@ class StagingArea:
             self.root.mkdir(exist_ok=True)
             if self.root.is_symlink() or not self.root.is_dir():
                 raise DestinationError(
-                    "{} is not a plain folder (a link or a file); remove it and run again".format(self.root),
+                    f"{self.root} is not a plain folder (a link or a file); remove it and run again",
                     path=str(self.root),
                 )
             self._remove_stale(host)
-            self.path = self.root / "staging-{}-{}-{}".format(host, os.getpid(), uuid.uuid4().hex[:12])
+            self.path = self.root / f"staging-{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
             self.path.mkdir()
         except OSError as err:
             raise os_error(err, str(self.root), "create the staging folder") from err
@@ -161,16 +160,16 @@ class StagingArea:
                 LOGGER.info("removing the staging folder %s left by a process that is gone", entry)
                 shutil.rmtree(entry, ignore_errors=True)
 
-    def open_file(self) -> Tuple[Path, BinaryIO]:
+    def open_file(self) -> tuple[Path, BinaryIO]:
         """Open a new, empty staging file for writing; return its path and handle."""
         self._count += 1
-        path = self.path / "{}.part".format(self._count)
+        path = self.path / f"{self._count}.part"
         try:
             return path, open(path, "xb")
         except OSError as err:
             raise os_error(err, str(path), "create the staging file") from err
 
-    def place(self, staged: Path, destination: Path, relative: str, mtime: Optional[float] = None) -> Path:
+    def place(self, staged: Path, destination: Path, relative: str, mtime: float | None = None) -> Path:
         """Move the verified ``staged`` file to ``destination/relative`` atomically; return the final path.
 
         The folders on the way are created without following any symbolic
@@ -179,11 +178,11 @@ class StagingArea:
         folder, _, name = relative.rpartition("/")
         parent = safe_folder(self.location, str(destination.relative_to(self.location)) + "/" + folder, create=True)
         if parent is None:  # safe_folder(create=True) always returns a folder; this satisfies the type checker
-            raise DestinationError("cannot create the folder for {}".format(relative), path=relative)
+            raise DestinationError(f"cannot create the folder for {relative}", path=relative)
         final = parent / name
         if final.is_dir() and not final.is_symlink():
             raise DestinationError(
-                "{} is a folder, the cart has a file there; move it or choose another location".format(final),
+                f"{final} is a folder, the cart has a file there; move it or choose another location",
                 path=str(final),
             )
         try:
@@ -197,7 +196,5 @@ class StagingArea:
     def remove(self) -> None:
         """Remove the area and whatever is left in it; the parent goes too when empty."""
         shutil.rmtree(self.path, ignore_errors=True)
-        try:
+        with contextlib.suppress(OSError):  # another download is using it, or it is gone already
             self.root.rmdir()
-        except OSError:
-            pass  # another download is using it, or it is gone already

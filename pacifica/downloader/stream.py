@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Callable, List, Optional, Union
+from typing import Callable
 
 import requests
 import urllib3
@@ -22,7 +22,7 @@ from .config import Timeouts
 from .exceptions import CartTimeoutError, UnsafeArchiveError
 from .transport import RETRYABLE_ERRORS
 
-__all__ = ["CartStream", "StreamBroken", "READ_SIZE"]
+__all__ = ["READ_SIZE", "CartStream", "StreamBroken"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class CartStream:
         reopen: Callable[[int], requests.Response],
         timeouts: Timeouts,
         attempts: int,
-        deadline: Optional[float] = None,
+        deadline: float | None = None,
     ) -> None:
         """Read ``response``'s body; see the class docstring for the rest."""
         self._response = response
@@ -76,7 +76,7 @@ class CartStream:
         self._view = memoryview(self._buffer)
         self._offset = 0
         self._eof = False
-        self.resumes: List[str] = []
+        self.resumes: list[str] = []
         self._window_start = time.monotonic()
         self._window_bytes = 0
         self._resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" and bool(
@@ -104,10 +104,10 @@ class CartStream:
         if size is None or size < 0 or size > MAX_READ:
             raise UnsafeArchiveError(
                 "the tar asked for a {} read; a header that large is refused".format(
-                    "whole-stream" if size is None or size < 0 else "{} byte".format(size)
+                    "whole-stream" if size is None or size < 0 else f"{size} byte"
                 )
             )
-        pieces: List[Union[bytes, memoryview]] = []
+        pieces: list[bytes | memoryview] = []
         wanted = size
         left = len(self._buffer) - self._offset
         if left:
@@ -128,10 +128,7 @@ class CartStream:
             else:
                 pieces.append(chunk)
                 wanted -= len(chunk)
-        if len(pieces) == 1 and isinstance(pieces[0], bytes):
-            data = pieces[0]
-        else:
-            data = b"".join(pieces)
+        data = pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else b"".join(pieces)
         self._position += len(data)
         return data
 
@@ -153,7 +150,7 @@ class CartStream:
                 else:
                     chunk = self._response.raw.read(min(size, READ_SIZE))
             except BROKEN as err:
-                self._resume("{}: {}".format(type(err).__name__, err))
+                self._resume(f"{type(err).__name__}: {err}")
                 continue
             self._count(len(chunk))
             return chunk
@@ -171,7 +168,7 @@ class CartStream:
         if now - self._window_start > self._timeouts.stall:
             self._response.close()
             raise StreamBroken(
-                "stalled: fewer than {} bytes in {:.0f} s".format(self._timeouts.stall_bytes, self._timeouts.stall),
+                f"stalled: fewer than {self._timeouts.stall_bytes} bytes in {self._timeouts.stall:.0f} s",
                 self._received(),
             )
 
@@ -183,12 +180,12 @@ class CartStream:
             raise StreamBroken(reason, offset)
         self.resumes.append(reason)
         if len(self.resumes) >= self._attempts:
-            raise StreamBroken("{} (after {} resumes)".format(reason, len(self.resumes) - 1), offset)
+            raise StreamBroken(f"{reason} (after {len(self.resumes) - 1} resumes)", offset)
         LOGGER.warning("cart stream broke at byte %d (%s); resuming with a range request", offset, reason)
         try:
             response = self._reopen(offset)
         except Exception as err:  # any failure to reopen ends in a restart
-            raise StreamBroken("{}; resume failed: {}".format(reason, err), offset) from err
+            raise StreamBroken(f"{reason}; resume failed: {err}", offset) from err
         match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
         if response.status_code != 206 or not match or int(match.group(1)) != offset:
             response.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -20,7 +20,7 @@ from .config import Timeouts
 from .exceptions import InvalidInputError, TransferError
 from .retry import Retry
 
-__all__ = ["Transport", "request_kwargs", "redact"]
+__all__ = ["Transport", "redact", "request_kwargs"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ RETRYABLE_ERRORS = (
 )
 
 
-def request_kwargs(auth: Any) -> Dict[str, Any]:
+def request_kwargs(auth: Any) -> dict[str, Any]:
     """Turn the ``auth`` argument into requests keyword arguments.
 
     ``auth`` may be ``None``, a requests auth object or ``(user, password)``
@@ -48,10 +48,10 @@ def request_kwargs(auth: Any) -> Dict[str, Any]:
         if unknown:
             raise InvalidInputError(
                 "the auth dict may only hold {}".format(", ".join(sorted(AUTH_KEYS))),
-                ["unknown key {!r}".format(key) for key in unknown],
+                [f"unknown key {key!r}" for key in unknown],
             )
         return dict(auth)
-    if isinstance(auth, tuple) or isinstance(auth, requests.auth.AuthBase) or callable(auth):
+    if isinstance(auth, (tuple, requests.auth.AuthBase)) or callable(auth):
         return {"auth": auth}
     raise InvalidInputError(
         "auth must be None, a (user, password) tuple, a requests auth object or a dict of requests arguments"
@@ -71,7 +71,7 @@ class Transport:
 
     def __init__(
         self,
-        session: Optional[requests.Session] = None,
+        session: requests.Session | None = None,
         auth: Any = None,
         timeouts: Timeouts = Timeouts(),
         retry: Retry = Retry(),
@@ -88,8 +88,8 @@ class Transport:
         url: str,
         *,
         stream: bool = False,
-        headers: Optional[Dict[str, str]] = None,
-        deadline: Optional[float] = None,
+        headers: dict[str, str] | None = None,
+        deadline: float | None = None,
         is_final: Callable[[requests.Response], bool] = lambda response: False,
         **kwargs: Any,
     ) -> requests.Response:
@@ -100,24 +100,24 @@ class Transport:
         HEAD answers 500 for a failed cart).  ``deadline`` is a
         :func:`time.monotonic` value no retry may sleep past.
         """
-        failures: List[str] = []
+        failures: list[str] = []
         merged = dict(self.kwargs)
         if headers:
             merged["headers"] = dict(merged.get("headers") or {}, **headers)
         merged.update(kwargs)
         merged.setdefault("timeout", (self.timeouts.connect, self.timeouts.read))
         for attempt in range(1, self.retry.attempts + 1):
-            retry_after: Optional[str] = None
+            retry_after: str | None = None
             LOGGER.debug("%s %s (attempt %d)", method, redact(url), attempt)
             try:
                 response = self.session.request(method, url, stream=stream, **merged)
             except RETRYABLE_ERRORS as err:
-                failures.append("{}: {}".format(type(err).__name__, err))
+                failures.append(f"{type(err).__name__}: {err}")
             else:
                 if response.status_code not in self.retry.statuses or is_final(response):
                     return response
                 retry_after = response.headers.get("Retry-After")
-                failures.append("HTTP {} {}".format(response.status_code, response.reason))
+                failures.append(f"HTTP {response.status_code} {response.reason}")
                 response.close()
             if attempt == self.retry.attempts:
                 break
@@ -131,7 +131,7 @@ class Transport:
             )
             time.sleep(delay)
         raise TransferError(
-            "{} {} failed; check that the cart service is up and reachable".format(method, redact(url)),
+            f"{method} {redact(url)} failed; check that the cart service is up and reachable",
             attempts=failures,
             cart_url=url,
         )
