@@ -23,13 +23,15 @@ import tarfile
 import termios
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from helpers import is_index_file
 
 from pacifica.downloader import cli
 from pacifica.downloader.cli import (
@@ -153,7 +155,7 @@ class CartdStub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = "http://127.0.0.1:{}".format(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def tar(self, top: str, fileids: List[Dict[str, str]]) -> bytes:
@@ -230,7 +232,7 @@ def no_requests(monkeypatch: pytest.MonkeyPatch) -> List[Any]:
 
     def refuse(self: requests.Session, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         sent.append((method, url))
-        raise AssertionError("no request may be sent, got {} {}".format(method, url))
+        raise AssertionError(f"no request may be sent, got {method} {url}")
 
     monkeypatch.setattr(requests.Session, "request", refuse)
     return sent
@@ -288,7 +290,7 @@ def test_help_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     for text in (top, sub):
         assert "exit status:" in text
         for code in EXIT_CODES:
-            assert "\n  {:>3}  ".format(code) in text
+            assert f"\n  {code:>3}  " in text
         assert "PACIFICA_DOWNLOADER_TOKEN" in text
 
 
@@ -336,7 +338,7 @@ def test_invalid_json_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
     bad.write_text('{"data": [')
     assert main(["cloudevent", str(bad), "-d", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("pacifica-downloader: error: {} is not valid JSON".format(bad))
+    assert err.startswith(f"pacifica-downloader: error: {bad} is not valid JSON")
     assert "Traceback" not in err
 
 
@@ -384,7 +386,7 @@ def test_empty_event_prints_empty_manifest(
 def test_many_problems_are_capped_unless_verbose(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: List[Any]
 ) -> None:
-    event = {"data": [{"destinationTable": "Files", "_id": i, "name": "f", "subdir": "/abs{}".format(i),
+    event = {"data": [{"destinationTable": "Files", "_id": i, "name": "f", "subdir": f"/abs{i}",
                        "hashtype": "sha1", "hashsum": "0" * 40} for i in range(30)]}
     path = write_json(tmp_path / "e.json", event)
     assert main(["cloudevent", path, "-d", str(tmp_path)]) == 2
@@ -468,7 +470,7 @@ def test_credentials_and_tls_reach_every_request(
     assert main(["cloudevent", event, "-d", str(tmp_path / "o"), "--cart-url", stub.url, "--ca-bundle", str(ca)]) == 0
     assert [call["method"] for call in seen] == ["POST", "HEAD", "GET", "DELETE"]
     assert all(call["auth"] == ("ann", SECRET_PASSWORD) and call["verify"] == str(ca) for call in seen)
-    expected = "Basic " + base64.b64encode("ann:{}".format(SECRET_PASSWORD).encode()).decode()
+    expected = "Basic " + base64.b64encode(f"ann:{SECRET_PASSWORD}".encode()).decode()
     assert all(headers.get("Authorization") == expected for _, _, headers in stub.requests)
 
 
@@ -548,7 +550,7 @@ def test_cart_failure_exits_3_in_one_line(stub: CartdStub, tmp_path: Path, capsy
     assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
     assert stub.methods()[-1] == "DELETE"
-    assert not any(path.is_file() for path in out.rglob("*"))
+    assert not any(path.is_file() and not is_index_file(out, path) for path in out.rglob("*"))
 
 
 def test_traceback_only_with_vv(stub: CartdStub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -569,7 +571,7 @@ def test_corrupt_file_exits_4_and_leaves_nothing(
     assert main(["cloudevent", write_json(tmp_path / "e.json", event_of(stub)), "-d", str(out),
                  "--cart-url", stub.url]) == 4
     assert "does not match its sha1 hash" in capsys.readouterr().err
-    assert not any(path.is_file() for path in out.rglob("*"))
+    assert not any(path.is_file() and not is_index_file(out, path) for path in out.rglob("*"))
     assert stub.methods()[-1] == "DELETE"
 
 
@@ -642,7 +644,7 @@ def test_interrupt_exits_130_deletes_the_cart_and_leaves_no_partial_file(
     err = capsys.readouterr().err
     assert err.strip() == "pacifica-downloader: interrupted; no partial file was left"
     assert stub.methods() == ["POST", "HEAD", "GET", "DELETE"]
-    assert [path for path in out.rglob("*") if path.is_file()] == []
+    assert [path for path in out.rglob("*") if path.is_file() and not is_index_file(out, path)] == []
 
 
 @pytest.mark.parametrize(
@@ -875,14 +877,14 @@ def test_ctrl_c_while_staging_exits_130_and_deletes_the_cart(stub: CartdStub, tm
     assert stdout == ""
     assert stub.methods()[0] == "POST" and stub.methods()[-1] == "DELETE"
     assert stub.carts == {}
-    assert [path for path in out.rglob("*") if path.is_file()] == []
+    assert [path for path in out.rglob("*") if path.is_file() and not is_index_file(out, path)] == []
 
 
 @pytest.mark.parametrize("credentials", ["basic", "token"])
 def test_credentials_never_in_debug_output(stub: CartdStub, tmp_path: Path, credentials: str) -> None:
     if credentials == "basic":
         extra = {"PACIFICA_DOWNLOADER_USER": "ann", "PACIFICA_DOWNLOADER_PASSWORD": SECRET_PASSWORD}
-        header = "Basic " + base64.b64encode("ann:{}".format(SECRET_PASSWORD).encode()).decode()
+        header = "Basic " + base64.b64encode(f"ann:{SECRET_PASSWORD}".encode()).decode()
         secrets = [SECRET_PASSWORD, header.split()[1]]
     else:
         extra = {"PACIFICA_DOWNLOADER_TOKEN": SECRET_TOKEN}

@@ -11,9 +11,11 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 import requests
+from helpers import is_index_file, staging_leftovers
 
 from pacifica.downloader import (
     CartAPI,
+    CartLimits,
     CartFailedError,
     CartNotFoundError,
     CloudEvent,
@@ -69,7 +71,7 @@ def make_event(stack: Any, files: Dict[str, bytes], hashtype: str = "sha1") -> D
     return {
         "cloudEventsVersion": "0.1",
         "eventType": "org.pacifica.metadata.ingest",
-        "eventID": "e2e-{}".format(next(_IDS)),
+        "eventID": f"e2e-{next(_IDS)}",
         "source": "/pacifica/metadata/ingest",
         "contentType": "application/json",
         "data": data,
@@ -79,9 +81,12 @@ def make_event(stack: Any, files: Dict[str, bytes], hashtype: str = "sha1") -> D
 def assert_tree(root: Path, files: Dict[str, bytes]) -> None:
     """``root`` holds exactly ``files`` and nothing else (no staging folder, no partials)."""
     found = {
-        str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()
+        str(path.relative_to(root)): path.read_bytes()
+        for path in root.rglob("*")
+        if path.is_file() and not is_index_file(root, path)
     }
     assert found == files
+    assert staging_leftovers(root) == []
 
 
 def cart_gone(url: str) -> bool:
@@ -114,7 +119,7 @@ def test_seed_example_verbatim(cartd_stack: Any, tmp_path: Path, monkeypatch: py
     # ---
     assert_tree(Path(down_path) / "data", SAMPLE)
     assert sorted(written) == sorted(str(Path(down_path) / "data" / path) for path in SAMPLE)
-    assert not (Path(down_path) / ".pacifica-downloader").exists()
+    assert staging_leftovers(Path(down_path)) == []
 
 
 def test_example_event_shape(cartd_stack: Any, tmp_path: Path) -> None:
@@ -156,7 +161,7 @@ def test_transaction_info_document(cartd_stack: Any, tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", ["bundle-in-request", "bundle-server"])
 def test_bundled_carts_land_under_filename(cartd_stack: Any, tmp_path: Path, mode: str) -> None:
     """With bundling the tar's top folder is the cart uid; files must still land in location/<filename>."""
-    files = {"deep/er/f{}.dat".format(index): os.urandom(700 + index) for index in range(5)}
+    files = {f"deep/er/f{index}.dat": os.urandom(700 + index) for index in range(5)}
     event = make_event(cartd_stack, files)
     if mode == "bundle-in-request":
         down = Downloader(tmp_path, cartd_stack.cart_url, extra_args={"bundle": True})
@@ -244,7 +249,7 @@ def test_bad_input_sends_nothing(cartd_stack: Any, tmp_path: Path) -> None:
 
 
 def test_rerun_fetches_only_what_is_missing(cartd_stack: Any, tmp_path: Path) -> None:
-    files = {"r/{}.bin".format(index): os.urandom(100 + index) for index in range(6)}
+    files = {f"r/{index}.bin": os.urandom(100 + index) for index in range(6)}
     event = make_event(cartd_stack, files)
     down = Downloader(tmp_path, cartd_stack.cart_url)
     down.cloudevent(event)
@@ -266,7 +271,7 @@ class Interrupt(BaseException):
 
 @pytest.mark.parametrize("phase", ["staging", "transferring", "verifying"])
 def test_interrupt_deletes_cart_and_leaves_nothing_partial(cartd_stack: Any, tmp_path: Path, phase: str) -> None:
-    files = {"i/{}.bin".format(index): os.urandom(200_000) for index in range(4)}
+    files = {f"i/{index}.bin": os.urandom(200_000) for index in range(4)}
     event = make_event(cartd_stack, files)
     session = RecordingSession()
 
@@ -279,7 +284,7 @@ def test_interrupt_deletes_cart_and_leaves_nothing_partial(cartd_stack: Any, tmp
     (cart_url,) = session.carts()
     assert ("DELETE", cart_url) in session.sent
     assert cart_gone(cart_url)
-    assert not (tmp_path / ".pacifica-downloader").exists()
+    assert staging_leftovers(tmp_path) == []
     on_disk = {str(p.relative_to(tmp_path / "data")): p.read_bytes()
                for p in (tmp_path / "data").rglob("*") if p.is_file()} if (tmp_path / "data").exists() else {}
     assert all(files[path] == content for path, content in on_disk.items()), "only verified files"
@@ -292,3 +297,79 @@ def test_keep_cart(cartd_stack: Any, tmp_path: Path) -> None:
     (cart_url,) = session.carts()
     assert not cart_gone(cart_url)
     assert CartAPI(cartd_stack.cart_url).delete_cart(cart_url)
+
+
+@pytest.mark.parametrize("max_staging", [1, 2])
+def test_large_event_is_split_into_pipelined_carts(cartd_stack: Any, tmp_path: Path, max_staging: int) -> None:
+    files = {f"s/{index:02d}.bin": os.urandom(1000 + index) for index in range(25)}
+    event = make_event(cartd_stack, files)
+    session = RecordingSession()
+    limits = CartLimits(max_files=10, max_staging=max_staging)
+    written = Downloader(tmp_path, cartd_stack.cart_url, session=session, limits=limits).cloudevent(event)
+    assert_tree(tmp_path / "data", files)
+    assert len(written) == 25
+    carts = session.carts()
+    assert len(carts) == 3
+    assert sorted(url for method, url in session.sent if method == "DELETE") == sorted(carts)
+    assert all(cart_gone(url) for url in carts)
+
+
+def test_split_by_bytes(cartd_stack: Any, tmp_path: Path) -> None:
+    files = {f"b/{index}.bin": os.urandom(40_000) for index in range(5)}
+    event = make_event(cartd_stack, files)
+    session = RecordingSession()
+    limits = CartLimits(max_bytes=100_000)
+    Downloader(tmp_path, cartd_stack.cart_url, session=session, limits=limits).cloudevent(event)
+    assert_tree(tmp_path / "data", files)
+    assert len(session.carts()) == 3  # 2 + 2 + 1 files of 40 kB under a 100 kB cap
+
+
+def test_failure_in_one_cart_fails_the_call_and_deletes_every_cart(cartd_stack: Any, tmp_path: Path) -> None:
+    files = {f"f/{index:02d}.bin": os.urandom(500) for index in range(12)}
+    event = make_event(cartd_stack, files)
+    event["data"][-1]["_id"] = next(_IDS)  # never archived: the last cart fails at once
+    session = RecordingSession()
+    limits = CartLimits(max_files=4, max_staging=2)
+    with pytest.raises(CartFailedError):
+        Downloader(tmp_path, cartd_stack.cart_url, session=session, limits=limits).cloudevent(event)
+    carts = session.carts()
+    assert carts, "carts were created"
+    assert sorted(url for method, url in session.sent if method == "DELETE") == sorted(carts)
+    assert all(cart_gone(url) for url in carts)
+    assert staging_leftovers(tmp_path) == []
+    for path in (tmp_path / "data").rglob("*") if (tmp_path / "data").exists() else []:
+        if path.is_file():
+            assert path.read_bytes() == files[str(path.relative_to(tmp_path / "data"))], "only verified files"
+
+
+def test_rerun_trusts_the_verified_index_until_a_file_changes(
+    cartd_stack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = {"v/a.bin": os.urandom(5000), "v/b.bin": os.urandom(5000)}
+    event = make_event(cartd_stack, files)
+    Downloader(tmp_path, cartd_stack.cart_url).cloudevent(event)
+    import pacifica.downloader.downloader as module
+
+    hashed: List[str] = []
+    real_digest = module.file_digest
+
+    def counting_digest(path: Path, hashtype: str) -> Any:
+        hashed.append(path.name)
+        return real_digest(path, hashtype)
+
+    monkeypatch.setattr(module, "file_digest", counting_digest)
+    session = RecordingSession()
+    Downloader(tmp_path, cartd_stack.cart_url, session=session).cloudevent(event)
+    assert hashed == [] and session.sent == [], "unchanged verified files are neither read nor fetched"
+    # Same size, same mtime, other content: the change time gives it away.
+    target = tmp_path / "data" / "v/a.bin"
+    before = os.stat(target)
+    target.write_bytes(os.urandom(5000))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    Downloader(tmp_path, cartd_stack.cart_url, session=session).cloudevent(event)
+    assert hashed == ["a.bin"]
+    assert len(session.carts()) == 1
+    assert_tree(tmp_path / "data", files)
+    hashed.clear()
+    Downloader(tmp_path, cartd_stack.cart_url, trust_verified=False).cloudevent(event)
+    assert sorted(hashed) == ["a.bin", "b.bin"], "trust_verified=False hashes every file"

@@ -27,12 +27,15 @@ import os
 import socket
 import stat
 import tarfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Type, Union
 
 import pytest
 import requests
+from helpers import is_index_file, staging_leftovers
+from stub_cartd import StubCartd
 
 from pacifica.downloader import (
     DestinationError,
@@ -45,7 +48,6 @@ from pacifica.downloader import (
     TransferError,
     UnsafeArchiveError,
 )
-from stub_cartd import StubCartd
 
 #: Every path outside the download directory gets this mtime before a run.
 FROZEN_NS = 1_000_000_000 * 1_000_000_000
@@ -72,7 +74,7 @@ class Spec:
 
     @property
     def path(self) -> str:
-        return "{}/{}".format(self.subdir, self.name) if self.subdir else self.name
+        return f"{self.subdir}/{self.name}" if self.subdir else self.name
 
     @property
     def sha1(self) -> str:
@@ -235,9 +237,7 @@ class Scene:
         assert self.sentinel.read_bytes() == b"do not touch\n"
         assert os.lstat(self.sentinel).st_mtime_ns == FROZEN_NS
         after = self.snapshot()
-        assert after == self.frozen, "something outside the download directory changed: {}".format(
-            _diff(self.frozen, after)
-        )
+        assert after == self.frozen, f"something outside the download directory changed: {_diff(self.frozen, after)}"
 
     def check_download_dir(self, specs: Sequence[Spec], placed: Sequence[Spec] = ()) -> None:
         """Only verified requested files, folders and the test's own files are in ``dl``; no staging left.
@@ -246,31 +246,28 @@ class Scene:
         may be absent but, if present, must be verified.
         """
         if STAGING not in self.preexisting:
-            staging = self.dl / STAGING
-            assert not staging.exists() and not staging.is_symlink(), "the staging folder was left behind"
+            assert staging_leftovers(self.dl) == [], "the staging folder was left behind"
         wanted = {spec.path: spec for spec in specs}
         for path in _walk(self.dl):
             relative = str(path.relative_to(self.dl))
-            if path == self.dl or any(
+            if path == self.dl or relative == STAGING or is_index_file(self.dl, path) or any(
                 relative == mine or relative.startswith(mine + "/") for mine in self.preexisting
             ):
                 continue
             info = os.lstat(path)
-            assert not path.name.endswith(".part"), "a staging file was left: {}".format(relative)
+            assert not path.name.endswith(".part"), f"a staging file was left: {relative}"
             if stat.S_ISDIR(info.st_mode):
                 continue
-            assert stat.S_ISREG(info.st_mode), "{} is not a regular file or folder ({:o})".format(
-                relative, info.st_mode
-            )
-            assert relative.startswith("data/"), "unexpected file {}".format(relative)
+            assert stat.S_ISREG(info.st_mode), f"{relative} is not a regular file or folder ({info.st_mode:o})"
+            assert relative.startswith("data/"), f"unexpected file {relative}"
             spec = wanted.get(relative[len("data/"):])
-            assert spec is not None, "a file nobody asked for was written: {}".format(relative)
+            assert spec is not None, f"a file nobody asked for was written: {relative}"
             assert hashlib.sha1(path.read_bytes()).hexdigest() == spec.sha1, (
-                "{} is under its final name with unverified content".format(relative)
+                f"{relative} is under its final name with unverified content"
             )
         for spec in placed:
             final = self.data / spec.path
-            assert final.is_file() and not final.is_symlink(), "{} should have been placed".format(spec.path)
+            assert final.is_file() and not final.is_symlink(), f"{spec.path} should have been placed"
             assert final.read_bytes() == spec.content
 
 
@@ -278,7 +275,7 @@ def _diff(before: Dict[str, FileState], after: Dict[str, FileState]) -> str:
     lines = []
     for key in sorted(set(before) | set(after)):
         if before.get(key) != after.get(key):
-            lines.append("{}: {} -> {}".format(key, before.get(key), after.get(key)))
+            lines.append(f"{key}: {before.get(key)} -> {after.get(key)}")
     return "; ".join(lines)
 
 
@@ -312,14 +309,14 @@ def expect_error(
 ) -> BaseException:
     """Assert the download raised ``kind`` (a class or a tuple of classes); return the error."""
     names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-    assert error is not None, "the download succeeded; expected {}".format(names)
-    assert isinstance(error, kind), "expected {}, got {}: {}".format(names, type(error).__name__, error)
+    assert error is not None, f"the download succeeded; expected {names}"
+    assert isinstance(error, kind), f"expected {names}, got {type(error).__name__}: {error}"
     return error
 
 
 def check_deleted(cartd: StubCartd) -> None:
     assert cartd.count("POST") == 1
-    assert cartd.deleted(), "the cart was not deleted: {}".format(cartd.methods())
+    assert cartd.deleted(), f"the cart was not deleted: {cartd.methods()}"
 
 
 # -- the files most cases ask for ------------------------------------------------------
@@ -346,12 +343,12 @@ class Ctx:
     @property
     def name(self) -> str:
         """The target's member name."""
-        return "{}/{}".format(self.top, self.target.path)
+        return f"{self.top}/{self.target.path}"
 
     @property
     def folder(self) -> str:
         """The target's folder's member name."""
-        return "{}/{}".format(self.top, self.target.subdir)
+        return f"{self.top}/{self.target.subdir}"
 
 
 @dataclass(frozen=True)
@@ -532,7 +529,7 @@ PLACEMENTS = {"lead": (True, False), "first": (False, False), "deep": (True, Tru
 @pytest.mark.parametrize(
     "case,fmt,lead,deep",
     [
-        pytest.param(case, fmt, lead, deep, id="{}-{}-{}".format(case.id, fmt, placement))
+        pytest.param(case, fmt, lead, deep, id=f"{case.id}-{fmt}-{placement}")
         for case in CASES
         for fmt in case.formats
         for placement, (lead, deep) in PLACEMENTS.items()
@@ -640,11 +637,11 @@ def test_setuid_setgid_sticky_bits_are_dropped(scene: Scene, fmt: str) -> None:
         )
 
     cartd, error, result = run(scene, specs, body)
-    assert error is None, "the download failed: {!r}".format(error)
+    assert error is None, f"the download failed: {error!r}"
     assert result == [str(scene.data / spec.path) for spec in specs]
     for spec in specs:
         mode = os.lstat(scene.data / spec.path).st_mode
-        assert not mode & SPECIAL_BITS, "{} has mode {:o}".format(spec.path, mode)
+        assert not mode & SPECIAL_BITS, f"{spec.path} has mode {mode:o}"
     for folder in (scene.data / "a", scene.data / "a" / "b"):
         assert not os.lstat(folder).st_mode & SPECIAL_BITS
     scene.check_outside_untouched()
@@ -680,7 +677,7 @@ def test_unusable_mtime(scene: Scene, fmt: str, mtime: Any) -> None:
     check_deleted(cartd)
     scene.check_download_dir(specs, placed=specs if error is None else [])
     if error is not None:
-        assert isinstance(error, UnsafeArchiveError), "untyped error for a hostile mtime: {!r}".format(error)
+        assert isinstance(error, UnsafeArchiveError), f"untyped error for a hostile mtime: {error!r}"
 
 
 # -- giant headers -------------------------------------------------------------------
@@ -738,7 +735,7 @@ def test_truncated_mid_member_clean_close(scene: Scene, content_length: bool) ->
 
     cartd, error, _ = run(scene, specs, body, content_length=content_length)
     assert error is not None, "a truncated tar was accepted"
-    assert isinstance(error, DownloaderError), "untyped error: {!r}".format(error)
+    assert isinstance(error, DownloaderError), f"untyped error: {error!r}"
     if isinstance(error, TransferError):
         assert cartd.count("GET") == 2, "a broken stream should be fetched again before giving up"
     assert not (scene.data / BIG_TARGET.path).exists()
@@ -758,7 +755,7 @@ def test_truncated_inside_a_header(scene: Scene) -> None:
 
     cartd, error, _ = run(scene, specs, body)
     assert error is not None, "a truncated tar was accepted"
-    assert isinstance(error, DownloaderError), "untyped error: {!r}".format(error)
+    assert isinstance(error, DownloaderError), f"untyped error: {error!r}"
     scene.check_outside_untouched()
     scene.check_download_dir(specs, placed=[LEGIT])
     check_deleted(cartd)
@@ -798,7 +795,7 @@ def test_connection_dropped_once_then_whole(scene: Scene) -> None:
     cartd, error, result = run(
         scene, specs, lambda uid, top: _two_files(top), close_after=[_cut_inside_target_data("data"), None]
     )
-    assert error is None, "the download failed: {!r}".format(error)
+    assert error is None, f"the download failed: {error!r}"
     assert result == [str(scene.data / spec.path) for spec in specs]
     assert cartd.count("GET") == 2
     scene.check_outside_untouched()
@@ -848,7 +845,7 @@ def test_honest_cart_downloads(scene: Scene, fmt: str, top_is_uid: bool) -> None
         )
 
     cartd, error, result = run(scene, specs, body)
-    assert error is None, "the download failed: {!r}".format(error)
+    assert error is None, f"the download failed: {error!r}"
     assert result == [str(scene.data / spec.path) for spec in specs]
     assert cartd.methods()[:2] == ["POST", "HEAD"]
     assert [entry["path"] for entry in cartd.requests_for("POST")[0].json()["fileids"]] == [s.path for s in specs]
@@ -899,7 +896,7 @@ def test_preexisting_symlink_at_final_name_is_replaced_not_followed(scene: Scene
     final.symlink_to(scene.sentinel)
     specs = [TARGET]
     cartd, error, _ = run(scene, specs, _honest(specs))
-    assert error is None, "the download failed: {!r}".format(error)
+    assert error is None, f"the download failed: {error!r}"
     assert not final.is_symlink() and final.read_bytes() == TARGET.content
     scene.check_outside_untouched()
     scene.check_download_dir(specs, placed=specs)
@@ -913,7 +910,7 @@ def test_preexisting_hardlink_at_final_name_is_replaced_not_written_through(scen
     os.link(scene.sentinel, final)
     specs = [TARGET]
     cartd, error, _ = run(scene, specs, _honest(specs))
-    assert error is None, "the download failed: {!r}".format(error)
+    assert error is None, f"the download failed: {error!r}"
     assert final.read_bytes() == TARGET.content
     assert os.lstat(final).st_ino != os.lstat(scene.sentinel).st_ino
     scene.check_outside_untouched()
@@ -931,7 +928,7 @@ def test_preexisting_staging_symlink_pointing_outside(scene: Scene) -> None:
     specs = [TARGET]
     cartd, error, _ = run(scene, specs, _honest(specs))
     if error is not None:
-        assert isinstance(error, (DestinationError, UnsafeArchiveError)), "untyped error: {!r}".format(error)
+        assert isinstance(error, (DestinationError, UnsafeArchiveError)), f"untyped error: {error!r}"
     scene.check_outside_untouched()
     assert (decoy / "keep.txt").read_bytes() == b"not the downloader's\n"
     scene.check_download_dir(specs, placed=[] if error is not None else specs)
@@ -955,7 +952,7 @@ def test_existing_different_file_is_replaced_with_verified_content(scene: Scene)
     _existing(scene, TARGET, b"old content\n")
     specs = [LEGIT, TARGET]
     cartd, error, _ = run(scene, specs, _honest(specs))
-    assert error is None, "the download failed: {!r}".format(error)
+    assert error is None, f"the download failed: {error!r}"
     assert (scene.data / TARGET.path).read_bytes() == TARGET.content
     scene.check_outside_untouched()
     scene.check_download_dir(specs, placed=specs)
@@ -994,13 +991,13 @@ def test_overwrite_false_refuses_before_any_request(scene: Scene) -> None:
     cartd, error, _ = run(scene, specs, _honest(specs), downloader_kwargs={"overwrite": False})
     error = expect_error(error, DestinationError)
     assert isinstance(error, DestinationError) and error.path == str(scene.data / TARGET.path)
-    assert cartd.requests == [], "requests were sent: {}".format(cartd.methods())
+    assert cartd.requests == [], f"requests were sent: {cartd.methods()}"
     final = scene.data / TARGET.path
     after = os.lstat(final)
     assert final.read_bytes() == b"old content\n"
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert not (scene.data / LEGIT.path).exists()
-    assert not (scene.dl / STAGING).exists()
+    assert staging_leftovers(scene.dl) == []
     scene.preexisting.add("data/" + TARGET.path)
     scene.check_outside_untouched()
     scene.check_download_dir(specs)
@@ -1011,7 +1008,7 @@ def test_overwrite_false_with_identical_file_makes_no_cart(scene: Scene) -> None
     _existing(scene, TARGET, TARGET.content)
     specs = [TARGET]
     cartd, error, result = run(scene, specs, lambda uid, top: b"", downloader_kwargs={"overwrite": False})
-    assert error is None, "the download failed: {!r}".format(error)
+    assert error is None, f"the download failed: {error!r}"
     assert result == [str(scene.data / TARGET.path)]
     assert cartd.requests == []
     scene.check_outside_untouched()

@@ -23,7 +23,7 @@ import requests
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pacifica.downloader import CloudEvent, Downloader, InvalidInputError, TransactionInfo
+from pacifica.downloader import CartLimits, CloudEvent, Downloader, InvalidInputError, TransactionInfo
 
 SETTINGS = settings(
     max_examples=300,
@@ -336,7 +336,7 @@ def _download(download_dir: Path, method: str, value: Any) -> Any:
         calls.append({"method": method, "url": url, "kwargs": kwargs})
         raise NetworkReached(method)
 
-    down = Downloader(download_dir, UNREACHABLE)
+    down = Downloader(download_dir, UNREACHABLE, limits=CartLimits(max_files=10**6, max_bytes=2**62))  # one cart
     with mock.patch.object(requests.Session, "request", fake_request):
         try:
             paths = getattr(down, method)(value)

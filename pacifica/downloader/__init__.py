@@ -26,6 +26,7 @@ from .exceptions import (
     TransferError,
     UnsafeArchiveError,
 )
+from .pipeline import CartLimits
 from .policy import TransactionInfo
 from .progress import Progress
 from .records import FileRecord
@@ -37,6 +38,7 @@ __all__ = [
     "CartAPI",
     "CartError",
     "CartFailedError",
+    "CartLimits",
     "CartNotFoundError",
     "CartTimeoutError",
     "CloudEvent",

@@ -29,8 +29,8 @@ LOGGER = logging.getLogger(__name__)
 #: Polling starts fast, so a small cart is seen ready within tens of
 #: milliseconds, and slows down to the cap, so a big one is not flooded.
 POLL_FIRST = 0.02
-POLL_GROWTH = 1.5
-POLL_CAP = 1.0
+POLL_GROWTH = 1.25
+POLL_CAP = 0.5
 
 
 def summarize(message: str, limit: int = 240) -> str:

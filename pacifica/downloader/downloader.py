@@ -10,8 +10,9 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import requests
 
@@ -20,13 +21,15 @@ from .cloudevent import event_records
 from .config import Timeouts
 from .exceptions import DestinationError, DownloaderError, InvalidInputError, TransferError
 from .extract import extract_cart
+from .pipeline import CartLimits, Slots, run_carts, split_batches
 from .policy import transaction_records
-from .progress import Progress, ProgressCallback
+from .progress import ProgressCallback, Tracker
 from .records import FileRecord, check_folder_name, entries_callable, validate_records
 from .retry import Retry
-from .staging import StagingArea, file_digest, os_error, safe_folder
+from .staging import StagingArea, file_digest, hidden_folder, os_error, safe_folder
 from .stream import CartStream, StreamBroken
 from .transport import redact
+from .verified import VerifiedIndex
 
 __all__ = ["Downloader"]
 
@@ -63,6 +66,8 @@ class Downloader:
         keep_cart: bool = False,
         overwrite: bool = True,
         progress: ProgressCallback | None = None,
+        limits: CartLimits = CartLimits(),
+        trust_verified: bool = True,
     ) -> None:
         """Prepare downloads into ``location`` from the Cartd at ``cart_api_url``.
 
@@ -80,6 +85,10 @@ class Downloader:
         to replace an existing file whose content differs, instead of
         replacing it once the new one is verified.  ``progress`` is called
         with a :class:`Progress` at each step (see :mod:`.progress`).
+        ``limits`` says how large events are cut into carts and how many
+        stage at once (see :class:`CartLimits`).  ``trust_verified=False``
+        hashes every existing file again instead of trusting the record of
+        files verified earlier and unchanged since (see :mod:`.verified`).
         """
         self.location = None if location is None else Path(location)
         self.cart_api = CartAPI(
@@ -88,6 +97,8 @@ class Downloader:
         self.keep_cart = keep_cart
         self.overwrite = overwrite
         self.progress = progress
+        self.limits = limits
+        self.trust_verified = trust_verified
 
     # -- the documented download methods -----------------------------------
 
@@ -137,20 +148,29 @@ class Downloader:
             LOGGER.info("no files to download; no cart created")
             return paths
         call_deadline = None if deadline is None else time.monotonic() + float(deadline)
-        todo = self._missing(checked, destination)
-        if not todo:
-            LOGGER.info("all %d files already present and verified; no cart created", len(checked))
-            return paths
-        LOGGER.info("%d of %d files to fetch into %s", len(todo), len(checked), destination)
-        report = _Reporter(self.progress, todo)
-        report("validating")
-        staging = StagingArea(root)
+        index = VerifiedIndex(hidden_folder(root))
         try:
-            self._fetch(todo, destination, folder, staging, timeout, call_deadline, report)
+            todo = self._missing(checked, root, folder, index)
+            if not todo:
+                LOGGER.info("all %d files already present and verified; no cart created", len(checked))
+                return paths
+            LOGGER.info("%d of %d files to fetch into %s", len(todo), len(checked), destination)
+            tracker = Tracker(self.progress, todo)
+            tracker("validating")
+            staging = StagingArea(root)
+            job = _Job(destination, folder, staging, timeout, call_deadline, tracker, index)
+            try:
+                run_carts(
+                    split_batches(todo, self.limits),
+                    lambda batch, slots: self._fetch(batch, job, slots),
+                    self.limits.max_staging,
+                )
+            finally:
+                staging.remove()
+            tracker("done")
+            return paths
         finally:
-            staging.remove()
-        report("done")
-        return paths
+            index.close()
 
     # -- the steps ---------------------------------------------------------------
 
@@ -182,84 +202,85 @@ class Downloader:
             raise os_error(err, str(root), "create the download directory") from err
         return root
 
-    def _missing(self, records: list[FileRecord], destination: Path) -> list[FileRecord]:
-        """Return the records whose final file is absent or differs; honour ``overwrite``."""
+    def _missing(self, records: list[FileRecord], root: Path, folder: str, index: VerifiedIndex) -> list[FileRecord]:
+        """Return the records whose final file is absent or differs; honour ``overwrite``.
+
+        A file recorded as verified and unchanged since is not read again
+        (unless ``trust_verified`` is off); any other existing file is hashed.
+        """
         todo: list[FileRecord] = []
         conflicts: list[str] = []
-        root = destination.parent
+        confirmed: list[tuple[str, Path, str, str]] = []
         for record in records:
-            folder, _, name = record.path.rpartition("/")
-            parent = safe_folder(root, f"{destination.name}/{folder}", create=False)
-            final = destination / record.path
+            subdir, _, name = record.path.rpartition("/")
+            parent = safe_folder(root, f"{folder}/{subdir}", create=False)
+            final = root / folder / record.path
+            key = f"{folder}/{record.path}"
+            if parent is not None and self.trust_verified and index.is_verified(
+                key, final, record.hashtype, record.hashsum
+            ):
+                continue
             digest = None if parent is None else file_digest(parent / name, record.hashtype)
             if digest == record.hashsum:
+                confirmed.append((key, final, record.hashtype, record.hashsum))
                 continue
             if (digest is not None or final.is_symlink()) and not self.overwrite:
                 conflicts.append(str(final))
             todo.append(record)
+        index.remember(confirmed)
         if conflicts:
+            shown = ", ".join(conflicts[:5]) + (" ..." if len(conflicts) > 5 else "")
             raise DestinationError(
-                "{} file(s) exist with other content and overwrite=False: {}; move them or allow overwrite".format(
-                    len(conflicts), ", ".join(conflicts[:5]) + (" ..." if len(conflicts) > 5 else "")
-                ),
+                f"{len(conflicts)} file(s) exist with other content and overwrite=False: {shown}; "
+                "move them or allow overwrite",
                 path=conflicts[0],
             )
         return todo
 
-    def _fetch(
-        self,
-        records: list[FileRecord],
-        destination: Path,
-        filename: str,
-        staging: StagingArea,
-        timeout: float | None,
-        deadline: float | None,
-        report: _Reporter,
-    ) -> None:
+    def _fetch(self, records: list[FileRecord], job: _Job, slots: Slots) -> None:
         """Make one cart of ``records``, wait, transfer; delete the cart whatever happens."""
-        cart_url = self.cart_api.setup_cart(entries_callable(records))
-        try:
-            wait = timeout
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                wait = left if wait is None else min(float(wait), left)
-            report.cart_url = cart_url
-            report("staging")
-            self.cart_api.wait_for_cart(cart_url, timeout=wait, on_poll=lambda status: report("staging"))
-            self._transfer(cart_url, records, destination, filename, staging, deadline, report)
-        finally:
-            if not self.keep_cart:
+        slots.check()
+        with slots.staging():
+            cart_url = self.cart_api.setup_cart(entries_callable(records))
+            try:
+                job.tracker.cart_created(cart_url)
+                self.cart_api.wait_for_cart(cart_url, timeout=job.wait_timeout(), on_poll=job.polled(slots))
+            except BaseException:
                 self._delete_quietly(cart_url)
+                raise
+        try:
+            self._transfer(cart_url, records, job, slots)
+        finally:
+            self._delete_quietly(cart_url)
 
-    def _transfer(
-        self,
-        cart_url: str,
-        records: list[FileRecord],
-        destination: Path,
-        filename: str,
-        staging: StagingArea,
-        deadline: float | None,
-        report: _Reporter,
-    ) -> None:
+    def _transfer(self, cart_url: str, records: list[FileRecord], job: _Job, slots: Slots) -> None:
         """Stream the ready cart into place; start over (skipping verified files) when it breaks."""
         wanted = {record.path: record for record in records}
-        tops = {filename.replace(".tar", ""), cart_url.rsplit("/", 1)[-1]}
+        tops = {job.filename.replace(".tar", ""), cart_url.rsplit("/", 1)[-1]}
         done: set[str] = set()
         failures: list[str] = []
         started = time.monotonic()
         transport = self.cart_api.transport
+
+        def reopen(offset: int) -> requests.Response:
+            return self.cart_api.open_cart(cart_url, job.filename, offset=offset, deadline=job.deadline)
+
+        def placed(record: FileRecord, path: Path) -> None:
+            job.index.remember([(f"{job.filename}/{record.path}", path, record.hashtype, record.hashsum)])
+            job.tracker.file_placed()
+
+        def received(count: int) -> None:
+            slots.check()
+            job.tracker.add_bytes(count)
+
         for attempt in range(1, transport.retry.attempts + 1):
-            response = self.cart_api.open_cart(cart_url, filename, deadline=deadline)
             stream = CartStream(
-                response,
-                reopen=lambda offset: self.cart_api.open_cart(cart_url, filename, offset=offset, deadline=deadline),
-                timeouts=transport.timeouts,
-                attempts=transport.retry.attempts,
-                deadline=deadline,
+                reopen(0), reopen, timeouts=transport.timeouts, attempts=transport.retry.attempts,
+                deadline=job.deadline,
             )
             try:
-                report("transferring")
-                extract_cart(stream, wanted, tops, destination, staging, done, report.add_bytes, report.file_placed)
+                job.tracker("transferring")
+                extract_cart(stream, wanted, tops, job.destination, job.staging, done, received, placed)
             except StreamBroken as err:
                 failures.extend(stream.resumes)
                 failures.append(err.reason)
@@ -286,46 +307,39 @@ class Downloader:
         )
 
     def _delete_quietly(self, cart_url: str) -> None:
-        """Delete the cart; a failure is logged, never raised over the download's own outcome."""
+        """Delete the cart (unless ``keep_cart``); a failure is logged, never raised over the download's outcome."""
+        if self.keep_cart:
+            return
         try:
             self.cart_api.delete_cart(cart_url)
         except (DownloaderError, requests.RequestException) as err:
             LOGGER.warning("could not delete cart %s: %s", redact(cart_url), err)
 
 
-class _Reporter:
-    """Counts files and bytes of one call and hands :class:`Progress` values to the callback."""
+@dataclass
+class _Job:
+    """What every cart of one download call shares."""
 
-    def __init__(self, callback: ProgressCallback | None, records: list[FileRecord]) -> None:
-        self.callback = callback
-        self.files_total = len(records)
-        sizes = [record.size for record in records]
-        self.bytes_total = None if None in sizes else sum(size or 0 for size in sizes)
-        self.files_done = 0
-        self.bytes_done = 0
-        self.cart_url: str | None = None
-        self.started = time.monotonic()
-        self.phase = "validating"
+    destination: Path
+    filename: str
+    staging: StagingArea
+    timeout: float | None
+    deadline: float | None
+    tracker: Tracker
+    index: VerifiedIndex
 
-    def __call__(self, phase: str) -> None:
-        self.phase = phase
-        if self.callback is not None:
-            self.callback(
-                Progress(
-                    phase=phase,
-                    files_done=self.files_done,
-                    files_total=self.files_total,
-                    bytes_done=self.bytes_done,
-                    bytes_total=self.bytes_total,
-                    elapsed=time.monotonic() - self.started,
-                    cart_url=self.cart_url,
-                )
-            )
+    def wait_timeout(self) -> float | None:
+        """Seconds a cart may stage: the call's ``timeout``, cut short by its ``deadline``."""
+        if self.deadline is None:
+            return self.timeout
+        left = self.deadline - time.monotonic()
+        return left if self.timeout is None else min(float(self.timeout), left)
 
-    def add_bytes(self, count: int) -> None:
-        self.bytes_done += count
-        self("transferring")
+    def polled(self, slots: Slots) -> Callable[[str], None]:
+        """The callback for each poll of a staging cart: stop if cancelled, report progress."""
 
-    def file_placed(self, record: FileRecord, path: Path) -> None:
-        self.files_done += 1
-        self("verifying")
+        def on_poll(status: str) -> None:
+            slots.check()
+            self.tracker("staging")
+
+        return on_poll

@@ -141,7 +141,8 @@ def _receive(
     if source is None:  # not reachable for regular files; kept for the type checker
         raise UnsafeArchiveError(f"the tar entry {member.name!r} has no data")
     digest = hashlib.new(record.hashtype)
-    staged, handle = staging.open_file()
+    parent = staging.prepare(destination, record.path)
+    staged, handle = staging.open_file(parent)
     try:
         try:
             with handle:
@@ -165,7 +166,7 @@ def _receive(
                 expected=record.hashsum,
                 actual=actual,
             )
-        staging.place(staged, destination, record.path, mtime=usable_mtime(member.mtime))
+        staging.place(staged, parent / record.path.rpartition("/")[2], mtime=usable_mtime(member.mtime))
     finally:
         if staged.exists():
             staged.unlink()

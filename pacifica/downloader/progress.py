@@ -9,9 +9,12 @@ runs in the downloading thread: keep it quick, and let it raise nothing.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Callable
 
-__all__ = ["PHASES", "Progress", "ProgressCallback"]
+__all__ = ["PHASES", "Progress", "ProgressCallback", "Tracker"]
 
 PHASES = ("validating", "staging", "transferring", "verifying", "done")
 
@@ -45,3 +48,55 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+class Tracker:
+    """Counts the files and bytes of one download call and hands :class:`Progress` values to the callback.
+
+    Thread-safe: the carts of a large download report from several threads.
+    """
+
+    def __init__(self, callback: ProgressCallback | None, records: Sequence[Any]) -> None:
+        """Track ``records`` (anything with a ``size``, None when unknown)."""
+        self.callback = callback
+        self.files_total = len(records)
+        sizes = [record.size for record in records]
+        self.bytes_total = None if None in sizes else sum(sizes)
+        self.files_done = 0
+        self.bytes_done = 0
+        self.cart_url: str | None = None
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self, phase: str) -> None:
+        """Report ``phase`` with the current counts."""
+        if self.callback is None:
+            return
+        with self._lock:
+            report = Progress(
+                phase=phase,
+                files_done=self.files_done,
+                files_total=self.files_total,
+                bytes_done=self.bytes_done,
+                bytes_total=self.bytes_total,
+                elapsed=time.monotonic() - self.started,
+                cart_url=self.cart_url,
+            )
+        self.callback(report)
+
+    def cart_created(self, cart_url: str) -> None:
+        """A cart was posted: report ``staging``."""
+        self.cart_url = cart_url
+        self("staging")
+
+    def add_bytes(self, count: int) -> None:
+        """``count`` more bytes arrived."""
+        with self._lock:
+            self.bytes_done += count
+        self("transferring")
+
+    def file_placed(self) -> None:
+        """One more file was verified and moved into place."""
+        with self._lock:
+            self.files_done += 1
+        self("verifying")

@@ -13,19 +13,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import logging
 import math
 import os
 import shutil
 import socket
 import stat
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .exceptions import DestinationError, UnsafeArchiveError
 
-__all__ = ["STAGING_DIR", "StagingArea", "file_digest", "safe_folder", "usable_mtime"]
+__all__ = ["STAGING_DIR", "StagingArea", "file_digest", "hidden_folder", "safe_folder", "usable_mtime"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -119,6 +121,21 @@ def usable_mtime(value: Any) -> float | None:
     return None
 
 
+def hidden_folder(location: Path) -> Path:
+    """Return ``location``'s hidden bookkeeping folder, created when needed; refuse one that is a link or a file."""
+    root = location / STAGING_DIR
+    try:
+        root.mkdir(exist_ok=True)
+        info = os.lstat(root)
+    except OSError as err:
+        raise os_error(err, str(root), "create the folder") from err
+    if not stat.S_ISDIR(info.st_mode):
+        raise DestinationError(
+            f"{root} is not a plain folder (a link or a file); remove it and run again", path=str(root)
+        )
+    return root
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -130,56 +147,76 @@ def _pid_alive(pid: int) -> bool:
 
 
 class StagingArea:
-    """A private folder inside ``location`` for files not yet verified."""
+    """Private folders for files not yet verified, one per filesystem the download writes to.
+
+    The main one is ``location/.pacifica-downloader/staging-<host>-<pid>-<id>``.
+    A folder below ``location`` that is another filesystem (a mount point)
+    gets its own, in the same hidden folder at that mount's top, so that
+    every verified file is moved into place by a same-filesystem rename.
+    """
 
     def __init__(self, location: Path) -> None:
-        """Create the area under ``location/.pacifica-downloader/``; clean areas of dead processes."""
+        """Create the main area; clean areas left by processes that are gone."""
         self.location = location
-        self.root = location / STAGING_DIR
-        host = socket.gethostname().replace("-", "_")
-        try:
-            self.root.mkdir(exist_ok=True)
-            if self.root.is_symlink() or not self.root.is_dir():
-                raise DestinationError(
-                    f"{self.root} is not a plain folder (a link or a file); remove it and run again",
-                    path=str(self.root),
-                )
-            self._remove_stale(host)
-            self.path = self.root / f"staging-{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-            self.path.mkdir()
-        except OSError as err:
-            raise os_error(err, str(self.root), "create the staging folder") from err
-        self._count = 0
+        self.root = hidden_folder(location)
+        self._host = socket.gethostname().replace("-", "_")
+        self._name = f"staging-{self._host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._areas: dict[int, Path] = {}
+        self._lock = threading.Lock()
+        self._numbers = itertools.count(1)
+        self.path = self._area_for(location)
 
-    def _remove_stale(self, host: str) -> None:
-        for entry in self.root.iterdir():
+    def _area_for(self, folder: Path) -> Path:
+        """The staging folder on ``folder``'s filesystem, created on first use."""
+        try:
+            device = os.stat(folder).st_dev
+            with self._lock:
+                if device not in self._areas:
+                    hidden = self.root if device == os.stat(self.location).st_dev else hidden_folder(
+                        self._mount_top(folder, device)
+                    )
+                    self._remove_stale(hidden)
+                    area = hidden / self._name
+                    area.mkdir()
+                    self._areas[device] = area
+                return self._areas[device]
+        except OSError as err:
+            raise os_error(err, str(folder), "create a staging folder for") from err
+
+    def _mount_top(self, folder: Path, device: int) -> Path:
+        """The highest folder between ``location`` and ``folder`` on ``device``."""
+        top = folder
+        while top.parent != top and top.parent != self.location and os.stat(top.parent).st_dev == device:
+            top = top.parent
+        return top
+
+    def _remove_stale(self, hidden: Path) -> None:
+        for entry in hidden.iterdir():
             parts = entry.name.split("-")
-            if len(parts) != 4 or parts[0] != "staging" or parts[1] != host or not parts[2].isdigit():
+            if len(parts) != 4 or parts[0] != "staging" or parts[1] != self._host or not parts[2].isdigit():
                 continue
             if not _pid_alive(int(parts[2])):
                 LOGGER.info("removing the staging folder %s left by a process that is gone", entry)
                 shutil.rmtree(entry, ignore_errors=True)
 
-    def open_file(self) -> tuple[Path, BinaryIO]:
-        """Open a new, empty staging file for writing; return its path and handle."""
-        self._count += 1
-        path = self.path / f"{self._count}.part"
+    def prepare(self, destination: Path, relative: str) -> Path:
+        """Create (safely) the folder ``destination/relative`` will land in; return it."""
+        folder = relative.rpartition("/")[0]
+        parent = safe_folder(self.location, f"{destination.relative_to(self.location)}/{folder}", create=True)
+        if parent is None:  # safe_folder(create=True) always returns a folder; this satisfies the type checker
+            raise DestinationError(f"cannot create the folder for {relative}", path=relative)
+        return parent
+
+    def open_file(self, folder: Path) -> tuple[Path, BinaryIO]:
+        """Open a new, empty staging file on ``folder``'s filesystem; return its path and handle."""
+        path = self._area_for(folder) / f"{next(self._numbers)}.part"  # next() on a count is atomic
         try:
             return path, open(path, "xb")
         except OSError as err:
             raise os_error(err, str(path), "create the staging file") from err
 
-    def place(self, staged: Path, destination: Path, relative: str, mtime: float | None = None) -> Path:
-        """Move the verified ``staged`` file to ``destination/relative`` atomically; return the final path.
-
-        The folders on the way are created without following any symbolic
-        link below the download directory (see :func:`safe_folder`).
-        """
-        folder, _, name = relative.rpartition("/")
-        parent = safe_folder(self.location, str(destination.relative_to(self.location)) + "/" + folder, create=True)
-        if parent is None:  # safe_folder(create=True) always returns a folder; this satisfies the type checker
-            raise DestinationError(f"cannot create the folder for {relative}", path=relative)
-        final = parent / name
+    def place(self, staged: Path, final: Path, mtime: float | None = None) -> None:
+        """Move the verified ``staged`` file to ``final`` (in a folder from :meth:`prepare`) atomically."""
         if final.is_dir() and not final.is_symlink():
             raise DestinationError(
                 f"{final} is a folder, the cart has a file there; move it or choose another location",
@@ -191,10 +228,10 @@ class StagingArea:
             os.replace(staged, final)
         except OSError as err:
             raise os_error(err, str(final), "move the verified file to") from err
-        return final
 
     def remove(self) -> None:
-        """Remove the area and whatever is left in it; the parent goes too when empty."""
-        shutil.rmtree(self.path, ignore_errors=True)
-        with contextlib.suppress(OSError):  # another download is using it, or it is gone already
-            self.root.rmdir()
+        """Remove every area and what is left in it; their hidden folders too when empty."""
+        for area in self._areas.values():
+            shutil.rmtree(area, ignore_errors=True)
+            with contextlib.suppress(OSError):  # another download is using it, or it holds the index
+                area.parent.rmdir()
