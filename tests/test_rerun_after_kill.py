@@ -1,0 +1,196 @@
+"""A download killed mid-stream (SIGKILL: no cleanup runs), then run again, on the real Cartd stack.
+
+The child process (``download_child.py``) downloads an event of 8 files of
+4 MiB.  Its progress callback, once the first file is verified and placed
+and the next one has started streaming into the staging area, tells the
+parent through its stdout pipe and blocks; the parent then SIGKILLs it.  No
+sleep is involved: the parent waits on the pipe, the child on an event
+nobody sets.
+
+After the kill every final name is absent or holds verified content, and the
+dead process's staging folder (with its partial file) is still there.  A
+second download, in-process, removes that stale folder, fetches only the
+files that are missing (the POSTed cart lists exactly their ids) and ends
+with every file right.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from test_e2e import assert_tree, cart_gone, make_event
+
+from pacifica.downloader import CartAPI, Downloader
+from pacifica.downloader.staging import STAGING_DIR
+
+HERE = Path(__file__).resolve().parent
+CHILD = HERE / "download_child.py"
+#: Bound on waiting for the child to reach the middle of the stream (cart staging included).
+CHILD_WAIT = 60.0
+FILE_COUNT = 8
+FILE_SIZE = 4 * 1024 * 1024
+
+
+class BodyRecordingSession(requests.Session):
+    """A session that remembers every request it sent: (method, url, body)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, str, Any]] = []
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        body = kwargs.get("data")
+        if body is None and kwargs.get("json") is not None:
+            body = json.dumps(kwargs["json"])
+        self.sent.append((method.upper(), url, body))
+        return super().request(method, url, *args, **kwargs)
+
+    def posted(self) -> list[tuple[str, dict[str, Any]]]:
+        """Each POST's URL and JSON body."""
+        result = []
+        for method, url, body in self.sent:
+            if method == "POST":
+                text = body.decode("utf-8") if isinstance(body, bytes) else body
+                result.append((url, json.loads(text)))
+        return result
+
+
+def file_ids(event: dict[str, Any]) -> dict[str, str]:
+    """``{relative path: archive id}`` of the event's files."""
+    return {
+        "{}/{}".format(obj["subdir"], obj["name"]).lstrip("/"): str(obj["_id"])
+        for obj in event["data"]
+        if obj.get("destinationTable") == "Files"
+    }
+
+
+def read_line(proc: subprocess.Popen[bytes], limit: float) -> bytes | None:
+    """The child's next stdout line, waiting at most ``limit`` seconds; None on EOF or timeout."""
+    assert proc.stdout is not None
+    end = time.monotonic() + limit
+    buffer = b""
+    fd = proc.stdout.fileno()
+    while not buffer.endswith(b"\n"):
+        left = end - time.monotonic()
+        if left <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None
+        buffer += chunk
+    return buffer
+
+
+def run_and_kill(location: Path, cart_url: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Start the download in a child, wait until it is mid-stream, SIGKILL it; return its 'paused' report."""
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    job = json.dumps({"location": str(location), "cart_url": cart_url, "event": event, "pause_mid_file": True})
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, cwd=str(location.parent),
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(job.encode())
+        proc.stdin.close()
+        line = read_line(proc, CHILD_WAIT)
+        if line is None:
+            proc.kill()
+            _, err = proc.communicate(timeout=30)
+            pytest.fail("the child never reached the middle of the stream:\n{}".format(err.decode(errors="replace")))
+        report: dict[str, Any] = json.loads(line)
+        assert "paused" in report, report
+        assert report["paused"]["pid"] == proc.pid
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL  # reaped: its pid is gone
+        return report["paused"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_rerun_after_sigkill_fetches_only_missing_files(cartd_stack: Any, tmp_path: Path) -> None:
+    files = {f"run/f{index}.bin": os.urandom(FILE_SIZE) for index in range(FILE_COUNT)}
+    event = make_event(cartd_stack, files)
+    ids = file_ids(event)
+    assert sorted(ids) == sorted(files)
+    location = tmp_path / "dl"
+    data = location / "data"
+
+    # 1. The download is killed mid-stream.
+    paused = run_and_kill(location, cartd_stack.cart_url, event)
+    try:
+        assert paused["files_done"] >= 1
+        present = {}
+        for path, content in files.items():
+            final = data / path
+            if final.exists() or final.is_symlink():
+                assert final.read_bytes() == content, f"{final} holds unverified content after the kill"
+                present[path] = content
+        assert 1 <= len(present) < FILE_COUNT, f"killed after the first file, before the last: {sorted(present)}"
+        # Nothing but final names and the staging area: no partial file next to the finals.
+        stray = [p for p in data.rglob("*") if p.is_file() and p.relative_to(data).as_posix() not in present]
+        assert stray == []
+        host = socket.gethostname().replace("-", "_")
+        stale = sorted((location / STAGING_DIR).glob("staging-{}-{}-*".format(host, paused["pid"])))
+        hidden = location / STAGING_DIR
+        names = sorted(p.name for p in hidden.iterdir()) if hidden.exists() else []
+        assert len(stale) == 1, f"the killed process's staging folder is still there: {names}"
+        assert [p.suffix for p in stale[0].iterdir()] == [".part"], "the partial file is in the staging folder"
+    finally:
+        # The killed process could not delete its cart.
+        CartAPI(cartd_stack.cart_url).delete_cart(paused["cart_url"])
+
+    # 2. Run again, in-process: only the missing files are asked for, the stale folder goes.
+    missing = sorted(set(files) - set(present))
+    session = BodyRecordingSession()
+    written = Downloader(location, cartd_stack.cart_url, session=session).cloudevent(event, deadline=60)
+    assert sorted(written) == sorted(str(data / path) for path in files)
+    assert_tree(data, files)
+    assert not stale[0].exists(), "the dead process's staging folder was removed"
+    hidden = location / STAGING_DIR
+    left = sorted(p.name for p in hidden.iterdir() if p.name.startswith("staging-")) if hidden.exists() else []
+    assert left == [], f"no staging folder is left: {left}"
+    assert [p for p in location.rglob("*.part")] == []
+    (posted,) = session.posted()
+    cart_url, body = posted
+    assert sorted(entry["id"] for entry in body["fileids"]) == sorted(ids[path] for path in missing)
+    assert sorted(entry["path"] for entry in body["fileids"]) == missing
+    assert ("DELETE", cart_url) in [(method, url) for method, url, _ in session.sent]
+    assert cart_gone(cart_url)
+
+    # 3. Once more: nothing is missing, no request at all.
+    session = BodyRecordingSession()
+    Downloader(location, cartd_stack.cart_url, session=session).cloudevent(event, deadline=60)
+    assert session.sent == []
+    assert_tree(data, files)
+
+
+def test_stale_staging_of_a_live_process_is_kept(cartd_stack: Any, tmp_path: Path) -> None:
+    """A staging folder whose process is still alive (a concurrent download) is not touched by another run."""
+    files = {"live/a.txt": b"a" * 100}
+    event = make_event(cartd_stack, files)
+    host = socket.gethostname().replace("-", "_")
+    other = tmp_path / STAGING_DIR / f"staging-{host}-{os.getppid()}-0123456789ab"
+    other.mkdir(parents=True)
+    (other / "1.part").write_bytes(b"partial")
+    Downloader(tmp_path, cartd_stack.cart_url).cloudevent(event, deadline=60)
+    assert_tree(tmp_path / "data", files)
+    assert (other / "1.part").read_bytes() == b"partial"
