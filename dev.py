@@ -30,6 +30,7 @@ DEV_REQUIREMENTS = [
     "mypy==2.4.1",
     "ruff==0.17.6",
     "types-requests==2.33.0.20261030",
+    "cloudevents==2.2.0",
 ]
 
 

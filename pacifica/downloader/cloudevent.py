@@ -9,13 +9,13 @@ way, and an object of the ``cloudevents`` SDK is read through its ``data``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 from .exceptions import InvalidInputError
 from .records import FileRecord, entries_callable, validate_records
 
-__all__ = ["CloudEvent", "event_records"]
+__all__ = ["CloudEvent", "event_records", "from_http"]
 
 
 def _event_data(event: Any) -> Any:
@@ -24,8 +24,10 @@ def _event_data(event: Any) -> Any:
         if "data" not in event:
             raise InvalidInputError("the event has no 'data' member", [f"keys: {sorted(map(str, event))}"])
         data = event["data"]
-    elif hasattr(event, "data") and hasattr(event, "get_attributes"):
-        data = event.data  # a cloudevents SDK object
+    elif hasattr(event, "get_attributes") and hasattr(event, "get_data"):
+        data = event.get_data()  # a cloudevents SDK object
+    elif hasattr(event, "get_attributes") and hasattr(event, "data"):
+        data = event.data  # a cloudevents SDK object (the v1 API)
     else:
         raise InvalidInputError(
             f"a CloudEvent must be a JSON object (dict) or a cloudevents SDK event, not {type(event).__name__}"
@@ -40,6 +42,34 @@ def _event_data(event: Any) -> Any:
             f"the event's 'data' must be the list of ingested metadata objects, not {type(data).__name__}"
         )
     return data
+
+
+def from_http(headers: Mapping[str, str], body: bytes | str) -> dict[str, Any]:
+    """Rebuild the event a service received over HTTP, in binary or structured mode.
+
+    Binary mode puts the attributes in ``ce-*`` headers and the data in the
+    body; structured mode sends the whole event as JSON with
+    ``Content-Type: application/cloudevents+json``.  The Notifications
+    service posts plain JSON events, which are taken as structured.  Raises
+    :class:`InvalidInputError` when no event can be read.
+
+    >>> from_http({"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t", "ce-source": "s"}, b"[]")["data"]
+    []
+    """
+    fields = {key.lower(): value for key, value in headers.items()}
+    try:
+        payload = json.loads(body) if body else None
+    except ValueError as err:
+        raise InvalidInputError(f"the request body is not JSON: {err}") from None
+    if "ce-specversion" in fields:
+        event: dict[str, Any] = {key[3:]: value for key, value in fields.items() if key.startswith("ce-")}
+        event["data"] = payload
+        return event
+    if not isinstance(payload, dict):
+        raise InvalidInputError(
+            "the request holds no CloudEvent: no ce-specversion header (binary mode) and no JSON object body"
+        )
+    return payload
 
 
 def event_records(event: Any) -> list[FileRecord]:
