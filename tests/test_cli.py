@@ -34,9 +34,9 @@ import requests
 from helpers import is_index_file
 
 from pacifica.downloader import cli
+from pacifica.downloader import PolicyError
 from pacifica.downloader.cli import (
     EXIT_CODES,
-    PolicyError,
     auth_from_environment,
     build_parser,
     exit_code_for,

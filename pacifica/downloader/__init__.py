@@ -23,6 +23,7 @@ from .exceptions import (
     IntegrityError,
     InvalidInputError,
     ManifestError,
+    PolicyError,
     TransferError,
     UnsafeArchiveError,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "IntegrityError",
     "InvalidInputError",
     "ManifestError",
+    "PolicyError",
     "Progress",
     "Retry",
     "Timeouts",

@@ -45,6 +45,7 @@ from .exceptions import (
     DownloaderError,
     IntegrityError,
     InvalidInputError,
+    PolicyError,
     TransferError,
     UnsafeArchiveError,
 )
@@ -55,7 +56,6 @@ from .transport import Transport, redact
 
 __all__ = [
     "EXIT_CODES",
-    "PolicyError",
     "auth_from_environment",
     "build_parser",
     "exit_code_for",
@@ -108,10 +108,6 @@ ENV_KEY = "PACIFICA_DOWNLOADER_KEY"
 
 #: Error messages list at most this many detail lines unless ``-v`` is given.
 DETAIL_LINES = 10
-
-
-class PolicyError(DownloaderError):
-    """The Policy service did not return the transaction-info document (exit status 3)."""
 
 
 def _wrap(text: str) -> str:

@@ -180,3 +180,7 @@ class DestinationError(DownloaderError, OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class PolicyError(DownloaderError):
+    """The Policy service did not return a transaction-info document (unknown transaction, error, not JSON)."""
