@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -31,6 +32,7 @@ DEV_REQUIREMENTS = [
     "ruff==0.17.6",
     "types-requests==2.33.0.20261030",
     "cloudevents==2.2.0",
+    "CherryPy==18.10.0",
 ]
 
 
@@ -48,10 +50,10 @@ def ensure_dev_venv() -> Path:
     if python.exists() and marker.exists() and marker.read_text() == stamp:
         return python
     if not python.exists():
-        print("dev.py: creating {}".format(VENV), flush=True)
+        print(f"dev.py: creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run(pip + ["-e", "{}[progress,test]".format(ROOT)] + DEV_REQUIREMENTS, check=True)
+    subprocess.run(pip + ["-e", f"{ROOT}[progress,test]"] + DEV_REQUIREMENTS, check=True)
     marker.write_text(stamp)
     return python
 
@@ -64,24 +66,78 @@ def ensure_stack() -> None:
     ensure_stack_venv(default_stack_venv_path())
 
 
+#: Pythons whose server-free tests also run under ``dev.py test`` when the machine has them.
+OTHER_PYTHONS = ["3.9", "3.10", "3.12", "3.13"]
+#: What the server-free tests need on those Pythons (pip picks versions that fit each one).
+OTHER_REQUIREMENTS = ["pytest", "hypothesis", "tqdm"]
+
+
+def find_python(version: str) -> str | None:
+    """An interpreter for ``version``: ``pythonX.Y`` on PATH, else a pyenv build."""
+    found = shutil.which("python" + version)
+    if found:
+        return found
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    builds = sorted(
+        pyenv.glob(version + ".*/bin/python"),
+        key=lambda path: [int(part) for part in path.parts[-3].split(".") if part.isdigit()],
+    )
+    return str(builds[-1]) if builds else None
+
+
+def lint(python: Path) -> int:
+    """mypy --strict on the library, ruff on everything."""
+    print("dev.py: mypy --strict", flush=True)
+    status = subprocess.call([str(python), "-m", "mypy"])
+    print("dev.py: ruff check", flush=True)
+    checked = ["pacifica", "tests", "benchmarks", "examples", "dev.py"]
+    return subprocess.call([str(python), "-m", "ruff", "check", *checked]) or status
+
+
+def other_pythons(pytest_args: list[str]) -> int:
+    """Run the tests that need no server on every other supported Python this machine has."""
+    status = 0
+    for version in OTHER_PYTHONS:
+        interpreter = find_python(version)
+        if interpreter is None:
+            print(f"dev.py: Python {version} not found; its server-free tests are skipped")
+            continue
+        env_dir = ROOT / f".venv-py{version}"
+        python = venv_python(env_dir)
+        marker = env_dir / "pacifica-dev.stamp"
+        stamp = hashlib.sha256((" ".join(OTHER_REQUIREMENTS) + (ROOT / "setup.cfg").read_text()).encode()).hexdigest()
+        if not (python.exists() and marker.exists() and marker.read_text() == stamp):
+            print(f"dev.py: preparing {env_dir}", flush=True)
+            subprocess.run([interpreter, "-m", "venv", "--clear", str(env_dir)], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", str(ROOT)]
+                           + OTHER_REQUIREMENTS, check=True)
+            marker.write_text(stamp)
+        print(f"dev.py: server-free tests on Python {version}", flush=True)
+        status = subprocess.call([str(python), "-m", "pytest", "-q", "-m", "not stack", "-p", "no:cacheprovider"]
+                                 + pytest_args) or status
+    return status
+
+
 def main(argv: list[str]) -> int:
     """Run the task named by ``argv[0]``; the rest of ``argv`` goes to it."""
-    tasks = {
-        "demo": ["examples/demo.py"],
-        "test": ["-m", "pytest"],
-        "lint": ["-c", "import subprocess, sys; sys.exit("
-                 "subprocess.call([sys.executable, '-m', 'mypy']) or "
-                 "subprocess.call([sys.executable, '-m', 'ruff', 'check', 'pacifica', 'tests', 'benchmarks']))"],
-        "bench": ["benchmarks/run.py"],
-    }
+    tasks = {"demo", "test", "lint", "bench"}
     if not argv or argv[0] not in tasks:
         print(__doc__)
         return 2
+    task, rest = argv[0], argv[1:]
     python = ensure_dev_venv()
-    if argv[0] != "lint":
-        ensure_stack()
     os.chdir(ROOT)
-    return subprocess.call([str(python)] + tasks[argv[0]] + argv[1:])
+    if task == "lint":
+        return lint(python)
+    ensure_stack()
+    if task == "demo":
+        return subprocess.call([str(python), "examples/demo.py"] + rest)
+    if task == "bench":
+        return subprocess.call([str(python), "benchmarks/run.py"] + rest)
+    status = lint(python)
+    print(f"dev.py: the whole suite on {sys.version.split()[0]}, with the real Cartd stack", flush=True)
+    status = subprocess.call([str(python), "-m", "pytest", "-p", "no:cacheprovider"] + rest) or status
+    return other_pythons(rest) or status
 
 
 if __name__ == "__main__":

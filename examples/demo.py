@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -36,10 +36,10 @@ SAMPLES = {
 }
 
 
-def sample_event(stack: CartdStack) -> Dict[str, Any]:
+def sample_event(stack: CartdStack) -> dict[str, Any]:
     """Archive the sample files under fresh ids; return the CloudEvent announcing them."""
     rng = random.Random(42)
-    records: List[Dict[str, Any]] = [
+    records: list[dict[str, Any]] = [
         {"destinationTable": "Transactions._id", "value": 1234},
         {"destinationTable": "Transactions.project", "value": "demo"},
     ]
@@ -64,8 +64,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pacifica-demo-") as workdir:
         print("== starting the local Cartd stack (archive interface, Cartd, Celery, Redis, PostgreSQL)")
         with CartdStack(Path(workdir), ensure_stack_venv(default_stack_venv_path())) as stack:
-            print("   Cartd at {}".format(stack.cart_url))
-            print("== archiving {} sample files".format(len(SAMPLES)))
+            print(f"   Cartd at {stack.cart_url}")
+            print(f"== archiving {len(SAMPLES)} sample files")
             DEMO_DIR.mkdir(exist_ok=True)
             event_file = DEMO_DIR / "event.json"
             event_file.write_text(json.dumps(sample_event(stack), indent=2))
@@ -73,14 +73,14 @@ def main() -> int:
                        "-d", str(DEMO_DIR), "--cart-url", stack.cart_url]
             if not sys.stderr.isatty():
                 command.append("-v")  # no progress bar without a terminal: show the steps instead
-            print("== downloading:  pacifica-downloader cloudevent {} -d {}".format(event_file, DEMO_DIR), flush=True)
+            print(f"== downloading:  pacifica-downloader cloudevent {event_file} -d {DEMO_DIR}", flush=True)
             status = subprocess.call(command)
             if status:
                 return status
             print("== the files, each verified against its sha256:")
             for path in sorted((DEMO_DIR / "data").rglob("*")):
                 if path.is_file():
-                    print("   {:>12,d}  {}".format(path.stat().st_size, path.relative_to(ROOT)))
+                    print(f"   {path.stat().st_size:>12,d}  {path.relative_to(ROOT)}")
             print("== running it again: files already present are not fetched, no cart is made", flush=True)
             status = subprocess.call(command)
             print("== done; the files are in {}".format(DEMO_DIR / "data"))

@@ -54,10 +54,11 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Callable, Iterator, Mapping
+from typing import IO, Any, Callable
 
 LOGGER = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def _find_packaged_binary(bin_dir: Path, package: str, relative: str) -> Path:
     result = subprocess.run(
         [str(bin_dir / "python"), "-c",
          f"import os, {package}; print(os.path.join(os.path.dirname({package}.__file__), {relative!r}))"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False,
+        capture_output=True, text=True, check=False,
     )
     candidate = Path(result.stdout.strip())
     if result.returncode != 0 or not os.access(candidate, os.X_OK):

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from cartd_stack import REPO_ROOT, CartdStack, default_stack_venv_path, ensure_stack_venv
 
 #: Where the logs of a failed session's stacks are kept.
@@ -29,6 +28,13 @@ def cartd_stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.C
     pytestconfig.stash.setdefault(_STACKS, []).append(stack)
     with stack:
         yield stack
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the real stack ``stack``, so ``-m "not stack"`` runs the others."""
+    for item in items:
+        if "cartd_stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.stack)
 
 
 def pytest_terminal_summary(

@@ -35,18 +35,19 @@ import socket
 import struct
 import threading
 import traceback
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Callable, Union
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["StubCartd", "StubRequest", "BodySource", "READY", "STAGING"]
+__all__ = ["READY", "STAGING", "BodySource", "StubCartd", "StubRequest"]
 
 #: What a test gives as the GET body: fixed bytes, or ``body(uid, filename)``.
 BodySource = Union[bytes, Callable[[str, str], bytes]]
 #: A HEAD answer: status code and headers.
-HeadAnswer = Tuple[int, Mapping[str, str]]
+HeadAnswer = tuple[int, Mapping[str, str]]
 
 #: Cartd's answer to HEAD on a cart ready to download.
 READY: HeadAnswer = (204, {"X-Pacifica-Status": "ready"})
@@ -70,8 +71,8 @@ class StubRequest:
     method: str
     path: str
     uid: str
-    query: Dict[str, List[str]]
-    headers: Dict[str, str]
+    query: dict[str, list[str]]
+    headers: dict[str, str]
     body: bytes = b""
 
     def json(self) -> Any:
@@ -79,7 +80,7 @@ class StubRequest:
         return json.loads(self.body.decode("utf-8"))
 
     @property
-    def filename(self) -> Optional[str]:
+    def filename(self) -> str | None:
         """The ``filename`` query parameter of a GET, if any."""
         values = self.query.get("filename")
         return values[0] if values else None
@@ -95,7 +96,7 @@ class _Handler(BaseHTTPRequestHandler):
     """Answers one connection's requests according to the owning :class:`StubCartd`."""
 
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
     timeout = _SOCKET_TIMEOUT
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
@@ -120,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
-    def _simple(self, status: int, headers: Optional[Mapping[str, str]] = None, body: bytes = b"") -> None:
+    def _simple(self, status: int, headers: Mapping[str, str] | None = None, body: bytes = b"") -> None:
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -187,7 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
             start = int(match.group(1))
             end = int(match.group(2)) if match.group(2) else len(body) - 1
             if start >= len(body) or end < start:
-                self._simple(416, {"Content-Range": "bytes */{}".format(len(body))})
+                self._simple(416, {"Content-Range": f"bytes */{len(body)}"})
                 return
             status = 206
             total = len(body)
@@ -200,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
         if stub.accept_ranges:
             self.send_header("Accept-Ranges", "bytes")
         if status == 206:
-            self.send_header("Content-Range", "bytes {}-{}/{}".format(start, start + len(body) - 1, total))
+            self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{total}")
         if stub.content_length:
             self.send_header("Content-Length", str(len(body)))
         if not stub.content_length or close_after is not None:
@@ -235,7 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    stub: "StubCartd"
+    stub: StubCartd
 
 
 @dataclass
@@ -271,21 +272,21 @@ class StubCartd:
     delete_status: int = 200
     content_length: bool = True
     accept_ranges: bool = False
-    close_after: Union[None, int, Sequence[Optional[int]]] = None
+    close_after: None | int | Sequence[int | None] = None
     reset: bool = False
     get_headers: Mapping[str, str] = field(default_factory=dict)
 
-    _requests: List[StubRequest] = field(default_factory=list, init=False, repr=False)
-    _errors: List[str] = field(default_factory=list, init=False, repr=False)
-    _carts: Set[str] = field(default_factory=set, init=False, repr=False)
+    _requests: list[StubRequest] = field(default_factory=list, init=False, repr=False)
+    _errors: list[str] = field(default_factory=list, init=False, repr=False)
+    _carts: set[str] = field(default_factory=set, init=False, repr=False)
     _counters: _Counters = field(default_factory=_Counters, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _server: Optional[_Server] = field(default=None, init=False, repr=False)
-    _thread: Optional[threading.Thread] = field(default=None, init=False, repr=False)
+    _server: _Server | None = field(default=None, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def start(self) -> "StubCartd":
+    def start(self) -> StubCartd:
         """Start listening; return ``self``.  Prefer the ``with`` statement."""
         if self._server is not None:
             raise RuntimeError("the stub Cartd is already running")
@@ -310,15 +311,15 @@ class StubCartd:
         if thread is not None:
             thread.join(timeout=_SOCKET_TIMEOUT)
 
-    def __enter__(self) -> "StubCartd":
+    def __enter__(self) -> StubCartd:
         """Start the server."""
         return self.start()
 
     def __exit__(
         self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        traceback: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
         """Stop the server."""
         self.stop()
@@ -331,25 +332,25 @@ class StubCartd:
         if self._server is None:
             raise RuntimeError("the stub Cartd is not running")
         port = self._server.server_address[1]
-        return "http://127.0.0.1:{}".format(port)
+        return f"http://127.0.0.1:{port}"
 
     @property
-    def requests(self) -> List[StubRequest]:
+    def requests(self) -> list[StubRequest]:
         """A copy of every request received so far, in arrival order."""
         with self._lock:
             return list(self._requests)
 
     @property
-    def errors(self) -> List[str]:
+    def errors(self) -> list[str]:
         """Tracebacks of exceptions raised by the ``body`` callable (each answered with a 500)."""
         with self._lock:
             return list(self._errors)
 
-    def methods(self) -> List[str]:
+    def methods(self) -> list[str]:
         """The methods of the requests received so far, in order."""
         return [request.method for request in self.requests]
 
-    def requests_for(self, method: str) -> List[StubRequest]:
+    def requests_for(self, method: str) -> list[StubRequest]:
         """The requests received with ``method``."""
         return [request for request in self.requests if request.method == method.upper()]
 
@@ -357,11 +358,11 @@ class StubCartd:
         """How many ``method`` requests were received."""
         return len(self.requests_for(method))
 
-    def cart_ids(self) -> List[str]:
+    def cart_ids(self) -> list[str]:
         """The uids of the carts POSTed, in order."""
         return [request.uid for request in self.requests_for("POST")]
 
-    def deleted(self, uid: Optional[str] = None) -> bool:
+    def deleted(self, uid: str | None = None) -> bool:
         """Whether a DELETE was received for ``uid`` (default: for every POSTed cart, and there was one)."""
         deleted = {request.uid for request in self.requests_for("DELETE")}
         if uid is not None:
@@ -391,7 +392,7 @@ class StubCartd:
             self._counters.get += 1
         return index
 
-    def _close_after(self, index: int) -> Optional[int]:
+    def _close_after(self, index: int) -> int | None:
         if self.close_after is None or isinstance(self.close_after, int):
             return self.close_after
         plan = list(self.close_after)

@@ -26,15 +26,14 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 from helpers import is_index_file
 
-from pacifica.downloader import cli
-from pacifica.downloader import PolicyError
+from pacifica.downloader import PolicyError, cli
 from pacifica.downloader.cli import (
     EXIT_CODES,
     auth_from_environment,
@@ -84,10 +83,10 @@ class CartdStub:
     """
 
     def __init__(self) -> None:
-        self.archive: Dict[str, bytes] = {}
-        self.transactions: Dict[str, Any] = {}
-        self.carts: Dict[str, List[Dict[str, str]]] = {}
-        self.requests: List[Tuple[str, str, Dict[str, str]]] = []
+        self.archive: dict[str, bytes] = {}
+        self.transactions: dict[str, Any] = {}
+        self.carts: dict[str, list[dict[str, str]]] = {}
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.status = "ready"
         self.corrupt = False
         self.polled = threading.Event()  # set by the first HEAD
@@ -98,13 +97,13 @@ class CartdStub:
             def log_message(self, format: str, *args: Any) -> None:  # keep the test output clean
                 pass
 
-            def _record(self) -> Tuple[str, Dict[str, List[str]]]:
+            def _record(self) -> tuple[str, dict[str, list[str]]]:
                 parts = urlsplit(self.path)
                 with stub.lock:
                     stub.requests.append((self.command, parts.path, dict(self.headers.items())))
                 return parts.path.strip("/"), parse_qs(parts.query)
 
-            def _send(self, code: int, body: bytes = b"", headers: Optional[Dict[str, str]] = None) -> None:
+            def _send(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
@@ -158,7 +157,7 @@ class CartdStub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
-    def tar(self, top: str, fileids: List[Dict[str, str]]) -> bytes:
+    def tar(self, top: str, fileids: list[dict[str, str]]) -> bytes:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
             for entry in fileids:
@@ -171,14 +170,14 @@ class CartdStub:
                 archive.addfile(info, io.BytesIO(data))
         return buffer.getvalue()
 
-    def methods(self) -> List[str]:
+    def methods(self) -> list[str]:
         with self.lock:
             return [method for method, _, _ in self.requests]
 
-    def add(self, file_id: str, subdir: str, name: str, data: bytes, with_size: bool = True) -> Dict[str, Any]:
+    def add(self, file_id: str, subdir: str, name: str, data: bytes, with_size: bool = True) -> dict[str, Any]:
         """Store ``data`` and return its ``Files`` metadata object."""
         self.archive[file_id] = data
-        obj: Dict[str, Any] = {
+        obj: dict[str, Any] = {
             "destinationTable": "Files", "_id": int(file_id), "name": name, "subdir": subdir,
             "hashtype": "sha1", "hashsum": hashlib.sha1(data).hexdigest(),
         }
@@ -204,8 +203,8 @@ FILES = {
 }
 
 
-def event_of(stub: CartdStub, files: Dict[str, Tuple[str, str, bytes]] = FILES) -> Dict[str, Any]:
-    data: List[Dict[str, Any]] = [{"destinationTable": "Transactions._id", "value": 67}]
+def event_of(stub: CartdStub, files: dict[str, tuple[str, str, bytes]] = FILES) -> dict[str, Any]:
+    data: list[dict[str, Any]] = [{"destinationTable": "Transactions._id", "value": 67}]
     for file_id, (subdir, name, content) in files.items():
         data.append(stub.add(file_id, subdir, name, content))
     return {"specversion": "1.0", "id": "ev-1", "type": "org.pacifica.metadata.ingest", "data": data}
@@ -226,9 +225,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def no_requests(monkeypatch: pytest.MonkeyPatch) -> List[Any]:
+def no_requests(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Make any HTTP request fail the test; return the list of attempted requests (always empty)."""
-    sent: List[Any] = []
+    sent: list[Any] = []
 
     def refuse(self: requests.Session, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         sent.append((method, url))
@@ -238,7 +237,7 @@ def no_requests(monkeypatch: pytest.MonkeyPatch) -> List[Any]:
     return sent
 
 
-def subprocess_env(**extra: str) -> Dict[str, str]:
+def subprocess_env(**extra: str) -> dict[str, str]:
     env = {
         key: value for key, value in os.environ.items()
         if not key.startswith(("PACIFICA_DOWNLOADER_", "CARTD_")) and not key.lower().endswith("_proxy")
@@ -320,7 +319,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     ],
 )
 def test_usage_errors_exit_2(
-    argv: List[str], expected: str, capsys: pytest.CaptureFixture[str], no_requests: List[Any]
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str], no_requests: list[Any]
 ) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -333,7 +332,7 @@ def test_usage_errors_exit_2(
 # -- input files -------------------------------------------------------------------------
 
 
-def test_invalid_json_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: List[Any]) -> None:
+def test_invalid_json_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: list[Any]) -> None:
     bad = tmp_path / "event.json"
     bad.write_text('{"data": [')
     assert main(["cloudevent", str(bad), "-d", str(tmp_path / "out")]) == 2
@@ -342,12 +341,12 @@ def test_invalid_json_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "Traceback" not in err
 
 
-def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: List[Any]) -> None:
+def test_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: list[Any]) -> None:
     assert main(["transactioninfo", str(tmp_path / "nope.json")]) == 2
     assert "pacifica-downloader: error: cannot read {}".format(tmp_path / "nope.json") in capsys.readouterr().err
 
 
-def test_not_an_event_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: List[Any]) -> None:
+def test_not_an_event_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: list[Any]) -> None:
     assert main(["cloudevent", write_json(tmp_path / "e.json", [1, 2]), "-d", str(tmp_path)]) == 2
     assert "a CloudEvent must be a JSON object" in capsys.readouterr().err
 
@@ -359,7 +358,7 @@ def test_load_json_from_stdin() -> None:
 
 
 def test_unsafe_path_exits_2_without_any_request(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: List[Any]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: list[Any]
 ) -> None:
     event = {"data": [{"destinationTable": "Files", "_id": 1, "name": "passwd", "subdir": "../../etc",
                        "hashtype": "sha1", "hashsum": "0" * 40}]}
@@ -373,7 +372,7 @@ def test_unsafe_path_exits_2_without_any_request(
 
 
 def test_empty_event_prints_empty_manifest(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: List[Any]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: list[Any]
 ) -> None:
     event = {"specversion": "1.0", "id": "x", "data": [{"destinationTable": "Transactions._id", "value": 1}]}
     assert main(["cloudevent", write_json(tmp_path / "e.json", event), "-d", str(tmp_path / "o"), "--json"]) == 0
@@ -384,7 +383,7 @@ def test_empty_event_prints_empty_manifest(
 
 
 def test_many_problems_are_capped_unless_verbose(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: List[Any]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: list[Any]
 ) -> None:
     event = {"data": [{"destinationTable": "Files", "_id": i, "name": "f", "subdir": f"/abs{i}",
                        "hashtype": "sha1", "hashsum": "0" * 40} for i in range(30)]}
@@ -427,14 +426,14 @@ def test_auth_from_environment_builds_requests_arguments(tmp_path: Path) -> None
     ],
 )
 def test_auth_from_environment_refuses_bad_settings(
-    environ: Dict[str, str], options: Dict[str, Any], message: str
+    environ: dict[str, str], options: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(InvalidInputError, match=message):
         auth_from_environment(environ, **options)
 
 
 def test_incomplete_credentials_exit_2(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], no_requests: List[Any]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], no_requests: list[Any]
 ) -> None:
     monkeypatch.setenv("PACIFICA_DOWNLOADER_PASSWORD", SECRET_PASSWORD)
     assert main(["cloudevent", write_json(tmp_path / "e.json", {"data": []})]) == 2
@@ -443,7 +442,7 @@ def test_incomplete_credentials_exit_2(
     assert SECRET_PASSWORD not in err
 
 
-def test_insecure_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: List[Any]) -> None:
+def test_insecure_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: list[Any]) -> None:
     assert main(["cloudevent", write_json(tmp_path / "e.json", {"data": []}), "-d", str(tmp_path), "--insecure"]) == 0
     err = capsys.readouterr().err
     assert "pacifica-downloader: warning: --insecure: TLS certificates are not verified" in err
@@ -453,7 +452,7 @@ def test_credentials_and_tls_reach_every_request(
     stub: CartdStub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The basic credentials and the --ca-bundle go with the POST, HEAD, GET and DELETE alike."""
-    seen: List[Dict[str, Any]] = []
+    seen: list[dict[str, Any]] = []
     original = requests.Session.request
 
     def spy(self: requests.Session, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
@@ -784,7 +783,7 @@ def test_safe_display_never_raises() -> None:
 PLAIN_LINES = "import sys; sys.modules['tqdm'] = None; from pacifica.downloader.cli import main; sys.exit(main())"
 
 
-def run_on_pty(argv: List[str], env: Dict[str, str], limit: float = 60.0, sized: bool = True) -> Tuple[int, str]:
+def run_on_pty(argv: list[str], env: dict[str, str], limit: float = 60.0, sized: bool = True) -> tuple[int, str]:
     """Run ``argv`` with stdin, stdout and stderr on a new pseudo-terminal; return its status and output."""
     master, slave = os.openpty()
     if sized:
@@ -793,7 +792,7 @@ def run_on_pty(argv: List[str], env: Dict[str, str], limit: float = 60.0, sized:
         proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
     finally:
         os.close(slave)
-    chunks: List[bytes] = []
+    chunks: list[bytes] = []
     deadline = time.monotonic() + limit
     try:
         while True:
@@ -843,7 +842,7 @@ def test_progress_on_a_terminal_and_not_in_pipes(stub: CartdStub, tmp_path: Path
     assert "pacifica-downloader: 2 files (307.2 kB) in " in output
 
     piped = subprocess.run(prefix + args + ["-d", str(tmp_path / "pipe")], env=env, stdin=subprocess.DEVNULL,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60)
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout == ""
     assert piped.stderr.startswith("pacifica-downloader: 2 files (307.2 kB) in ")
@@ -894,8 +893,7 @@ def test_credentials_never_in_debug_output(stub: CartdStub, tmp_path: Path, cred
     result = subprocess.run(
         [sys.executable, "-m", "pacifica.downloader", "transactioninfo", "--transaction-id", "5",
          "--policy-url", stub.url, "--cart-url", stub.url, "-d", str(tmp_path), "-vv", "--json"],
-        env=subprocess_env(**extra), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, timeout=60,
+        env=subprocess_env(**extra), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "pacifica-downloader: " in result.stderr and " debug " in result.stderr  # -vv logs something

@@ -13,7 +13,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import pytest
 from helpers import is_index_file
@@ -22,12 +22,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 180  # seconds for one command, cart staging included
 
 
-def unique_ids(count: int) -> List[int]:
+def unique_ids(count: int) -> list[int]:
     """File ids no other test uses: random, from a range the stack's other tests do not touch."""
     return random.sample(range(3_000_000_000, 4_000_000_000), count)
 
 
-def put(stack: Any, files: Dict[int, Tuple[str, str, bytes]]) -> List[Dict[str, Any]]:
+def put(stack: Any, files: dict[int, tuple[str, str, bytes]]) -> list[dict[str, Any]]:
     """Store each ``{id: (subdir, name, data)}`` in the archive; return their ``Files`` metadata objects."""
     objects = []
     for file_id, (subdir, name, data) in files.items():
@@ -39,7 +39,7 @@ def put(stack: Any, files: Dict[int, Tuple[str, str, bytes]]) -> List[Dict[str, 
     return objects
 
 
-def some_files() -> Dict[int, Tuple[str, str, bytes]]:
+def some_files() -> dict[int, tuple[str, str, bytes]]:
     first, second, third = unique_ids(3)
     return {
         first: ("proposal/run1", "readme.txt", b"pacifica end to end\n"),
@@ -48,7 +48,7 @@ def some_files() -> Dict[int, Tuple[str, str, bytes]]:
     }
 
 
-def event(objects: List[Dict[str, Any]]) -> Dict[str, Any]:
+def event(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "specversion": "1.0", "id": f"stack-{unique_ids(1)[0]}", "source": "/pacifica/metadata/ingest",
         "type": "org.pacifica.metadata.ingest",
@@ -56,7 +56,7 @@ def event(objects: List[Dict[str, Any]]) -> Dict[str, Any]:
     }
 
 
-def run_cli(*args: str, stdin: Optional[str] = None) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
     env = {
         key: value for key, value in os.environ.items()
         if not key.startswith(("PACIFICA_DOWNLOADER_", "CARTD_")) and not key.lower().endswith("_proxy")
@@ -66,11 +66,11 @@ def run_cli(*args: str, stdin: Optional[str] = None) -> subprocess.CompletedProc
     return subprocess.run(
         [sys.executable, "-m", "pacifica.downloader", *args], input=stdin,
         stdin=None if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=TIMEOUT,
+        capture_output=True, text=True, env=env, timeout=TIMEOUT,
     )
 
 
-def check_manifest(stdout: str, files: Dict[int, Tuple[str, str, bytes]], root: Path, ordered: bool = True) -> None:
+def check_manifest(stdout: str, files: dict[int, tuple[str, str, bytes]], root: Path, ordered: bool = True) -> None:
     """The --json manifest lists every file (in input order if ``ordered``), and each file holds its content."""
     entries = json.loads(stdout)
     expected = [(str((root / subdir / name).resolve()), data) for subdir, name, data in files.values()]

@@ -362,8 +362,8 @@ def test_redact_ipv6_keeps_brackets() -> None:
 def _escaped_traceback() -> str:
     lines = ["Traceback (most recent call last):"]
     for index in range(30):
-        lines.append('  File "/opt/cartd/pacifica/cart/tasks_{}.py", line {}, in stage_file'.format(index, 100 + index))
-        lines.append("    result = archive.stage(file_id, \"path\", retries={})".format(index))
+        lines.append(f'  File "/opt/cartd/pacifica/cart/tasks_{index}.py", line {100 + index}, in stage_file')
+        lines.append(f"    result = archive.stage(file_id, \"path\", retries={index})")
     lines.append('requests.exceptions.HTTPError: 404 Client Error: Not Found for url: "http://archive/42"')
     text = "\n".join(lines)
     escaped = json.dumps(text)[1:-1]  # how Cartd puts it into X-Pacifica-Message
@@ -409,7 +409,7 @@ def test_public_methods_are_documented() -> None:
         for attribute in vars(cls):
             if attribute.startswith("_") or not callable(getattr(cls, attribute)):
                 continue
-            assert getattr(cls, attribute).__doc__, "{}.{}".format(name, attribute)
+            assert getattr(cls, attribute).__doc__, f"{name}.{attribute}"
 
 
 def test_every_error_derives_from_downloader_error() -> None:

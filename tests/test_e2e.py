@@ -7,7 +7,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import pytest
 import requests
@@ -15,8 +15,8 @@ from helpers import is_index_file, staging_leftovers
 
 from pacifica.downloader import (
     CartAPI,
-    CartLimits,
     CartFailedError,
+    CartLimits,
     CartNotFoundError,
     CloudEvent,
     Downloader,
@@ -34,17 +34,17 @@ class RecordingSession(requests.Session):
 
     def __init__(self) -> None:
         super().__init__()
-        self.sent: List[Tuple[str, str]] = []
+        self.sent: list[tuple[str, str]] = []
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         self.sent.append((method.upper(), url))
         return super().request(method, url, *args, **kwargs)
 
-    def carts(self) -> List[str]:
+    def carts(self) -> list[str]:
         return [url for method, url in self.sent if method == "POST"]
 
 
-def files_record(file_id: int, name: str, subdir: str, data: bytes, hashtype: str = "sha1") -> Dict[str, Any]:
+def files_record(file_id: int, name: str, subdir: str, data: bytes, hashtype: str = "sha1") -> dict[str, Any]:
     return {
         "destinationTable": "Files",
         "_id": file_id,
@@ -57,9 +57,9 @@ def files_record(file_id: int, name: str, subdir: str, data: bytes, hashtype: st
     }
 
 
-def make_event(stack: Any, files: Dict[str, bytes], hashtype: str = "sha1") -> Dict[str, Any]:
+def make_event(stack: Any, files: dict[str, bytes], hashtype: str = "sha1") -> dict[str, Any]:
     """Archive ``files`` ({"sub/dir/name": bytes}) under fresh ids; return a Notifications-shaped event."""
-    data: List[Dict[str, Any]] = [
+    data: list[dict[str, Any]] = [
         {"destinationTable": "Transactions._id", "value": next(_IDS)},
         {"destinationTable": "TransactionKeyValue", "key": "Tag", "value": "e2e"},
     ]
@@ -78,7 +78,7 @@ def make_event(stack: Any, files: Dict[str, bytes], hashtype: str = "sha1") -> D
     }
 
 
-def assert_tree(root: Path, files: Dict[str, bytes]) -> None:
+def assert_tree(root: Path, files: dict[str, bytes]) -> None:
     """``root`` holds exactly ``files`` and nothing else (no staging folder, no partials)."""
     found = {
         str(path.relative_to(root)): path.read_bytes()
@@ -96,7 +96,7 @@ def cart_gone(url: str) -> bool:
 SAMPLE = {
     "a/b/foo.txt": b"foo\n" * 32,
     "a/b/bar.txt": b"bar" * 15 + b"\n",
-    "data/a/c/\u30d1\u30bd\u30b3\u30f3\u8cc7\u7523\u7ba1\u7406\u53f0\u5e33\uff08S&T HK\uff09_\u73fe\u5730\u8abf\u9054PC.xls": b"xls!",
+    "data/a/c/\u30d1\u30bd\u30b3\u30f3\u8cc7\u7523\u7ba1\u7406\u53f0\u5e33\uff08S&T HK\uff09_\u73fe\u5730\u8abf\u9054PC.xls": b"xls!",  # noqa: E501
 }
 
 
@@ -125,7 +125,7 @@ def test_seed_example_verbatim(cartd_stack: Any, tmp_path: Path, monkeypatch: py
 def test_example_event_shape(cartd_stack: Any, tmp_path: Path) -> None:
     """The shipped Notifications example, with its files archived and its hashes made real."""
     event = json.loads(EXAMPLE_EVENT.read_text())
-    expected: Dict[str, bytes] = {}
+    expected: dict[str, bytes] = {}
     for obj in event["data"]:
         if obj.get("destinationTable") != "Files":
             continue
@@ -350,7 +350,7 @@ def test_rerun_trusts_the_verified_index_until_a_file_changes(
     Downloader(tmp_path, cartd_stack.cart_url).cloudevent(event)
     import pacifica.downloader.downloader as module
 
-    hashed: List[str] = []
+    hashed: list[str] = []
     real_digest = module.file_digest
 
     def counting_digest(path: Path, hashtype: str) -> Any:

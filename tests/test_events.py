@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 
@@ -17,7 +17,7 @@ EXAMPLE_THIRD_NAME = "パソコン資産管理台帳（S&T HK）_現地調達PC.
 ENTRY_KEYS = {"id", "path", "hashtype", "hashsum"}
 
 
-def _file(file_id: Any, name: str, subdir: str = "", **extra: Any) -> Dict[str, Any]:
+def _file(file_id: Any, name: str, subdir: str = "", **extra: Any) -> dict[str, Any]:
     record = {"destinationTable": "Files", "name": name, "subdir": subdir, "hashtype": "sha1", "hashsum": SHA1}
     if file_id is not None:
         record["_id"] = file_id
@@ -25,7 +25,7 @@ def _file(file_id: Any, name: str, subdir: str = "", **extra: Any) -> Dict[str, 
     return record
 
 
-def _entries(files: Any) -> List[Dict[str, str]]:
+def _entries(files: Any) -> list[dict[str, str]]:
     assert callable(files)
     entries = list(files())
     for entry in entries:
@@ -35,9 +35,9 @@ def _entries(files: Any) -> List[Dict[str, str]]:
 
 
 @pytest.fixture()
-def example() -> Dict[str, Any]:
+def example() -> dict[str, Any]:
     if not EXAMPLE.is_file():
-        pytest.skip("the shared example {} is absent".format(EXAMPLE))
+        pytest.skip(f"the shared example {EXAMPLE} is absent")
     with open(EXAMPLE, encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -45,7 +45,7 @@ def example() -> Dict[str, Any]:
 # -- the shared example ---------------------------------------------------------------
 
 
-def test_example_as_is_is_bad_input(example: Dict[str, Any]) -> None:
+def test_example_as_is_is_bad_input(example: dict[str, Any]) -> None:
     """Its third Files record (data[9]) has no ``_id``: the event is refused, naming that record."""
     for reader in (CloudEvent.cloudevent, CloudEvent.yield_files):
         with pytest.raises(InvalidInputError) as info:
@@ -57,7 +57,7 @@ def test_example_as_is_is_bad_input(example: Dict[str, Any]) -> None:
         assert EXAMPLE_THIRD_NAME in problem
 
 
-def test_example_with_the_missing_id_gives_three_entries(example: Dict[str, Any]) -> None:
+def test_example_with_the_missing_id_gives_three_entries(example: dict[str, Any]) -> None:
     event = copy.deepcopy(example)
     assert "_id" not in event["data"][9]
     event["data"][9]["_id"] = 36
@@ -70,7 +70,7 @@ def test_example_with_the_missing_id_gives_three_entries(example: Dict[str, Any]
         ]
 
 
-def test_callable_can_be_called_again(example: Dict[str, Any]) -> None:
+def test_callable_can_be_called_again(example: dict[str, Any]) -> None:
     event = copy.deepcopy(example)
     event["data"][9]["_id"] = 36
     files = CloudEvent.cloudevent(event)
@@ -137,7 +137,7 @@ def test_non_files_records_ignored() -> None:
         {"specversion": "1.0", "id": "1", "type": "t", "source": "/s", "data": []},
     ],
 )
-def test_no_files_gives_empty_list(event: Dict[str, Any]) -> None:
+def test_no_files_gives_empty_list(event: dict[str, Any]) -> None:
     assert _entries(CloudEvent.cloudevent(event)) == []
 
 
@@ -160,7 +160,7 @@ def test_non_dict_event_refused(event: Any) -> None:
         ({"data": b"\xff\xfe"}, "not JSON"),
     ],
 )
-def test_bad_data_refused(event: Dict[str, Any], message: str) -> None:
+def test_bad_data_refused(event: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
         CloudEvent.cloudevent(event)
 
@@ -169,7 +169,7 @@ def test_sdk_like_object_read_through_data() -> None:
     class SdkEvent:
         data = [_file(34, "foo.txt", "a")]
 
-        def get_attributes(self) -> Dict[str, str]:
+        def get_attributes(self) -> dict[str, str]:
             return {"specversion": "1.0"}
 
     assert [entry["path"] for entry in _entries(CloudEvent.cloudevent(SdkEvent()))] == ["a/foo.txt"]
@@ -212,7 +212,7 @@ def test_event_is_checked_at_once() -> None:
 # -- transaction info -----------------------------------------------------------------
 
 
-def _policy_file(**changes: Any) -> Dict[str, Any]:
+def _policy_file(**changes: Any) -> dict[str, Any]:
     record = {"_id": 103, "name": "foo.txt", "subdir": "a/b", "hashtype": "sha1", "hashsum": SHA1, "size": 4}
     record.update(changes)
     return record
@@ -255,7 +255,7 @@ def test_transactioninfo_id_differing_from_key_refused() -> None:
 
 
 @pytest.mark.parametrize("document", [{}, {"files": {}}])
-def test_transactioninfo_without_files(document: Dict[str, Any]) -> None:
+def test_transactioninfo_without_files(document: dict[str, Any]) -> None:
     assert _entries(TransactionInfo.transactioninfo(document)) == []
 
 

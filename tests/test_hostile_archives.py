@@ -30,7 +30,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Type, Union
+from typing import Any, Callable
 
 import pytest
 import requests
@@ -58,7 +58,7 @@ GIANT = 17 * 1024 * 1024
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
 FORMATS = {"gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
-Member = Tuple[tarfile.TarInfo, bytes]
+Member = tuple[tarfile.TarInfo, bytes]
 
 
 # -- the files an event asks for ---------------------------------------------------
@@ -81,7 +81,7 @@ class Spec:
         return hashlib.sha1(self.content).hexdigest()
 
 
-def event_for(specs: Sequence[Spec]) -> Dict[str, Any]:
+def event_for(specs: Sequence[Spec]) -> dict[str, Any]:
     """A Pacifica Notifications CloudEvent asking for ``specs``."""
     return {
         "data": [
@@ -105,7 +105,7 @@ def event_for(specs: Sequence[Spec]) -> Dict[str, Any]:
 
 
 def reg(
-    name: str, data: bytes, *, mode: int = 0o644, mtime: float = 1_600_000_000, pax: Optional[Dict[str, str]] = None
+    name: str, data: bytes, *, mode: int = 0o644, mtime: float = 1_600_000_000, pax: dict[str, str] | None = None
 ) -> Member:
     """A regular-file member; ``pax`` records are written in the PAX format only."""
     info = tarfile.TarInfo(name)
@@ -117,7 +117,7 @@ def reg(
     return info, data
 
 
-def special(name: str, kind: bytes, linkname: str = "", pax: Optional[Dict[str, str]] = None) -> Member:
+def special(name: str, kind: bytes, linkname: str = "", pax: dict[str, str] | None = None) -> Member:
     """A member that is not a regular file: a link, device, FIFO, folder ..."""
     info = tarfile.TarInfo(name)
     info.type = kind
@@ -150,7 +150,7 @@ def raw_header(name: str, kind: bytes, size: int) -> bytes:
     return info.tobuf(format=tarfile.GNU_FORMAT)
 
 
-def member_offsets(raw: bytes) -> Dict[str, Tuple[int, int]]:
+def member_offsets(raw: bytes) -> dict[str, tuple[int, int]]:
     """Map each member name of a well-formed tar to (header offset, data offset)."""
     offsets = {}
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as archive:
@@ -171,7 +171,7 @@ def _honest(specs: Sequence[Spec]) -> Callable[[str, str], bytes]:
 # -- the scene: a download directory, an outside directory, snapshots -------------------
 
 
-FileState = Tuple[Any, ...]
+FileState = tuple[Any, ...]
 
 
 def _state(path: Path) -> FileState:
@@ -185,7 +185,7 @@ def _state(path: Path) -> FileState:
     return ("other", info.st_mode, info.st_mtime_ns)
 
 
-def _walk(root: Path, exclude: Optional[Path] = None) -> Iterator[Path]:
+def _walk(root: Path, exclude: Path | None = None) -> Iterator[Path]:
     """``root`` and everything below it, never following links, skipping ``exclude``'s subtree."""
     if exclude is not None and root == exclude:
         return
@@ -201,8 +201,8 @@ class Scene:
 
     tmp: Path
     #: Paths (relative to ``dl``) the test put there itself and the checks must tolerate.
-    preexisting: Set[str] = field(default_factory=set)
-    frozen: Dict[str, FileState] = field(default_factory=dict)
+    preexisting: set[str] = field(default_factory=set)
+    frozen: dict[str, FileState] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.dl = self.tmp / "dl"
@@ -219,7 +219,7 @@ class Scene:
             os.utime(path, ns=(FROZEN_NS, FROZEN_NS), follow_symlinks=False)
         self.frozen = self.snapshot()
 
-    def snapshot(self) -> Dict[str, FileState]:
+    def snapshot(self) -> dict[str, FileState]:
         """The state of everything under ``tmp`` except the download directory."""
         return {str(path.relative_to(self.tmp)): _state(path) for path in _walk(self.tmp, exclude=self.dl)}
 
@@ -271,7 +271,7 @@ class Scene:
             assert final.read_bytes() == spec.content
 
 
-def _diff(before: Dict[str, FileState], after: Dict[str, FileState]) -> str:
+def _diff(before: dict[str, FileState], after: dict[str, FileState]) -> str:
     lines = []
     for key in sorted(set(before) | set(after)):
         if before.get(key) != after.get(key):
@@ -288,13 +288,13 @@ def run(
     scene: Scene,
     specs: Sequence[Spec],
     body: Callable[[str, str], bytes],
-    downloader_kwargs: Optional[Dict[str, Any]] = None,
+    downloader_kwargs: dict[str, Any] | None = None,
     **stub_kwargs: Any,
-) -> Tuple[StubCartd, Optional[BaseException], Optional[List[str]]]:
+) -> tuple[StubCartd, BaseException | None, list[str] | None]:
     """Freeze the scene, download ``specs`` from a stub serving ``body``; return the stub, error and result."""
     scene.freeze()
-    error: Optional[BaseException] = None
-    result: Optional[List[str]] = None
+    error: BaseException | None = None
+    result: list[str] | None = None
     with StubCartd(body=body, **stub_kwargs) as cartd:
         try:
             result = scene.downloader(cartd.url, **(downloader_kwargs or {})).cloudevent(event_for(specs))
@@ -305,7 +305,7 @@ def run(
 
 
 def expect_error(
-    error: Optional[BaseException], kind: Union[Type[BaseException], Tuple[Type[BaseException], ...]]
+    error: BaseException | None, kind: type[BaseException] | tuple[type[BaseException], ...]
 ) -> BaseException:
     """Assert the download raised ``kind`` (a class or a tuple of classes); return the error."""
     names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
@@ -356,10 +356,10 @@ class Case:
     """One hostile tar: ``entries(ctx)`` are appended after the optional legitimate lead entry."""
 
     id: str
-    entries: Callable[[Ctx], List[Member]]
-    expect: Type[BaseException]
+    entries: Callable[[Ctx], list[Member]]
+    expect: type[BaseException]
     check: Callable[[BaseException, Ctx], None] = lambda error, ctx: None
-    formats: Tuple[str, ...] = ("gnu", "pax")
+    formats: tuple[str, ...] = ("gnu", "pax")
 
 
 def _outside(ctx: Ctx, name: str = "sentinel.txt") -> str:
@@ -539,7 +539,7 @@ def test_hostile_member(scene: Scene, case: Case, fmt: str, lead: bool, deep: bo
     """Each hostile tar is refused with its typed error and nothing escapes the download directory."""
     target = Spec(DEEP, TARGET.name, TARGET.content) if deep else TARGET
     specs = [LEGIT, target]
-    contexts: List[Ctx] = []
+    contexts: list[Ctx] = []
 
     def body(uid: str, top: str) -> bytes:
         ctx = Ctx(top, scene, target)

@@ -14,8 +14,9 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable
 from unittest import mock
 
 import pytest
@@ -73,13 +74,13 @@ good_ids = st.one_of(st.integers(min_value=0, max_value=10**12), st.from_regex(r
 
 
 @st.composite
-def valid_file(draw: Any, index: int) -> Dict[str, Any]:
+def valid_file(draw: Any, index: int) -> dict[str, Any]:
     """A valid Files object; ``index`` keeps names distinct from each other and from folders."""
     hashtype = draw(st.sampled_from(HASHTYPES))
     digits = 2 * hashlib.new(hashtype).digest_size
-    record: Dict[str, Any] = {
+    record: dict[str, Any] = {
         "_id": draw(good_ids),
-        "name": "{}_{}".format(index, draw(file_name)),
+        "name": f"{index}_{draw(file_name)}",
         "subdir": draw(st.one_of(folder, folder.map(lambda text: text + "/"), st.just(None))),
         "hashtype": draw(st.sampled_from([hashtype, hashtype.upper()])),
         "hashsum": draw(st.text(alphabet="0123456789abcdefABCDEF", min_size=digits, max_size=digits)),
@@ -100,7 +101,7 @@ MUTATIONS = [
 
 
 @st.composite
-def mutated(draw: Any, records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def mutated(draw: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Apply 0-3 random mutations to copies of ``records``."""
     records = copy.deepcopy(records)
     if not records:
@@ -157,9 +158,8 @@ def mutated(draw: Any, records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         elif kind == "long_name":
             # Valid JSON, but longer than a file system allows for one name (255 bytes).
             record["name"] = draw(st.sampled_from(["x" * 256, "パ" * 90]))
-        elif kind == "upper_hex":
-            if isinstance(record.get("hashsum"), str):
-                record["hashsum"] = record["hashsum"].upper()
+        elif kind == "upper_hex" and isinstance(record.get("hashsum"), str):
+            record["hashsum"] = record["hashsum"].upper()
     return records
 
 
@@ -174,7 +174,7 @@ def almost_valid_events(draw: Any) -> Any:
                                "value": json_scalars}),
         max_size=2,
     ))
-    data: List[Any] = files + others
+    data: list[Any] = files + others
     data = draw(st.permutations(data))
     if draw(st.integers(min_value=0, max_value=9)) == 0:
         data.insert(draw(st.integers(min_value=0, max_value=len(data))), draw(json_values))
@@ -193,7 +193,7 @@ def almost_valid_events(draw: Any) -> Any:
 def almost_valid_documents(draw: Any) -> Any:
     count = draw(st.integers(min_value=0, max_value=4))
     records = draw(mutated([draw(valid_file(index)) for index in range(count)]))
-    files: Dict[str, Any] = {}
+    files: dict[str, Any] = {}
     for record in records:
         key_kind = draw(st.sampled_from(["same", "same", "absent", "different", "text"]))
         file_id = record.get("_id")
@@ -201,7 +201,7 @@ def almost_valid_documents(draw: Any) -> Any:
             key = str(file_id)
             del record["_id"]
         elif key_kind == "different":
-            key = "{}0".format(file_id)
+            key = f"{file_id}0"
         elif key_kind == "text":
             key = draw(tricky_text)
         else:
@@ -209,7 +209,7 @@ def almost_valid_documents(draw: Any) -> Any:
         files[key] = record
     if draw(st.integers(min_value=0, max_value=9)) == 0:
         files[draw(st.text(max_size=5))] = draw(json_values)
-    document: Dict[str, Any] = {"files": files}
+    document: dict[str, Any] = {"files": files}
     if draw(st.booleans()):
         document["transactions"] = {"_id": 67, "submitter": 10}
     return document
@@ -236,7 +236,7 @@ class NetworkReached(Exception):
     """Raised by the patched ``requests.Session.request``: valid input got as far as the network."""
 
 
-def assert_valid_entries(entries: List[Dict[str, Any]]) -> None:
+def assert_valid_entries(entries: list[dict[str, Any]]) -> None:
     """Every entry is a safe, checkable Cartd ``fileids`` entry, and no two collide."""
     assert isinstance(entries, list)
     paths = set()
@@ -267,7 +267,7 @@ def assert_ids_are_keys(document: Any, entries: Any) -> None:
         assert sorted(entry["id"] for entry in entries) == sorted(str(key) for key in document["files"])
 
 
-def read_or_refuse(reader: Callable[[Any], Callable[[], Iterator[Dict[str, str]]]], value: Any) -> Any:
+def read_or_refuse(reader: Callable[[Any], Callable[[], Iterator[dict[str, str]]]], value: Any) -> Any:
     """Return the entries ``reader`` gives for ``value``, or None when it refuses with InvalidInputError."""
     try:
         files = reader(value)
@@ -280,7 +280,7 @@ def read_or_refuse(reader: Callable[[Any], Callable[[], Iterator[Dict[str, str]]
 
 
 def no_request(self: requests.Session, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-    raise AssertionError("a request was sent: {} {}".format(method, url))
+    raise AssertionError(f"a request was sent: {method} {url}")
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +291,7 @@ def download_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _valid_event(**changes: Any) -> Dict[str, Any]:
+def _valid_event(**changes: Any) -> dict[str, Any]:
     record = {"destinationTable": "Files", "_id": 34, "name": "foo.txt", "subdir": "a", "hashtype": "sha1",
               "hashsum": SHA1}
     record.update(changes)
@@ -330,7 +330,7 @@ def test_transactioninfo_gives_valid_records_or_invalid_input(document: Any) -> 
 
 def _download(download_dir: Path, method: str, value: Any) -> Any:
     """Run a Downloader method with requests patched; return ("refused"|"network"|"done", detail)."""
-    calls: List[Dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
 
     def fake_request(self: requests.Session, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         calls.append({"method": method, "url": url, "kwargs": kwargs})

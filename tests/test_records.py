@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 
@@ -15,9 +15,9 @@ SHA1 = "f1d2d2f924e986ac86fdf7b36c94bcdf32beec15"
 JAPANESE_NAME = "パソコン資産管理台帳（S&T HK）_現地調達PC.xls"
 
 
-def _record(**changes: Any) -> Dict[str, Any]:
+def _record(**changes: Any) -> dict[str, Any]:
     """A valid Pacifica ``Files`` object, with ``changes`` applied (a value of ``...`` drops the key)."""
-    record: Dict[str, Any] = {
+    record: dict[str, Any] = {
         "_id": 34,
         "name": "foo.txt",
         "subdir": "a/b/",
@@ -38,9 +38,9 @@ def _one(**changes: Any) -> FileRecord:
     return record
 
 
-def _refused(*records: Dict[str, Any]) -> InvalidInputError:
+def _refused(*records: dict[str, Any]) -> InvalidInputError:
     with pytest.raises(InvalidInputError) as info:
-        validate_records([("data[{}]".format(index), record) for index, record in enumerate(records)])
+        validate_records([(f"data[{index}]", record) for index, record in enumerate(records)])
     return info.value
 
 
@@ -274,7 +274,7 @@ def test_duplicate_paths_after_normalisation_refused() -> None:
         ({"subdir": "a/b/c", "name": "x"}, {"subdir": "a", "name": "b"}),
     ],
 )
-def test_file_and_folder_conflict_refused(first: Dict[str, Any], second: Dict[str, Any]) -> None:
+def test_file_and_folder_conflict_refused(first: dict[str, Any], second: dict[str, Any]) -> None:
     error = _refused(_record(_id=1, **first), _record(_id=2, **second))
     assert any("both a file and a folder" in problem for problem in error.problems)
 
@@ -287,7 +287,7 @@ def test_same_name_in_different_folders_is_fine() -> None:
 
 
 def test_one_error_lists_every_bad_record() -> None:
-    good = [_record(_id=index, subdir="ok", name="f{}".format(index)) for index in range(3)]
+    good = [_record(_id=index, subdir="ok", name=f"f{index}") for index in range(3)]
     bad = {
         3: _record(_id=3, name=..., subdir="bad"),
         4: _record(_id=4, name="f4", subdir="/etc"),
@@ -298,15 +298,15 @@ def test_one_error_lists_every_bad_record() -> None:
     }
     records = good + [bad[3], bad[4], bad[5], bad[6], bad[7], _record(_id=8, name="f8", subdir="ok"), bad[9]]
     with pytest.raises(InvalidInputError) as info:
-        validate_records([("data[{}]".format(index), record) for index, record in enumerate(records)])
+        validate_records([(f"data[{index}]", record) for index, record in enumerate(records)])
     error = info.value
     assert len(error.problems) == len(bad)
     for index in bad:
-        label = "data[{}]".format(index)
+        label = f"data[{index}]"
         assert sum(problem.startswith(label) for problem in error.problems) == 1, label
         assert label in str(error)
     for index in (0, 1, 2, 8):
-        assert "data[{}]".format(index) not in str(error)
+        assert f"data[{index}]" not in str(error)
 
 
 def test_empty_input_is_empty_list() -> None:
@@ -338,7 +338,7 @@ def test_file_record_values_are_checked_too(path: str) -> None:
     "changes",
     [{"hashsum": "nothex"}, {"hashtype": "shake_128"}, {"id": "a/b"}],
 )
-def test_file_record_other_fields_checked_too(changes: Dict[str, str]) -> None:
+def test_file_record_other_fields_checked_too(changes: dict[str, str]) -> None:
     values = dict(id="34", path="a/x", hashtype="sha1", hashsum=SHA1)
     values.update(changes)
     try:

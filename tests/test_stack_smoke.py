@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import requests
-
 from cartd_stack import CartdStack
 
 READY_TIMEOUT = 60.0
