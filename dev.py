@@ -66,14 +66,17 @@ def ensure_stack() -> None:
     ensure_stack_venv(default_stack_venv_path())
 
 
-#: Pythons whose server-free tests also run under ``dev.py test`` when the machine has them.
-OTHER_PYTHONS = ["3.9", "3.10", "3.12", "3.13"]
+#: Pythons whose server-free tests also run under ``dev.py test`` when the machine has them; "system" is the
+#: distribution's own python3 (Debian's 3.11.2 has no tarfile extraction filters at all).
+OTHER_PYTHONS = ["3.9", "3.10", "3.12", "3.13", "system"]
 #: What the server-free tests need on those Pythons (pip picks versions that fit each one).
 OTHER_REQUIREMENTS = ["pytest", "hypothesis", "tqdm"]
 
 
 def find_python(version: str) -> str | None:
-    """An interpreter for ``version``: ``pythonX.Y`` on PATH, else a pyenv build."""
+    """An interpreter for ``version``: ``pythonX.Y`` on PATH, else a pyenv build; "system": /usr/bin/python3."""
+    if version == "system":
+        return "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else None
     found = shutil.which("python" + version)
     if found:
         return found

@@ -438,3 +438,10 @@ def test_py_typed_shipped() -> None:
     setup_cfg = package_dir.parent.parent / "setup.cfg"
     if setup_cfg.is_file():
         assert "py.typed" in setup_cfg.read_text(encoding="utf-8")
+
+
+def test_every_public_name_has_a_docstring_with_an_example() -> None:
+    import pacifica.downloader as package
+
+    missing = [name for name in package.__all__ if ">>>" not in (getattr(package, name).__doc__ or "")]
+    assert missing == []

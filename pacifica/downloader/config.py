@@ -52,6 +52,9 @@ class Timeouts:
     * ``stall=60``: during a transfer, the longest time allowed without
       ``stall_bytes`` (64 KiB) arriving; this catches a trickle that keeps a
       socket alive but would never finish.
+
+    >>> Timeouts().replace(wait=600).wait
+    600
     """
 
     connect: float = 10.0

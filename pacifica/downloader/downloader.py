@@ -269,8 +269,11 @@ class Downloader:
             job.index.remember([(f"{job.filename}/{record.path}", path, record.hashtype, record.hashsum)])
             job.tracker.file_placed()
 
+        transferred = [0]
+
         def received(count: int) -> None:
             slots.check()
+            transferred[0] += count
             job.tracker.add_bytes(count)
 
         for attempt in range(1, transport.retry.attempts + 1):
@@ -294,9 +297,10 @@ class Downloader:
                 continue
             finally:
                 stream.close()
+            elapsed = time.monotonic() - started
             LOGGER.info(
-                "cart %s: %d files verified and placed in %.2f s",
-                redact(cart_url), len(done), time.monotonic() - started,
+                "cart %s downloaded: %d files, %d bytes verified and placed in %.2f s (%.1f MB/s)",
+                redact(cart_url), len(done), transferred[0], elapsed, transferred[0] / 1e6 / max(elapsed, 1e-6),
             )
             return
         raise TransferError(

@@ -32,6 +32,11 @@ class DownloaderError(Exception):
 
     ``response`` is the HTTP response that revealed the problem, when there
     was one; ``cart_url`` is the cart involved, when there was one.
+
+    >>> try:
+    ...     Downloader(location, cart_url).cloudevent(event)   # doctest: +SKIP
+    ... except DownloaderError as error:
+    ...     print("download failed:", error)
     """
 
     def __init__(
@@ -52,6 +57,9 @@ class InvalidInputError(DownloaderError, ValueError):
 
     Raised before any request is sent.  ``problems`` lists every bad record
     or argument found, not just the first one.
+
+    >>> InvalidInputError("the event cannot be downloaded", ["data[3]: missing '_id'"]).problems
+    ["data[3]: missing '_id'"]
     """
 
     def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
@@ -62,11 +70,20 @@ class InvalidInputError(DownloaderError, ValueError):
 
 
 class CartError(DownloaderError):
-    """The cart service refused, lost or could not prepare the cart."""
+    """The cart service refused, lost or could not prepare the cart.
+
+    >>> issubclass(CartFailedError, CartError) and issubclass(CartNotFoundError, CartError)
+    True
+    """
 
 
 class CartNotFoundError(CartError):
-    """The cart does not exist on the server (HTTP 404): it was deleted or never made."""
+    """The cart does not exist on the server (HTTP 404): it was deleted or never made.
+
+    >>> CartAPI(url).wait_for_cart(deleted_cart_url)   # doctest: +SKIP
+    Traceback (most recent call last):
+    CartNotFoundError: the cart ... does not exist on the server (deleted, or never created)
+    """
 
 
 class CartFailedError(CartError):
@@ -74,6 +91,9 @@ class CartFailedError(CartError):
 
     ``server_message`` holds the server's full message (often a traceback);
     the exception's own message keeps only its readable first and last lines.
+
+    >>> CartFailedError("Cartd could not stage the cart: ...", server_message="Traceback ...").server_message
+    'Traceback ...'
     """
 
     def __init__(
@@ -89,13 +109,22 @@ class CartFailedError(CartError):
 
 
 class CartTimeoutError(CartError, TimeoutError):
-    """The cart was not ready, or the download did not finish, before the deadline."""
+    """The cart was not ready, or the download did not finish, before the deadline.
+
+    >>> isinstance(CartTimeoutError("still staging after 600 s"), TimeoutError)
+    True
+    """
 
 
 class TransferError(DownloaderError):
     """The connection to the cart service failed and retrying did not help.
 
     ``attempts`` lists, in order, why each attempt failed.
+
+    >>> print(TransferError("GET failed", attempts=["ConnectionError: reset", "HTTP 503"]))
+    GET failed (2 attempts):
+      - ConnectionError: reset
+      - HTTP 503
     """
 
     def __init__(
@@ -119,6 +148,9 @@ class IntegrityError(DownloaderError):
 
     ``path`` is the file's path inside the download; ``expected`` and
     ``actual`` are the hex digests.  Nothing unverified is left on disk.
+
+    >>> IntegrityError("a.txt does not match", path="a.txt", expected="ab12", actual="cd34").expected
+    'ab12'
     """
 
     def __init__(
@@ -140,6 +172,9 @@ class ManifestError(IntegrityError):
     """The set of files received is not the set requested.
 
     ``missing``, ``duplicated`` and ``unexpected`` list the paths concerned.
+
+    >>> ManifestError("2 files missing", missing=["a.txt", "b.txt"]).missing
+    ['a.txt', 'b.txt']
     """
 
     def __init__(
@@ -162,6 +197,8 @@ class UnsafeArchiveError(DownloaderError):
 
     Links, devices, FIFOs, absolute names, ``..`` components and malformed
     archives are refused; nothing outside the download directory is touched.
+
+    >>> raise UnsafeArchiveError("the tar entry 'data/a' is a symbolic link; refused")   # doctest: +SKIP
     """
 
 
@@ -171,6 +208,10 @@ class DestinationError(DownloaderError, OSError):
     Disk full, no permission, or a file that exists with other content when
     the caller asked not to overwrite.  ``path`` is the file concerned and
     ``errno`` the operating system's error number when there was one.
+
+    >>> import errno
+    >>> DestinationError("cannot write a.txt: disk full", path="a.txt", errno=errno.ENOSPC).errno == errno.ENOSPC
+    True
     """
 
     def __init__(self, message: str, *, path: str = "", errno: int | None = None) -> None:
@@ -183,4 +224,8 @@ class DestinationError(DownloaderError, OSError):
 
 
 class PolicyError(DownloaderError):
-    """The Policy service did not return a transaction-info document (unknown transaction, error, not JSON)."""
+    """The Policy service did not return a transaction-info document (unknown transaction, error, not JSON).
+
+    >>> issubclass(PolicyError, DownloaderError)
+    True
+    """

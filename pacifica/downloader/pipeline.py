@@ -42,6 +42,10 @@ class CartLimits:
     * ``max_staging=1``: carts staging at once.  One Celery worker stages one
       file at a time, so a second cart would only delay the first; raise it
       to the number of Cartd workers.
+
+    >>> CartLimits().max_files
+    250
+    >>> Downloader(location, url, limits=CartLimits(max_files=1000, max_staging=2))   # doctest: +SKIP
     """
 
     max_files: int = 250
