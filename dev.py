@@ -77,15 +77,15 @@ def find_python(version: str) -> str | None:
     """An interpreter for ``version``: ``pythonX.Y`` on PATH, else a pyenv build; "system": /usr/bin/python3."""
     if version == "system":
         return "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else None
-    found = shutil.which("python" + version)
-    if found:
-        return found
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     builds = sorted(
         pyenv.glob(version + ".*/bin/python"),
         key=lambda path: [int(part) for part in path.parts[-3].split(".") if part.isdigit()],
     )
-    return str(builds[-1]) if builds else None
+    if builds:
+        return str(builds[-1])
+    found = shutil.which("python" + version)
+    return found if found and "/shims/" not in found else None  # a pyenv shim may point nowhere
 
 
 def lint(python: Path) -> int:

@@ -25,7 +25,8 @@ from pacifica.downloader import (
     TransactionInfo,
 )
 
-EXAMPLE_EVENT = Path(__file__).resolve().parents[2] / "shared" / "examples" / "notifications-events.json"
+#: A real Notifications event (a copy of shared/examples/notifications-events.json).
+EXAMPLE_EVENT = Path(__file__).resolve().parent / "data" / "notifications-events.json"
 _IDS = itertools.count(random.randrange(10**6, 10**9, 10**4))
 
 

@@ -12,7 +12,7 @@ import pytest
 from pacifica.downloader import CloudEvent, InvalidInputError, TransactionInfo
 
 SHA1 = "f1d2d2f924e986ac86fdf7b36c94bcdf32beec15"
-EXAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "examples" / "notifications-events.json"
+EXAMPLE = Path(__file__).resolve().parent / "data" / "notifications-events.json"  # a copy of shared/examples/
 EXAMPLE_THIRD_NAME = "パソコン資産管理台帳（S&T HK）_現地調達PC.xls"
 ENTRY_KEYS = {"id", "path", "hashtype", "hashsum"}
 
