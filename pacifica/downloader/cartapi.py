@@ -157,6 +157,13 @@ class CartAPI:
                     cart_url=cart_url,
                     response=response,
                 )
+            if 400 <= response.status_code < 500:
+                raise CartError(
+                    f"Cartd refused to report on the cart {redact(cart_url)} (HTTP {response.status_code} "
+                    f"{response.reason}); check the credentials and the cart URL",
+                    cart_url=cart_url,
+                    response=response,
+                )
             if status == "error":
                 raise CartFailedError(
                     f"Cartd could not stage the cart: {summarize(message)}. "

@@ -110,10 +110,13 @@ class CartStream:
         pieces: list[bytes | memoryview] = []
         wanted = size
         left = len(self._buffer) - self._offset
+        # _position counts every byte taken from the connection for this read as it is taken, so that a
+        # resume in the middle of the read asks for exactly the first byte not yet received.
         if left:
             take = min(wanted, left)
             pieces.append(self._view[self._offset:self._offset + take])
             self._offset += take
+            self._position += take
             wanted -= take
         while wanted > 0 and not self._eof:
             chunk = self._next_chunk(max(wanted, 64 * 1024))
@@ -124,13 +127,13 @@ class CartStream:
                 # Keep the rest without copying it: later reads slice the view.
                 self._buffer, self._view, self._offset = chunk, memoryview(chunk), wanted
                 pieces.append(self._view[:wanted])
+                self._position += wanted
                 wanted = 0
             else:
                 pieces.append(chunk)
+                self._position += len(chunk)
                 wanted -= len(chunk)
-        data = pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else b"".join(pieces)
-        self._position += len(data)
-        return data
+        return pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else b"".join(pieces)
 
     def close(self) -> None:
         """Close the underlying connection."""
@@ -178,16 +181,17 @@ class CartStream:
         offset = self._received()
         if not self._resumable:
             raise StreamBroken(reason, offset)
+        if len(self.resumes) + 1 >= self._attempts:
+            raise StreamBroken(f"{reason} (after {len(self.resumes)} resumes)", offset)
         self.resumes.append(reason)
-        if len(self.resumes) >= self._attempts:
-            raise StreamBroken(f"{reason} (after {len(self.resumes) - 1} resumes)", offset)
         LOGGER.warning("cart stream broke at byte %d (%s); resuming with a range request", offset, reason)
         try:
             response = self._reopen(offset)
         except Exception as err:  # any failure to reopen ends in a restart
             raise StreamBroken(f"{reason}; resume failed: {err}", offset) from err
         match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-        if response.status_code != 206 or not match or int(match.group(1)) != offset:
+        whole = offset == 0 and response.status_code == 200  # nothing received yet: the whole body will do
+        if not whole and (response.status_code != 206 or not match or int(match.group(1)) != offset):
             response.close()
             raise StreamBroken(
                 "{}; the server did not resume at byte {} (HTTP {} {!r})".format(

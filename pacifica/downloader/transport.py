@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from .config import Timeouts
-from .exceptions import InvalidInputError, TransferError
+from .exceptions import CartTimeoutError, InvalidInputError, TransferError
 from .retry import Retry
 
 __all__ = ["Transport", "redact", "request_kwargs"]
@@ -82,6 +82,19 @@ class Transport:
         self.timeouts = timeouts
         self.retry = retry
 
+    def _timeout(self, deadline: float | None, method: str, url: str, failures: list[str]) -> tuple[float, float]:
+        """Connect and read timeouts, shortened so that no socket wait outlasts ``deadline``."""
+        if deadline is None:
+            return self.timeouts.connect, self.timeouts.read
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise CartTimeoutError(
+                f"{method} {redact(url)} not sent: the deadline has passed"
+                + ("; earlier tries: " + "; ".join(failures) if failures else ""),
+                cart_url=url,
+            )
+        return min(self.timeouts.connect, left), min(self.timeouts.read, left)
+
     def request(
         self,
         method: str,
@@ -105,9 +118,9 @@ class Transport:
         if headers:
             merged["headers"] = dict(merged.get("headers") or {}, **headers)
         merged.update(kwargs)
-        merged.setdefault("timeout", (self.timeouts.connect, self.timeouts.read))
         for attempt in range(1, self.retry.attempts + 1):
             retry_after: str | None = None
+            merged["timeout"] = kwargs.get("timeout") or self._timeout(deadline, method, url, failures)
             LOGGER.debug("%s %s (attempt %d)", method, redact(url), attempt)
             try:
                 response = self.session.request(method, url, stream=stream, **merged)
@@ -124,7 +137,10 @@ class Transport:
             delay = self.retry.delay(attempt, retry_after)
             if deadline is not None and time.monotonic() + delay > deadline:
                 failures.append("deadline reached before the next try")
-                break
+                raise CartTimeoutError(
+                    f"{method} {redact(url)} did not succeed before the deadline: " + "; ".join(failures),
+                    cart_url=url,
+                )
             LOGGER.warning(
                 "%s %s failed (%s); trying again in %.1f s (%d of %d)",
                 method, redact(url), failures[-1], delay, attempt + 1, self.retry.attempts,

@@ -1,0 +1,592 @@
+"""Fault injection: the real Cartd stack behind our :class:`FaultProxy`, one test per way the network fails.
+
+Each test ends either in success with every file verified byte for byte, or
+in the documented typed error within the configured bound (small
+``Timeouts`` and ``Retry`` values keep every test short).  Plain carts are
+streamed chunked without ranges, so a broken stream is restarted and the
+files already verified are skipped; bundled carts (``{"bundle": True}``)
+are served with ``Accept-Ranges`` and ``Content-Length``, so a broken
+stream is resumed with a ``Range`` request answered ``206``.
+
+No test sleeps to synchronise and none asserts on timing: what happened is
+read from the proxy's request log, the library's log records, progress
+reports and a recording ``time.sleep``.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import urllib3
+from fault_proxy import Fault, FaultProxy
+from helpers import staging_leftovers
+from stub_cartd import StubCartd
+from test_e2e import assert_tree, make_event
+
+from pacifica.downloader import (
+    CartAPI,
+    CartError,
+    CartNotFoundError,
+    CartTimeoutError,
+    Downloader,
+    Progress,
+    Retry,
+    Timeouts,
+    TransferError,
+)
+from pacifica.downloader import transport as transport_module
+from pacifica.downloader.stream import CartStream
+
+#: Small limits so a failing scenario gives up in seconds: a silent socket
+#: after 2 s, a stream without 1 KiB of progress after 1 s.
+TIMEOUTS = Timeouts(connect=5.0, read=2.0, wait=30.0, stall=1.0, stall_bytes=1024)
+#: Three tries per request and per stream, with short backoff.
+RETRY = Retry(attempts=3, backoff=0.05, backoff_max=2.0)
+#: Four files of 50 kB: the tar is about 200 kB, so a break after 120 kB
+#: comes once two files are verified and the third is half received.
+FILE_SIZE = 50_000
+BREAK_AFTER = 120_000
+CREDENTIAL = "s3cret"
+CREDENTIAL_B64 = base64.b64encode(b"user:" + CREDENTIAL.encode()).decode()
+
+KINDS = ["plain", "bundle"]
+
+
+# -- helpers --------------------------------------------------------------------
+
+
+def sample_files(count: int = 4, size: int = FILE_SIZE) -> dict[str, bytes]:
+    return {f"f/{index}.bin": os.urandom(size) for index in range(count)}
+
+
+@pytest.fixture
+def proxied(cartd_stack: Any) -> Iterator[Any]:
+    """``proxied(faults)`` starts a FaultProxy in front of the plain Cartd; all are closed after the test."""
+    proxies: list[FaultProxy] = []
+
+    def start(faults: Sequence[Fault] = ()) -> FaultProxy:
+        proxy = FaultProxy.for_url(cartd_stack.cart_url, faults, timeout=10.0, max_hold=15.0).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        proxy.close()
+        assert proxy.errors == [], f"the proxy itself went wrong: {proxy.errors}"
+
+
+class Phases:
+    """A progress callback that keeps every phase reported."""
+
+    def __init__(self) -> None:
+        self.reports: list[Progress] = []
+
+    def __call__(self, report: Progress) -> None:
+        self.reports.append(report)
+
+    def count(self, phase: str) -> int:
+        return sum(1 for report in self.reports if report.phase == phase)
+
+
+def downloader(
+    url: str,
+    tmp_path: Path,
+    kind: str = "plain",
+    *,
+    timeouts: Timeouts = TIMEOUTS,
+    retry: Retry = RETRY,
+    **options: Any,
+) -> Downloader:
+    extra = {"bundle": True} if kind == "bundle" else None
+    return Downloader(tmp_path, url, extra_args=extra, timeouts=timeouts, retry=retry, **options)
+
+
+def library_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The WARNING (and above) messages of the library's own module loggers."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name.startswith("pacifica.downloader") and record.levelno >= logging.WARNING
+    ]
+
+
+def cart_uid(proxy: FaultProxy) -> str:
+    paths = {request.path for request in proxy.requests_for("POST")}
+    assert len(paths) == 1, f"one cart uid for the whole call, got {paths}"
+    return str(paths.pop().rsplit("/", 1)[-1])
+
+
+def assert_cart_deleted(cartd_stack: Any, proxy: FaultProxy) -> None:
+    uid = cart_uid(proxy)
+    assert "DELETE" in proxy.methods()
+    assert requests.head(f"{cartd_stack.cart_url}/{uid}", timeout=10).status_code == 404
+
+
+def assert_no_staging(tmp_path: Path) -> None:
+    assert staging_leftovers(tmp_path) == [], "no staging folder or partial file is left behind"
+
+
+class SleepRecorder:
+    """Stands in for the ``time`` module inside ``transport``: ``sleep`` records its delay and returns."""
+
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+class TimeoutRecordingSession(requests.Session):
+    """Remembers (method, timeout) of every request sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, Any]] = []
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.sent.append((method.upper(), kwargs.get("timeout")))
+        return super().request(method, url, *args, **kwargs)
+
+
+def _expect_success(
+    cartd_stack: Any, proxy: FaultProxy, tmp_path: Path, files: dict[str, bytes], kind: str, **options: Any
+) -> Phases:
+    phases = Phases()
+    written = downloader(proxy.url, tmp_path, kind, progress=phases, **options).cloudevent(
+        make_event(cartd_stack, files)
+    )
+    assert sorted(written) == sorted(str(tmp_path / "data" / path) for path in files)
+    assert_tree(tmp_path / "data", files)
+    assert_no_staging(tmp_path)
+    assert_cart_deleted(cartd_stack, proxy)
+    assert phases.count("verifying") == len(files), "each file verified and placed exactly once"
+    return phases
+
+
+# -- a stream that breaks mid-way ----------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["reset", "truncate"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_stream_broken_mid_way_recovers(
+    cartd_stack: Any, proxied: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str, action: str
+) -> None:
+    """The first tar stream is cut (RST or FIN) after 120 kB: a plain cart is restarted with the
+    files already verified skipped; a bundled cart is resumed with a Range request answered 206."""
+    caplog.set_level(logging.INFO)
+    files = sample_files()
+    proxy = proxied([Fault("GET", action, after=BREAK_AFTER)])
+    _expect_success(cartd_stack, proxy, tmp_path, files, kind)
+    gets = proxy.requests_for("GET")
+    assert len(gets) == 2, [(g.fault, g.status, g.header("Range")) for g in gets]
+    assert gets[0].fault == action and gets[0].body_bytes == BREAK_AFTER
+    warnings = library_warnings(caplog)
+    if kind == "bundle":
+        first_range = gets[1].header("Range")
+        assert first_range is not None and re.fullmatch(r"bytes=\d+-", first_range), first_range
+        offset = int(first_range[6:-1])
+        assert 0 < offset <= BREAK_AFTER
+        assert gets[1].status == 206
+        assert any("resuming" in message for message in warnings), warnings
+        assert not any("starting over" in message for message in warnings), warnings
+    else:
+        assert gets[1].header("Range") is None, "a stream without ranges is restarted from its start"
+        assert gets[0].status == gets[1].status == 200
+        restarts = [message for message in warnings if "starting over" in message]
+        assert len(restarts) == 1, warnings
+        verified = int(re.search(r"with (\d+) of 4 files verified", restarts[0]).group(1))  # type: ignore[union-attr]
+        assert verified >= 1, f"the break came after whole files had been verified: {restarts}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stream_broken_on_every_try_gives_up_with_every_reason(
+    cartd_stack: Any, proxied: Any, tmp_path: Path, kind: str
+) -> None:
+    """Every GET is reset after 20 kB: a TransferError listing one reason per request sent."""
+    files = sample_files()
+    proxy = proxied([Fault("GET", "reset", after=20_000, count=None)])
+    with pytest.raises(TransferError) as raised:
+        downloader(proxy.url, tmp_path, kind).cloudevent(make_event(cartd_stack, files))
+    error = raised.value
+    gets = proxy.count("GET")
+    if kind == "plain":
+        assert gets == RETRY.attempts, "one GET per try, none past the bound"
+    else:
+        assert gets <= RETRY.attempts * RETRY.attempts, "resumes and restarts are both bounded"
+    assert len(error.attempts) == gets, f"one reason per request that failed: {error.attempts}"
+    assert all(re.search(r"reset|broken|ended", reason, re.IGNORECASE) for reason in error.attempts), error.attempts
+    assert f"({len(error.attempts)} attempts)" in str(error)
+    assert_cart_deleted(cartd_stack, proxy)
+    assert_no_staging(tmp_path)
+    on_disk = {str(p.relative_to(tmp_path / "data")): p.read_bytes()
+               for p in (tmp_path / "data").rglob("*") if p.is_file()} if (tmp_path / "data").exists() else {}
+    assert all(files[path] == content for path, content in on_disk.items()), "only verified files are kept"
+
+
+
+def test_resume_offset_counts_bytes_already_returned_by_the_same_read() -> None:
+    """The same fault without a server: one ``read(20000)`` gathers 5000 bytes, then the connection breaks.
+    The Range request must start at byte 5000, and the bytes handed out must be the stream's, in order."""
+    data = bytes(range(256)) * 100
+    offsets: list[int] = []
+
+    class Raw:
+        def __init__(self, body: bytes, fail_at: int) -> None:
+            self.body, self.pos, self.fail_at = body, 0, fail_at
+
+        def read1(self, size: int) -> bytes:
+            if self.pos >= self.fail_at:
+                raise urllib3.exceptions.ProtocolError("Connection broken: connection reset")
+            piece = self.body[self.pos:self.pos + min(size, 1000, self.fail_at - self.pos)]
+            self.pos += len(piece)
+            return piece
+
+    class Answer:
+        def __init__(self, raw: Raw, status: int, headers: dict[str, str]) -> None:
+            self.raw, self.status_code, self.headers = raw, status, headers
+
+        def close(self) -> None:
+            pass
+
+    def reopen(offset: int) -> Any:
+        offsets.append(offset)
+        content_range = f"bytes {offset}-{len(data) - 1}/{len(data)}"
+        return Answer(Raw(data[offset:], len(data)), 206, {"Content-Range": content_range})
+
+    first = Answer(Raw(data, 5000), 200, {"Accept-Ranges": "bytes", "Content-Length": str(len(data))})
+    stream = CartStream(first, reopen, timeouts=TIMEOUTS, attempts=3)
+    got = stream.read(20000) + stream.read(10000)
+    assert offsets == [5000], f"resumed at {offsets}, but 5000 bytes had been received"
+    assert got == data
+
+
+# -- a stream that stalls -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_trickled_stream_fails_over_within_stall_timeout(
+    cartd_stack: Any, proxied: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """The first GET trickles 1 byte per 0.3 s: after the stall timeout it is abandoned and the next try succeeds."""
+    caplog.set_level(logging.INFO)
+    files = sample_files()
+    proxy = proxied([Fault("GET", "trickle", interval=0.3)])
+    _expect_success(cartd_stack, proxy, tmp_path, files, kind)
+    gets = proxy.requests_for("GET")
+    assert len(gets) == 2 and gets[0].fault == "trickle"
+    assert gets[0].body_bytes < TIMEOUTS.stall_bytes, "given up before a stall window's worth arrived"
+    assert any("stalled" in message for message in library_warnings(caplog)), library_warnings(caplog)
+
+
+def test_trickled_stream_on_every_try_gives_up(cartd_stack: Any, proxied: Any, tmp_path: Path) -> None:
+    """Every GET trickles: a TransferError after the bounded number of tries, each failure a stall."""
+    proxy = proxied([Fault("GET", "trickle", interval=0.3, count=None)])
+    with pytest.raises(TransferError) as raised:
+        downloader(proxy.url, tmp_path).cloudevent(make_event(cartd_stack, sample_files(2)))
+    assert proxy.count("GET") == RETRY.attempts
+    assert len(raised.value.attempts) == RETRY.attempts
+    assert all("stalled" in reason for reason in raised.value.attempts), raised.value.attempts
+    assert_cart_deleted(cartd_stack, proxy)
+    assert_no_staging(tmp_path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_headers_then_silence_recovers(
+    cartd_stack: Any, proxied: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """The first GET's headers arrive, then nothing: after the read timeout the stream is restarted
+    (plain) or resumed with a Range request (bundle)."""
+    caplog.set_level(logging.INFO)
+    files = sample_files()
+    proxy = proxied([Fault("GET", "silent")])
+    _expect_success(cartd_stack, proxy, tmp_path, files, kind)
+    gets = proxy.requests_for("GET")
+    assert gets[0].fault == "silent" and gets[0].body_bytes == 0
+    assert library_warnings(caplog), "the recovery is logged"
+    # Nothing was received: one more GET from byte 0 (a plain GET, or a Range from 0 answered 206)
+    # is all it takes, whether the library calls it a resume or a restart.
+    assert len(gets) == 2, "GETs sent: {}; warnings: {}".format(
+        [(get.header("Range"), get.status) for get in gets], library_warnings(caplog))
+    assert gets[1].status in (200, 206)
+
+
+def test_silence_on_every_try_gives_up(cartd_stack: Any, proxied: Any, tmp_path: Path) -> None:
+    proxy = proxied([Fault("GET", "silent", count=None)])
+    with pytest.raises(TransferError) as raised:
+        downloader(proxy.url, tmp_path).cloudevent(make_event(cartd_stack, sample_files(2)))
+    assert proxy.count("GET") == RETRY.attempts
+    assert len(raised.value.attempts) == RETRY.attempts
+    assert all(re.search(r"timed? ?out", reason, re.IGNORECASE) for reason in raised.value.attempts), \
+        raised.value.attempts
+    assert_cart_deleted(cartd_stack, proxy)
+
+
+# -- the caller's deadline ---------------------------------------------------------------
+
+
+def test_deadline_stops_a_trickled_download(cartd_stack: Any, proxied: Any, tmp_path: Path) -> None:
+    """No stall timeout would fire (60 s), but the caller's 3 s deadline ends the call with CartTimeoutError."""
+    proxy = proxied([Fault("GET", "trickle", interval=0.3, count=None)])
+    patient = TIMEOUTS.replace(stall=60.0, read=5.0)
+    with pytest.raises(CartTimeoutError):
+        downloader(proxy.url, tmp_path, timeouts=patient).cloudevent(make_event(cartd_stack, sample_files(2)),
+                                                                      deadline=3.0)
+    assert proxy.count("GET") == 1, "the deadline is not retried"
+    assert_cart_deleted(cartd_stack, proxy)
+    assert_no_staging(tmp_path)
+
+
+def test_deadline_bounds_a_silent_socket(cartd_stack: Any, proxied: Any, tmp_path: Path) -> None:
+    """Headers then silence, with a read timeout (8 s) longer than the caller's deadline (2 s): no request
+    may wait on its socket past the deadline, and the call ends in CartTimeoutError."""
+    proxy = proxied([Fault("GET", "silent", count=None)])
+    session = TimeoutRecordingSession()
+    patient = TIMEOUTS.replace(stall=60.0, read=8.0)
+    deadline = 2.0
+    with pytest.raises(CartTimeoutError):
+        downloader(proxy.url, tmp_path, timeouts=patient, session=session).cloudevent(
+            make_event(cartd_stack, sample_files(2)), deadline=deadline
+        )
+    gets = [timeout for method, timeout in session.sent if method == "GET"]
+    assert gets, session.sent
+    read_timeouts = [timeout[1] if isinstance(timeout, tuple) else timeout for timeout in gets]
+    assert all(value is not None and value <= deadline for value in read_timeouts), (
+        f"a GET waited on its socket up to {read_timeouts} s although the call's deadline was {deadline} s"
+    )
+
+
+# -- answers Cartd never gave: retried statuses, Retry-After ---------------------------------
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_retry_after_is_honoured(
+    cartd_stack: Any, proxied: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
+    """The first two HEADs get ``503``/``429`` with ``Retry-After: 1`` from the proxy: the library waits exactly 1 s
+    (recorded, not timed) before each retry, then succeeds."""
+    caplog.set_level(logging.INFO)
+    clock = SleepRecorder()
+    monkeypatch.setattr(transport_module, "time", clock)
+    proxy = proxied([Fault("HEAD", "respond", count=2, status=status, headers={"Retry-After": "1"})])
+    _expect_success(cartd_stack, proxy, tmp_path, sample_files(2), "plain")
+    heads = proxy.requests_for("HEAD")
+    assert [head.fault for head in heads[:2]] == ["respond", "respond"]
+    assert [head.status for head in heads[:2]] == [status, status]
+    assert len(heads) >= 3
+    assert clock.delays == [1.0, 1.0], f"Retry-After replaces the computed backoff: {clock.delays}"
+    retries = [message for message in library_warnings(caplog) if f"HTTP {status}" in message]
+    assert len(retries) == 2, library_warnings(caplog)
+
+
+def test_retry_after_is_capped_by_backoff_max(
+    cartd_stack: Any, proxied: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = SleepRecorder()
+    monkeypatch.setattr(transport_module, "time", clock)
+    proxy = proxied([Fault("HEAD", "respond", count=1, status=503, headers={"Retry-After": "3600"})])
+    _expect_success(cartd_stack, proxy, tmp_path, sample_files(1), "plain")
+    assert clock.delays == [RETRY.backoff_max]
+
+
+def test_head_503_on_every_try_gives_up(cartd_stack: Any, proxied: Any, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = SleepRecorder()
+    monkeypatch.setattr(transport_module, "time", clock)
+    proxy = proxied([Fault("HEAD", "respond", count=None, status=503, headers={"Retry-After": "1"})])
+    with pytest.raises(TransferError) as raised:
+        downloader(proxy.url, tmp_path).cloudevent(make_event(cartd_stack, sample_files(1)))
+    assert proxy.count("HEAD") == RETRY.attempts
+    assert raised.value.attempts == ["HTTP 503 Service Unavailable"] * RETRY.attempts
+    assert f"({RETRY.attempts} attempts)" in str(raised.value)
+    assert_cart_deleted(cartd_stack, proxy)
+
+
+@pytest.mark.parametrize("status", [408, 502, 504])
+def test_transient_head_statuses_are_retried(cartd_stack: Any, proxied: Any, tmp_path: Path, status: int) -> None:
+    proxy = proxied([Fault("HEAD", "respond", count=1, status=status)])
+    _expect_success(cartd_stack, proxy, tmp_path, sample_files(1), "plain")
+    assert proxy.requests_for("HEAD")[0].status == status
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_get_500_is_retried(cartd_stack: Any, proxied: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                            kind: str) -> None:
+    """The first GET gets a 500 from the proxy: the GET is sent again and the download succeeds."""
+    caplog.set_level(logging.INFO)
+    proxy = proxied([Fault("GET", "respond", status=500, body=b"boom")])
+    _expect_success(cartd_stack, proxy, tmp_path, sample_files(), kind)
+    gets = proxy.requests_for("GET")
+    assert [get.status for get in gets] == [500, 200]
+    assert any("HTTP 500" in message for message in library_warnings(caplog)), library_warnings(caplog)
+
+
+def test_get_500_on_every_try_gives_up(cartd_stack: Any, proxied: Any, tmp_path: Path) -> None:
+    proxy = proxied([Fault("GET", "respond", status=500, count=None)])
+    with pytest.raises(TransferError) as raised:
+        downloader(proxy.url, tmp_path).cloudevent(make_event(cartd_stack, sample_files(1)))
+    assert proxy.count("GET") == RETRY.attempts
+    assert raised.value.attempts == ["HTTP 500 Internal Server Error"] * RETRY.attempts
+    assert_cart_deleted(cartd_stack, proxy)
+
+
+# -- the POST whose answer is lost --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lost_post_answer_is_posted_again(
+    cartd_stack: Any, proxied: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """Cartd creates the cart but the answer to the POST never arrives: the same uid is POSTed again,
+    which replaces the cart, and the download succeeds; the cart is deleted at the end."""
+    caplog.set_level(logging.INFO)
+    proxy = proxied([Fault("POST", "drop_reply")])
+    _expect_success(cartd_stack, proxy, tmp_path, sample_files(), kind)
+    posts = proxy.requests_for("POST")
+    assert len(posts) == 2
+    assert posts[0].fault == "drop_reply" and posts[0].status == 201, "Cartd did create the first cart"
+    assert posts[1].status == 201 and posts[0].target == posts[1].target and posts[0].body == posts[1].body
+    assert any(message.startswith("POST") for message in library_warnings(caplog)), library_warnings(caplog)
+
+
+def test_lost_post_answer_on_every_try_gives_up(cartd_stack: Any, proxied: Any, tmp_path: Path) -> None:
+    proxy = proxied([Fault("POST", "drop_reply", count=None)])
+    with pytest.raises(TransferError) as raised:
+        downloader(proxy.url, tmp_path).cloudevent(make_event(cartd_stack, sample_files(1)))
+    assert proxy.count("POST") == RETRY.attempts
+    assert len(raised.value.attempts) == RETRY.attempts
+    assert all("ConnectionError" in reason for reason in raised.value.attempts), raised.value.attempts
+    # The carts were made under one uid; remove them so the stack stays tidy.
+    uid = cart_uid(proxy)
+    requests.delete(f"{cartd_stack.cart_url}/{uid}", timeout=10)
+
+
+# -- errors that must not be retried ---------------------------------------------------------------
+
+
+def test_unknown_cart_404_reported_at_once(cartd_stack: Any, proxied: Any) -> None:
+    """HEAD on a cart Cartd never had: CartNotFoundError after exactly one HEAD."""
+    proxy = proxied()
+    api = CartAPI(proxy.url, timeouts=TIMEOUTS, retry=RETRY)
+    with pytest.raises(CartNotFoundError):
+        api.wait_for_cart(f"{proxy.url}/never-made-{os.getpid()}", timeout=20)
+    assert proxy.methods() == ["HEAD"]
+    assert proxy.requests_for("HEAD")[0].status == 404
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+def test_cart_gone_404_reported_at_once(cartd_stack: Any, proxied: Any, tmp_path: Path, method: str) -> None:
+    """The cart vanishes (404) while polling or when fetching: CartNotFoundError, no retry, cart deleted."""
+    proxy = proxied([Fault(method, "respond", status=404, body=b'{"message": "Not Found"}')])
+    with pytest.raises(CartNotFoundError):
+        downloader(proxy.url, tmp_path).cloudevent(make_event(cartd_stack, sample_files(1)), timeout=20)
+    assert proxy.count(method) == 1
+    assert_cart_deleted(cartd_stack, proxy)
+    assert_no_staging(tmp_path)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403])
+@pytest.mark.parametrize("method", ["POST", "HEAD", "GET"])
+def test_client_errors_from_stub_are_not_retried(tmp_path: Path, method: str, status: int) -> None:
+    """A 4xx other than 408/429 is the caller's problem: one request, then a CartError (not a timeout)."""
+    options: dict[str, Any] = {"body": b"", "post_status": 201, "get_status": 200}
+    if method == "POST":
+        options["post_status"] = status
+    elif method == "HEAD":
+        options["head"] = [(status, {})]
+    else:
+        options["get_status"] = status
+    event = {"data": [{"destinationTable": "Files", "_id": 1, "name": "n.txt", "subdir": "s",
+                       "hashtype": "sha1", "hashsum": "0" * 40}]}
+    with StubCartd(**options) as stub:
+        with pytest.raises(CartError) as raised:
+            downloader(stub.url, tmp_path).cloudevent(event, timeout=3)
+        assert not isinstance(raised.value, CartTimeoutError), (
+            f"a {status} on {method} must be reported at once, not polled until the timeout: {raised.value}"
+        )
+        assert stub.count(method) == 1, stub.methods()
+        if method != "POST":
+            assert stub.deleted()
+
+
+# -- no credentials in logs or errors ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["auth-tuple", "in-url"])
+def test_logs_and_errors_hold_no_credentials(
+    cartd_stack: Any, proxied: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A lost POST answer, 503s, a broken stream and a final error, all with credentials: none of it shows them."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(transport_module, "time", SleepRecorder())
+    proxy = proxied([
+        Fault("POST", "drop_reply"),
+        Fault("HEAD", "respond", count=2, status=503, headers={"Retry-After": "1"}),
+        Fault("GET", "reset", after=BREAK_AFTER),
+    ])
+    options: dict[str, Any] = {}
+    if where == "auth-tuple":
+        url, options["auth"] = proxy.url, ("user", CREDENTIAL)
+    else:
+        url = proxy.url.replace("http://", f"http://user:{CREDENTIAL}@")
+    files = sample_files()
+    downloader(url, tmp_path, "plain", **options).cloudevent(make_event(cartd_stack, files))
+    assert_tree(tmp_path / "data", files)
+    # And a final error, with every attempt's reason in its message.
+    failing = proxied([Fault("GET", "reset", count=None, after=20_000)])
+    failing_url = failing.url if where == "auth-tuple" else failing.url.replace(
+        "http://", f"http://user:{CREDENTIAL}@")
+    with pytest.raises(TransferError) as raised:
+        downloader(failing_url, tmp_path / "again", **options).cloudevent(make_event(cartd_stack, files))
+    sent = [request.header("Authorization") for request in proxy.requests + failing.requests]
+    assert all(value == "Basic " + CREDENTIAL_B64 for value in sent), f"the credentials were sent: {sent}"
+    assert len(library_warnings(caplog)) >= 4, "retries and resumes were logged"
+    for text in (caplog.text, str(raised.value), repr(raised.value), "\n".join(raised.value.attempts)):
+        assert CREDENTIAL not in text
+        assert CREDENTIAL_B64 not in text
+
+
+# -- the proxy itself ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["reset", "truncate"])
+def test_proxy_cuts_with_rst_or_fin(action: str) -> None:
+    """The tool under the tests: ``reset`` ends with a RST, ``truncate`` with a FIN, both after exactly N bytes."""
+    body = os.urandom(100_000)
+    with StubCartd(body=body) as stub, FaultProxy.for_url(stub.url, [Fault("GET", action, after=1000)]) as proxy:
+        stub._carts.add("cart")  # a cart the stub will serve without a POST
+        received = b""
+        outcome = "eof"
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            sock.sendall(b"GET /cart?filename=data HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    outcome = "reset"
+                    break
+                if not data:
+                    break
+                received += data
+        head, _, got = received.partition(b"\r\n\r\n")
+        assert b"Connection: close" in head and b"200" in head.split(b"\r\n")[0]
+        assert got == body[:1000]
+        assert outcome == ("reset" if action == "reset" else "eof")
+        (request,) = proxy.requests
+        assert (request.method, request.index, request.fault, request.status, request.body_bytes) == \
+            ("GET", 1, action, 200, 1000)
+        assert stub.requests_for("GET")[0].headers.get("Connection") == "close", "forced on the forwarded request"
+        assert proxy.errors == []
