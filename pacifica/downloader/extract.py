@@ -84,7 +84,9 @@ def extract_cart(
             f"the cart's stream held no tar ({err}); all {len(wanted)} files are missing",
             missing=sorted(set(wanted) - done),
         ) from None
-    while True:
+    # An archive with no member at all is over already: Python < 3.11 would seek to -1 on another next().
+    empty = archive.firstmember is None
+    while not empty:
         try:
             member = archive.next()
         except tarfile.ReadError as err:
