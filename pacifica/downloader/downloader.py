@@ -265,8 +265,10 @@ class Downloader:
         def reopen(offset: int) -> requests.Response:
             return self.cart_api.open_cart(cart_url, job.filename, offset=offset, deadline=job.deadline)
 
+        verified: list[tuple[str, Path, str, str]] = []  # recorded in the index once per attempt, not per file
+
         def placed(record: FileRecord, path: Path) -> None:
-            job.index.remember([(f"{job.filename}/{record.path}", path, record.hashtype, record.hashsum)])
+            verified.append((f"{job.filename}/{record.path}", path, record.hashtype, record.hashsum))
             job.tracker.file_placed()
 
         transferred = [0]
@@ -297,6 +299,8 @@ class Downloader:
                 continue
             finally:
                 stream.close()
+                job.index.remember(verified)
+                verified.clear()
             elapsed = time.monotonic() - started
             LOGGER.info(
                 "cart %s downloaded: %d files, %d bytes verified and placed in %.2f s (%.1f MB/s)",

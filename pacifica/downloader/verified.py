@@ -65,6 +65,7 @@ class VerifiedIndex:
             return
         try:
             self._db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA synchronous = OFF")  # a lost update only costs hashing that file again
             self._db.execute(_SCHEMA)
         except (sqlite3.Error, OSError) as err:
             LOGGER.debug("verified-file index unavailable (%s); existing files will be hashed", err)
