@@ -141,12 +141,24 @@ class CartAPI:
         started = time.monotonic()
         deadline = started + limit
         interval = POLL_FIRST
-        while True:
-            response = self.transport.request(
-                "HEAD", cart_url, deadline=deadline, is_final=lambda resp: resp.status_code == 500
-                and resp.headers.get("X-Pacifica-Status") == "error"
+        status = "staging"
+
+        def timed_out() -> CartTimeoutError:
+            return CartTimeoutError(
+                f"the cart {redact(cart_url)} was still {status!r} after {limit:.0f} s; "
+                "raise the timeout for large carts",
+                cart_url=cart_url,
             )
-            status = response.headers.get("X-Pacifica-Status", "")
+
+        while True:
+            try:
+                response = self.transport.request(
+                    "HEAD", cart_url, deadline=deadline, is_final=lambda resp: resp.status_code == 500
+                    and resp.headers.get("X-Pacifica-Status") == "error"
+                )
+            except CartTimeoutError as err:
+                raise timed_out() from err
+            status = response.headers.get("X-Pacifica-Status", "") or f"HTTP {response.status_code}"
             message = response.headers.get("X-Pacifica-Message", "")
             if response.status_code == 204 and status == "ready":
                 LOGGER.info("cart %s ready after %.2f s", redact(cart_url), time.monotonic() - started)
@@ -176,14 +188,11 @@ class CartAPI:
             if on_poll is not None:
                 on_poll(status)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise CartTimeoutError(
-                    f"the cart {redact(cart_url)} was still {status or response.status_code!r} after {limit:.0f} s; "
-                    "raise the timeout for large carts",
-                    cart_url=cart_url,
-                )
-            time.sleep(min(interval, remaining))
-            interval = min(interval * POLL_GROWTH, POLL_CAP)
+            if remaining > 0:
+                time.sleep(min(interval, remaining))
+                interval = min(interval * POLL_GROWTH, POLL_CAP)
+            if time.monotonic() >= deadline:
+                raise timed_out()
 
     def open_cart(self, cart_url: str, filename: str, offset: int = 0,
                   deadline: float | None = None) -> requests.Response:
