@@ -579,7 +579,8 @@ def test_cart_timeout_exits_5(stub: CartdStub, tmp_path: Path, capsys: pytest.Ca
     assert main(["cloudevent", write_json(tmp_path / "e.json", event_of(stub)), "-d", str(tmp_path),
                  "--cart-url", stub.url, "--timeout", "0.2"]) == 5
     assert "was still 'staging' after" in capsys.readouterr().err
-    assert stub.methods()[-1] == "DELETE"
+    methods = stub.methods()
+    assert "DELETE" in methods and set(methods[methods.index("DELETE") + 1:]) <= {"HEAD", "DELETE"}
 
 
 def test_no_overwrite_conflict_exits_6(stub: CartdStub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -874,7 +875,10 @@ def test_ctrl_c_while_staging_exits_130_and_deletes_the_cart(stub: CartdStub, tm
     assert proc.returncode == 130, stderr
     assert stderr == "pacifica-downloader: interrupted; no partial file was left\n"
     assert stdout == ""
-    assert stub.methods()[0] == "POST" and stub.methods()[-1] == "DELETE"
+    methods = stub.methods()
+    assert methods[0] == "POST" and "DELETE" in methods
+    # After the DELETE only the checks that the cart stayed deleted (Cartd can resurrect a staging cart).
+    assert set(methods[methods.index("DELETE") + 1:]) <= {"HEAD", "DELETE"}
     assert stub.carts == {}
     assert [path for path in out.rglob("*") if path.is_file() and not is_index_file(out, path)] == []
 

@@ -219,6 +219,13 @@ class CartAPI:
             response=response,
         )
 
+    def cart_exists(self, cart_url: str) -> bool:
+        """True unless the server answers 404 for the cart (one HEAD, no waiting)."""
+        response = self.transport.request(
+            "HEAD", cart_url, is_final=lambda resp: resp.headers.get("X-Pacifica-Status") == "error"
+        )
+        return response.status_code != 404
+
     def delete_cart(self, cart_url: str) -> bool:
         """Delete the cart on the server; return False if it was already gone."""
         response = self.transport.request("DELETE", cart_url)

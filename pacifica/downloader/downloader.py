@@ -19,9 +19,15 @@ import requests
 from .cartapi import CartAPI
 from .cloudevent import event_records
 from .config import Timeouts
-from .exceptions import DestinationError, DownloaderError, InvalidInputError, TransferError
+from .exceptions import (
+    CartTimeoutError,
+    DestinationError,
+    DownloaderError,
+    InvalidInputError,
+    TransferError,
+)
 from .extract import extract_cart
-from .pipeline import CartLimits, Slots, run_carts, split_batches
+from .pipeline import Cancelled, CartLimits, Slots, run_carts, split_batches
 from .policy import transaction_records
 from .progress import ProgressCallback, Tracker
 from .records import FileRecord, check_folder_name, entries_callable, validate_records
@@ -36,6 +42,11 @@ __all__ = ["Downloader"]
 LOGGER = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+#: Pauses (seconds) between the checks that a cart deleted while staging stayed deleted.
+RECHECK_DELETED = (0.1, 0.3, 0.6)
+#: Why a cart may be abandoned while Cartd is still staging it.
+ABANDONED = (Cancelled, KeyboardInterrupt, CartTimeoutError)
 
 
 class Downloader:
@@ -245,8 +256,9 @@ class Downloader:
             try:
                 job.tracker.cart_created(cart_url)
                 self.cart_api.wait_for_cart(cart_url, timeout=job.wait_timeout(), on_poll=job.polled(slots))
-            except BaseException:
-                self._delete_quietly(cart_url)
+            except BaseException as error:
+                # Abandoned while the server still stages it: make sure it stays deleted.
+                self._delete_quietly(cart_url, still_staging=isinstance(error, ABANDONED))
                 raise
         try:
             self._transfer(cart_url, records, job, slots)
@@ -314,12 +326,25 @@ class Downloader:
             cart_url=cart_url,
         )
 
-    def _delete_quietly(self, cart_url: str) -> None:
-        """Delete the cart (unless ``keep_cart``); a failure is logged, never raised over the download's outcome."""
+    def _delete_quietly(self, cart_url: str, still_staging: bool = False) -> None:
+        """Delete the cart (unless ``keep_cart``); a failure is logged, never raised over the download's outcome.
+
+        Cartd has a race: a staging task that loaded the cart before the
+        DELETE saves it again afterwards, and the cart comes back to life and
+        keeps staging.  So a cart abandoned while ``still_staging`` is looked
+        at again a few times over about a second, and deleted again if it
+        reappeared.
+        """
         if self.keep_cart:
             return
         try:
             self.cart_api.delete_cart(cart_url)
+            for pause in RECHECK_DELETED if still_staging else ():
+                time.sleep(pause)
+                if self.cart_api.cart_exists(cart_url):
+                    LOGGER.warning("cart %s came back after its deletion (a Cartd race); deleting it again",
+                                   redact(cart_url))
+                    self.cart_api.delete_cart(cart_url)
         except (DownloaderError, requests.RequestException) as err:
             LOGGER.warning("could not delete cart %s: %s", redact(cart_url), err)
 
