@@ -20,6 +20,7 @@ from .cartapi import CartAPI
 from .cloudevent import event_records
 from .config import Timeouts
 from .exceptions import (
+    CartFailedError,
     CartTimeoutError,
     DestinationError,
     DownloaderError,
@@ -44,9 +45,9 @@ LOGGER = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Pauses (seconds) between the checks that a cart deleted while staging stayed deleted.
-RECHECK_DELETED = (0.1, 0.3, 0.6)
-#: Why a cart may be abandoned while Cartd is still staging it.
-ABANDONED = (Cancelled, KeyboardInterrupt, CartTimeoutError)
+RECHECK_DELETED = (0.1, 0.3, 0.6, 1.0)
+#: Why a cart may be deleted while Cartd still runs staging tasks for it (a failed cart's other files too).
+ABANDONED = (Cancelled, KeyboardInterrupt, CartTimeoutError, CartFailedError)
 
 
 class Downloader:
@@ -257,7 +258,7 @@ class Downloader:
                 job.tracker.cart_created(cart_url)
                 self.cart_api.wait_for_cart(cart_url, timeout=job.wait_timeout(), on_poll=job.polled(slots))
             except BaseException as error:
-                # Abandoned while the server still stages it: make sure it stays deleted.
+                # Deleted while the server may still run tasks for it: make sure it stays deleted.
                 self._delete_quietly(cart_url, still_staging=isinstance(error, ABANDONED))
                 raise
         try:
@@ -331,9 +332,9 @@ class Downloader:
 
         Cartd has a race: a staging task that loaded the cart before the
         DELETE saves it again afterwards, and the cart comes back to life and
-        keeps staging.  So a cart abandoned while ``still_staging`` is looked
-        at again a few times over about a second, and deleted again if it
-        reappeared.
+        keeps staging.  So a cart deleted while ``still_staging`` (abandoned,
+        or failed while its other files still stage) is looked at again a few
+        times over two seconds, and deleted again if it reappeared.
         """
         if self.keep_cart:
             return
