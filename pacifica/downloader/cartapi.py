@@ -31,6 +31,9 @@ LOGGER = logging.getLogger(__name__)
 POLL_FIRST = 0.02
 POLL_GROWTH = 1.25
 POLL_CAP = 0.5
+#: Near the time a similar cart took (from POLL_NEAR_SHARE of it on), polls come this often.
+POLL_NEAR = 0.05
+POLL_NEAR_SHARE = 0.85
 
 
 def summarize(message: str, limit: int = 240) -> str:
@@ -126,7 +129,11 @@ class CartAPI:
         return cart_url
 
     def wait_for_cart(
-        self, cart_url: str, timeout: float | None = None, on_poll: Callable[[str], None] | None = None
+        self,
+        cart_url: str,
+        timeout: float | None = None,
+        on_poll: Callable[[str], None] | None = None,
+        expect: float | None = None,
     ) -> str:
         """Poll the cart with ``HEAD`` until it is ready; return ``cart_url``.
 
@@ -135,7 +142,10 @@ class CartAPI:
         the server's reason when staging failed, :class:`CartNotFoundError`
         at once when the cart does not exist, :class:`CartTimeoutError` when
         the deadline passes.  ``on_poll(status)`` is called after each poll
-        that finds the cart still staging.
+        that finds the cart still staging.  ``expect`` is a guess of the
+        seconds staging will take (from a similar cart): from 85% of it on,
+        polls come every ``POLL_NEAR`` seconds, so the moment the cart is
+        ready is seen at once without polling fast all along.
         """
         limit = self.transport.timeouts.wait if timeout is None else float(timeout)
         started = time.monotonic()
@@ -189,7 +199,12 @@ class CartAPI:
                 on_poll(status)
             remaining = deadline - time.monotonic()
             if remaining > 0:
-                time.sleep(min(interval, remaining))
+                elapsed = time.monotonic() - started
+                if expect is not None and elapsed + interval >= POLL_NEAR_SHARE * expect:
+                    pause = POLL_NEAR if elapsed >= POLL_NEAR_SHARE * expect else POLL_NEAR_SHARE * expect - elapsed
+                else:
+                    pause = interval
+                time.sleep(max(0.0, min(pause, remaining)))
                 interval = min(interval * POLL_GROWTH, POLL_CAP)
             if time.monotonic() >= deadline:
                 raise timed_out()

@@ -125,7 +125,7 @@ class Downloader:
         ``location/filename/<subdir>/<name>``.
         """
         location, event, options = self._call_style(args, kwargs, "cloudevent")
-        return self.download(event_records(event), location, **options)
+        return self._download(event_records(event), location, **options)
 
     def transactioninfo(self, *args: Any, **kwargs: Any) -> list[str]:
         """Download the files of a Pacifica Policy transaction-info document; return their paths.
@@ -134,7 +134,7 @@ class Downloader:
         keywords as :meth:`cloudevent`.
         """
         location, document, options = self._call_style(args, kwargs, "transinfo")
-        return self.download(transaction_records(document), location, **options)
+        return self._download(transaction_records(document), location, **options)
 
     def download(
         self,
@@ -152,6 +152,18 @@ class Downloader:
         returned path holds content verified against its hash.
         """
         checked = validate_records(((str(index), record) for index, record in enumerate(records)), what="files")
+        return self._download(checked, location, filename=filename, timeout=timeout, deadline=deadline)
+
+    def _download(
+        self,
+        checked: list[FileRecord],
+        location: PathLike | None,
+        *,
+        filename: str = "data",
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> list[str]:
+        """Download records already checked by :func:`validate_records`."""
         folder = check_folder_name(filename)
         root = self._location(location)
         destination = root / folder
@@ -254,9 +266,13 @@ class Downloader:
         slots.check()
         with slots.staging():
             cart_url = self.cart_api.setup_cart(entries_callable(records))
+            posted = time.monotonic()
             try:
                 job.tracker.cart_created(cart_url)
-                self.cart_api.wait_for_cart(cart_url, timeout=job.wait_timeout(), on_poll=job.polled(slots))
+                self.cart_api.wait_for_cart(
+                    cart_url, timeout=job.wait_timeout(), on_poll=job.polled(slots), expect=job.expected(records)
+                )
+                job.staged(records, time.monotonic() - posted)
             except BaseException as error:
                 # Deleted while the server may still run tasks for it: make sure it stays deleted.
                 self._delete_quietly(cart_url, still_staging=isinstance(error, ABANDONED))
@@ -278,9 +294,9 @@ class Downloader:
         def reopen(offset: int) -> requests.Response:
             return self.cart_api.open_cart(cart_url, job.filename, offset=offset, deadline=job.deadline)
 
-        verified: list[tuple[str, Path, str, str]] = []  # recorded in the index once per attempt, not per file
+        verified: list[tuple[str, str, str, str]] = []  # recorded in the index once per attempt, not per file
 
-        def placed(record: FileRecord, path: Path) -> None:
+        def placed(record: FileRecord, path: str) -> None:
             verified.append((f"{job.filename}/{record.path}", path, record.hashtype, record.hashsum))
             job.tracker.file_placed()
 
@@ -361,6 +377,17 @@ class _Job:
     deadline: float | None
     tracker: Tracker
     index: VerifiedIndex
+
+    #: Seconds Cartd took per file on this download's last cart, to predict the next one's staging time.
+    seconds_per_file: float | None = None
+
+    def expected(self, records: list[FileRecord]) -> float | None:
+        """How long a cart of ``records`` should take to stage, judging by the last one."""
+        return None if self.seconds_per_file is None else self.seconds_per_file * len(records)
+
+    def staged(self, records: list[FileRecord], seconds: float) -> None:
+        """A cart of ``records`` took ``seconds`` to stage."""
+        self.seconds_per_file = seconds / len(records)
 
     def wait_timeout(self) -> float | None:
         """Seconds a cart may stage: the call's ``timeout``, cut short by its ``deadline``."""

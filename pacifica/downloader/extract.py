@@ -16,8 +16,10 @@ bypassed, and some Pythons have none).  The rules:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,7 +61,7 @@ def extract_cart(
     staging: StagingArea,
     done: set[str],
     on_bytes: Callable[[int], None] = lambda count: None,
-    on_file: Callable[[FileRecord, Path], None] = lambda record, path: None,
+    on_file: Callable[[FileRecord, str], None] = lambda record, path: None,
 ) -> None:
     """Stream the cart's tar into ``destination``, verifying every file; add each placed path to ``done``.
 
@@ -118,9 +120,9 @@ def extract_cart(
         received.add(relative)
         if relative in done:
             continue  # verified and placed by an earlier attempt; tarfile skips its bytes
-        _receive(archive, member, record, destination, staging, on_bytes)
+        final = _receive(archive, member, record, destination, staging, on_bytes)
         done.add(relative)
-        on_file(record, destination / relative)
+        on_file(record, final)
     missing = sorted(set(wanted) - done)
     if missing:
         raise ManifestError(
@@ -137,14 +139,15 @@ def _receive(
     destination: Path,
     staging: StagingArea,
     on_bytes: Callable[[int], None],
-) -> None:
-    """Copy one member into a staging file while hashing it; place it if the digest matches."""
+) -> str:
+    """Copy one member into a staging file while hashing it; place it if the digest matches; return its path."""
     source = archive.extractfile(member)
     if source is None:  # not reachable for regular files; kept for the type checker
         raise UnsafeArchiveError(f"the tar entry {member.name!r} has no data")
     digest = hashlib.new(record.hashtype)
-    parent = staging.prepare(destination, record.path)
-    staged, handle = staging.open_file(parent)
+    target = staging.prepare(destination, record.path)
+    staged, handle = staging.open_file(target)
+    final = os.path.join(target.folder, record.path.rpartition("/")[2])
     try:
         try:
             with handle:
@@ -156,7 +159,7 @@ def _receive(
                     handle.write(chunk)
                     on_bytes(len(chunk))
         except OSError as err:
-            raise os_error(err, str(destination / record.path), "write") from err
+            raise os_error(err, final, "write") from err
         except tarfile.ReadError as err:
             raise StreamBroken(f"the stream ended inside {record.path!r}: {err}", 0) from None
         actual = digest.hexdigest()
@@ -168,10 +171,12 @@ def _receive(
                 expected=record.hashsum,
                 actual=actual,
             )
-        staging.place(staged, parent / record.path.rpartition("/")[2], mtime=usable_mtime(member.mtime))
-    finally:
-        if staged.exists():
-            staged.unlink()
+        staging.place(staged, final, mtime=usable_mtime(member.mtime))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)
+        raise
+    return final
 
 
 def _kind(member: tarfile.TarInfo) -> str:

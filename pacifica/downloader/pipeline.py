@@ -37,8 +37,11 @@ class CartLimits:
     * ``max_files=250``: Cartd's cost per file grows with the cart's size
       (about 55 ms per file at 10 files, 95 ms at 2000); 250 keeps it near
       the floor while the per-cart overhead (a few requests) stays small.
-    * ``max_bytes=256 MiB`` (when the event gives sizes): the first cart is
+      Measured here on 2000 × 64 KiB: 63 s with 250 or 100, 69 s with 500.
+    * ``max_bytes=128 MiB`` (when the event gives sizes): the first cart is
       ready, and its transfer overlaps the others' staging, early on.
+      Measured on 200 × 5 MiB: 12–13 s with 128 MiB, 13–14 s with 64 or
+      32 MiB (more carts, more gaps), 14–15 s as one cart.
     * ``max_staging=1``: carts staging at once.  One Celery worker stages one
       file at a time, so a second cart would only delay the first; raise it
       to the number of Cartd workers.
@@ -49,7 +52,7 @@ class CartLimits:
     """
 
     max_files: int = 250
-    max_bytes: int = 256 * 1024 * 1024
+    max_bytes: int = 128 * 1024 * 1024
     max_staging: int = 1
 
     def __post_init__(self) -> None:

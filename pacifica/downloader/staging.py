@@ -23,7 +23,7 @@ import stat
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from .exceptions import DestinationError, UnsafeArchiveError
 
@@ -146,6 +146,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class Target(NamedTuple):
+    """Where a file lands (``folder``) and the staging folder on the same filesystem (``area``)."""
+
+    folder: str
+    area: str
+
+
 class StagingArea:
     """Private folders for files not yet verified, one per filesystem the download writes to.
 
@@ -164,6 +171,7 @@ class StagingArea:
         self._areas: dict[int, Path] = {}
         self._lock = threading.Lock()
         self._numbers = itertools.count(1)
+        self._targets: dict[tuple[Path, str], Target] = {}
         self.path = self._area_for(location)
 
     def _area_for(self, folder: Path) -> Path:
@@ -199,35 +207,42 @@ class StagingArea:
                 LOGGER.info("removing the staging folder %s left by a process that is gone", entry)
                 shutil.rmtree(entry, ignore_errors=True)
 
-    def prepare(self, destination: Path, relative: str) -> Path:
-        """Create (safely) the folder ``destination/relative`` will land in; return it."""
-        folder = relative.rpartition("/")[0]
-        parent = safe_folder(self.location, f"{destination.relative_to(self.location)}/{folder}", create=True)
-        if parent is None:  # safe_folder(create=True) always returns a folder; this satisfies the type checker
-            raise DestinationError(f"cannot create the folder for {relative}", path=relative)
-        return parent
+    def prepare(self, destination: Path, relative: str) -> Target:
+        """Create (safely) the folder ``destination/relative`` lands in; return it with its staging folder.
 
-    def open_file(self, folder: Path) -> tuple[Path, BinaryIO]:
-        """Open a new, empty staging file on ``folder``'s filesystem; return its path and handle."""
-        path = self._area_for(folder) / f"{next(self._numbers)}.part"  # next() on a count is atomic
+        Each folder is checked and created once per download: the carts of
+        a large event put thousands of files in the same few folders.
+        """
+        folder = relative.rpartition("/")[0]
+        target = self._targets.get((destination, folder))
+        if target is None:
+            parent = safe_folder(self.location, f"{destination.relative_to(self.location)}/{folder}", create=True)
+            if parent is None:  # safe_folder(create=True) always returns a folder; this satisfies the type checker
+                raise DestinationError(f"cannot create the folder for {relative}", path=relative)
+            target = Target(str(parent), str(self._area_for(parent)))
+            self._targets[(destination, folder)] = target
+        return target
+
+    def open_file(self, target: Target) -> tuple[str, BinaryIO]:
+        """Open a new, empty staging file on ``target``'s filesystem; return its path and handle."""
+        path = f"{target.area}/{next(self._numbers)}.part"  # next() on a count is atomic: threads share the area
         try:
             return path, open(path, "xb")
         except OSError as err:
-            raise os_error(err, str(path), "create the staging file") from err
+            raise os_error(err, path, "create the staging file") from err
 
-    def place(self, staged: Path, final: Path, mtime: float | None = None) -> None:
+    def place(self, staged: str, final: str, mtime: float | None = None) -> None:
         """Move the verified ``staged`` file to ``final`` (in a folder from :meth:`prepare`) atomically."""
-        if final.is_dir() and not final.is_symlink():
-            raise DestinationError(
-                f"{final} is a folder, the cart has a file there; move it or choose another location",
-                path=str(final),
-            )
         try:
             if mtime is not None:
                 os.utime(staged, (mtime, mtime))
             os.replace(staged, final)
+        except IsADirectoryError as err:
+            raise DestinationError(
+                f"{final} is a folder, the cart has a file there; move it or choose another location", path=final
+            ) from err
         except OSError as err:
-            raise os_error(err, str(final), "move the verified file to") from err
+            raise os_error(err, final, "move the verified file to") from err
 
     def remove(self) -> None:
         """Remove every area and what is left in it; their hidden folders too when empty."""

@@ -19,6 +19,8 @@ import contextlib
 import logging
 import os
 import stat
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,9 @@ CREATE TABLE IF NOT EXISTS verified (
 """
 
 
+_LOOKUP = "SELECT hashtype, hashsum, size, inode, mtime_ns, ctime_ns FROM verified WHERE path = ?"
+
+
 def _signature(info: os.stat_result) -> tuple[int, int, int, int]:
     return info.st_size, info.st_ino, info.st_mtime_ns, info.st_ctime_ns
 
@@ -61,6 +66,7 @@ class VerifiedIndex:
         """Use (creating when needed) the index in ``folder``, the download directory's checked hidden folder."""
         self.path = folder / INDEX_NAME
         self._db: Any = None
+        self._lock = threading.Lock()  # one connection, used by the threads of a pipelined download
         if sqlite3 is None:
             return
         try:
@@ -77,9 +83,8 @@ class VerifiedIndex:
             return False
         try:
             info = os.lstat(final)
-            row = self._db.execute(
-                "SELECT hashtype, hashsum, size, inode, mtime_ns, ctime_ns FROM verified WHERE path = ?", (relative,)
-            ).fetchone()
+            with self._lock:
+                row = self._db.execute(_LOOKUP, (relative,)).fetchone()
         except (sqlite3.Error, OSError) as err:
             LOGGER.debug("verified-file index lookup failed: %s", err)
             return False
@@ -87,7 +92,7 @@ class VerifiedIndex:
             return False
         return (row[0], row[1]) == (hashtype, hashsum) and tuple(row[2:]) == _signature(info)
 
-    def remember(self, entries: list[tuple[str, Path, str, str]]) -> None:
+    def remember(self, entries: Sequence[tuple[str, str | Path, str, str]]) -> None:
         """Record ``(relative, final, hashtype, hashsum)`` for files just verified, as they are on disk now."""
         if self._db is None or not entries:
             return
@@ -96,7 +101,7 @@ class VerifiedIndex:
             with contextlib.suppress(OSError):
                 rows.append((relative, hashtype, hashsum, *_signature(os.lstat(final))))
         try:
-            with self._db:
+            with self._lock, self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany("INSERT OR REPLACE INTO verified VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.Error as err:
@@ -104,7 +109,8 @@ class VerifiedIndex:
 
     def close(self) -> None:
         """Close the database connection."""
-        if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            self._db = None
+        with self._lock:
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None
