@@ -51,6 +51,11 @@ def summarize(message: str, limit: int = 240) -> str:
     return f"{clip[0]} ... {clip[-1]}"
 
 
+def staging_failed(response: requests.Response) -> bool:
+    """True for Cartd's answer that staging failed (HTTP 500 with ``X-Pacifica-Status: error``): not retried."""
+    return response.headers.get("X-Pacifica-Status") == "error"
+
+
 class CartAPI:
     """Creates carts on a Cartd endpoint, waits for them, fetches and deletes them.
 
@@ -163,8 +168,7 @@ class CartAPI:
         while True:
             try:
                 response = self.transport.request(
-                    "HEAD", cart_url, deadline=deadline, is_final=lambda resp: resp.status_code == 500
-                    and resp.headers.get("X-Pacifica-Status") == "error"
+                    "HEAD", cart_url, deadline=deadline, is_final=staging_failed
                 )
             except CartTimeoutError as err:
                 raise timed_out() from err
@@ -237,7 +241,7 @@ class CartAPI:
     def cart_exists(self, cart_url: str) -> bool:
         """True unless the server answers 404 for the cart (one HEAD, no waiting)."""
         response = self.transport.request(
-            "HEAD", cart_url, is_final=lambda resp: resp.headers.get("X-Pacifica-Status") == "error"
+            "HEAD", cart_url, is_final=staging_failed
         )
         return response.status_code != 404
 

@@ -248,7 +248,7 @@ class Downloader:
             if digest == record.hashsum:
                 confirmed.append((key, final, record.hashtype, record.hashsum))
                 continue
-            if (digest is not None or final.is_symlink()) and not self.overwrite:
+            if not self.overwrite and (digest is not None or final.is_symlink()):
                 conflicts.append(str(final))
             todo.append(record)
         index.remember(confirmed)
