@@ -45,7 +45,7 @@ LOGGER = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Pauses (seconds) between the checks that a cart deleted while staging stayed deleted.
-RECHECK_DELETED = (0.1, 0.3, 0.6, 1.0)
+RECHECK_DELETED = (0.1, 0.3, 0.6, 1.0, 2.0)
 #: Why a cart may be deleted while Cartd still runs staging tasks for it (a failed cart's other files too).
 ABANDONED = (Cancelled, KeyboardInterrupt, CartTimeoutError, CartFailedError)
 
@@ -350,7 +350,7 @@ class Downloader:
         DELETE saves it again afterwards, and the cart comes back to life and
         keeps staging.  So a cart deleted while ``still_staging`` (abandoned,
         or failed while its other files still stage) is looked at again a few
-        times over two seconds, and deleted again if it reappeared.
+        times over four seconds, and deleted again if it reappeared.
         """
         if self.keep_cart:
             return
