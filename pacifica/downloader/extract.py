@@ -17,7 +17,6 @@ bypassed, and some Pythons have none).  The rules:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import tarfile
@@ -26,9 +25,9 @@ from pathlib import Path
 from typing import Callable
 
 from .exceptions import IntegrityError, ManifestError, UnsafeArchiveError
-from .records import FileRecord
+from .records import FileRecord, new_hash
 from .staging import StagingArea, os_error, usable_mtime
-from .stream import READ_SIZE, CartStream, StreamBroken
+from .stream import CartStream, StreamBroken
 
 __all__ = ["extract_cart"]
 
@@ -72,13 +71,6 @@ def extract_cart(
     :class:`StreamBroken` when the connection broke and the stream must
     start over, and the library's typed errors for everything else.
     """
-    folders = {record.path.rpartition("/")[0] for record in wanted.values()}
-    for folder in list(folders):
-        while folder:
-            folder = folder.rpartition("/")[0]
-            folders.add(folder)
-    top_seen: str | None = None
-    received: set[str] = set()
     try:
         archive = tarfile.open(fileobj=stream, mode="r:")  # type: ignore[call-overload]  # noqa: SIM115 - read member by member below
     except tarfile.ReadError as err:
@@ -86,82 +78,98 @@ def extract_cart(
             f"the cart's stream held no tar ({err}); all {len(wanted)} files are missing",
             missing=sorted(set(wanted) - done),
         ) from None
+    folders = {record.path.rpartition("/")[0] for record in wanted.values()}
+    for folder in list(folders):
+        while folder:
+            folder = folder.rpartition("/")[0]
+            folders.add(folder)
+    top_seen: str | None = None
+    received: set[str] = set()
     # An archive with no member at all is over already: Python < 3.11 would seek to -1 on another next().
     empty = archive.firstmember is None
-    while not empty:
-        try:
-            member = archive.next()
-        except tarfile.ReadError as err:
-            if "unexpected end of data" in str(err):
-                raise StreamBroken("the stream ended inside a tar entry", stream.tell()) from None
-            raise UnsafeArchiveError(f"the cart's tar is malformed: {err}") from None
-        except tarfile.TarError as err:
-            raise UnsafeArchiveError(f"the cart's tar is malformed: {err}") from None
-        if member is None:
-            break
-        archive.members.clear()  # keep memory flat however many files the cart has
-        # Every entry must share the first entry's top folder.
-        top_seen, relative = _split_name(member, {top_seen} if top_seen else tops)
-        if member.isdir() and member.type == tarfile.DIRTYPE:
-            if relative and relative not in folders:
-                raise ManifestError(
-                    f"the cart holds a folder nobody asked for: {relative!r}", unexpected=[relative]
+    staging.reserve(len(wanted) - len(done))  # files are created ahead while the stream is read
+    try:
+        while not empty:
+            try:
+                member = archive.next()
+            except tarfile.ReadError as err:
+                if "unexpected end of data" in str(err):
+                    raise StreamBroken("the stream ended inside a tar entry", stream.tell()) from None
+                raise UnsafeArchiveError(f"the cart's tar is malformed: {err}") from None
+            except tarfile.TarError as err:
+                raise UnsafeArchiveError(f"the cart's tar is malformed: {err}") from None
+            if member is None:
+                break
+            archive.members.clear()  # keep memory flat however many files the cart has
+            # Every entry must share the first entry's top folder.
+            top_seen, relative = _split_name(member, {top_seen} if top_seen else tops)
+            if member.isdir() and member.type == tarfile.DIRTYPE:
+                if relative and relative not in folders:
+                    raise ManifestError(
+                        f"the cart holds a folder nobody asked for: {relative!r}", unexpected=[relative]
+                    )
+                continue
+            if member.type not in FILE_TYPES or member.issparse():
+                raise UnsafeArchiveError(
+                    f"the tar entry {member.name!r} is a {_kind(member)}, not a regular file; refused"
                 )
-            continue
-        if member.type not in FILE_TYPES or member.issparse():
-            raise UnsafeArchiveError(
-                f"the tar entry {member.name!r} is a {_kind(member)}, not a regular file; refused"
+            record = wanted.get(relative)
+            if record is None:
+                raise ManifestError(f"the cart holds a file nobody asked for: {relative!r}", unexpected=[relative])
+            if relative in received:
+                raise ManifestError(f"the cart holds {relative!r} twice", duplicated=[relative])
+            received.add(relative)
+            if relative in done:
+                continue  # verified and placed by an earlier attempt; tarfile skips its bytes
+            final = _receive(stream, member, record, destination, staging, on_bytes)
+            done.add(relative)
+            on_file(record, final)
+        missing = sorted(set(wanted) - done)
+        if missing:
+            raise ManifestError(
+                f"the cart's stream ended without {len(missing)} of the {len(wanted)} files requested "
+                f"(first: {missing[0]!r})",
+                missing=missing,
             )
-        record = wanted.get(relative)
-        if record is None:
-            raise ManifestError(f"the cart holds a file nobody asked for: {relative!r}", unexpected=[relative])
-        if relative in received:
-            raise ManifestError(f"the cart holds {relative!r} twice", duplicated=[relative])
-        received.add(relative)
-        if relative in done:
-            continue  # verified and placed by an earlier attempt; tarfile skips its bytes
-        final = _receive(archive, member, record, destination, staging, on_bytes)
-        done.add(relative)
-        on_file(record, final)
-    missing = sorted(set(wanted) - done)
-    if missing:
-        raise ManifestError(
-            f"the cart's stream ended without {len(missing)} of the {len(wanted)} files requested "
-            f"(first: {missing[0]!r})",
-            missing=missing,
-        )
+    finally:
+        staging.unreserve(len(wanted) - len(done))
 
 
 def _receive(
-    archive: tarfile.TarFile,
+    stream: CartStream,
     member: tarfile.TarInfo,
     record: FileRecord,
     destination: Path,
     staging: StagingArea,
     on_bytes: Callable[[int], None],
 ) -> str:
-    """Copy one member into a staging file while hashing it; place it if the digest matches; return its path."""
-    source = archive.extractfile(member)
-    if source is None:  # not reachable for regular files; kept for the type checker
-        raise UnsafeArchiveError(f"the tar entry {member.name!r} has no data")
-    digest = hashlib.new(record.hashtype)
+    """Copy one member into a staging file while hashing it; place it if the digest matches; return its path.
+
+    The member's bytes are read straight from the stream, as views of the
+    received chunks, and go to the hash and to the file without a copy;
+    :mod:`tarfile` skips the padding after them on its next header.
+    """
+    if stream.tell() != member.offset_data:
+        raise UnsafeArchiveError(f"the tar entry {member.name!r} does not start where its header says")
+    digest = new_hash(record.hashtype)
     target = staging.prepare(destination, record.path)
-    staged, handle = staging.open_file(target)
+    staged, fd = staging.create_file(target)
     final = os.path.join(target.folder, record.path.rpartition("/")[2])
+    received = 0
     try:
         try:
-            with handle:
-                while True:
-                    chunk = source.read(READ_SIZE)
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    handle.write(chunk)
-                    on_bytes(len(chunk))
+            with contextlib.closing(_FD(fd)):
+                for piece in stream.pieces(member.size):
+                    digest.update(piece)
+                    _write_all(fd, piece)
+                    received += len(piece)
+                    on_bytes(len(piece))
         except OSError as err:
             raise os_error(err, final, "write") from err
-        except tarfile.ReadError as err:
-            raise StreamBroken(f"the stream ended inside {record.path!r}: {err}", 0) from None
+        if received < member.size:
+            raise StreamBroken(
+                f"the stream ended inside {record.path!r} ({received} of {member.size} bytes)", stream.tell()
+            )
         actual = digest.hexdigest()
         if actual != record.hashsum:
             raise IntegrityError(
@@ -177,6 +185,23 @@ def _receive(
             os.unlink(staged)
         raise
     return final
+
+
+class _FD:
+    """A raw file descriptor that ``contextlib.closing`` closes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less, e.g. when interrupted)."""
+    written = os.write(fd, data)
+    while written < len(data):
+        written += os.write(fd, data[written:])
 
 
 def _kind(member: tarfile.TarInfo) -> str:

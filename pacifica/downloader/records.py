@@ -24,6 +24,7 @@ __all__ = [
     "check_hashtype",
     "entries_callable",
     "join_path",
+    "new_hash",
     "validate_records",
 ]
 
@@ -99,6 +100,13 @@ def join_path(subdir: Any, name: Any) -> str:
     if len(joined.encode("utf-8")) > PATH_LIMIT:
         raise ValueError(f"the path is longer than {PATH_LIMIT} bytes")
     return joined
+
+
+def new_hash(hashtype: str) -> Any:
+    """A new hash object for ``hashtype`` (checked by :func:`check_hashtype`), via its fast named constructor."""
+    if hashtype in hashlib.algorithms_guaranteed and callable(getattr(hashlib, hashtype, None)):
+        return getattr(hashlib, hashtype)()
+    return hashlib.new(hashtype)
 
 
 def check_hashtype(hashtype: Any) -> str:

@@ -23,9 +23,10 @@ import stat
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, NamedTuple
 
 from .exceptions import DestinationError, UnsafeArchiveError
+from .reserve import FileReserve
 
 __all__ = ["STAGING_DIR", "StagingArea", "file_digest", "hidden_folder", "safe_folder", "usable_mtime"]
 
@@ -33,6 +34,8 @@ LOGGER = logging.getLogger(__name__)
 
 #: The hidden folder, inside the download directory, that holds staging areas.
 STAGING_DIR = ".pacifica-downloader"
+#: A new staging file: write-only, never an existing name, not inherited by child processes.
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 #: Bytes per read when hashing a file already on disk.
 HASH_CHUNK = 1024 * 1024
 
@@ -172,6 +175,7 @@ class StagingArea:
         self._lock = threading.Lock()
         self._numbers = itertools.count(1)
         self._targets: dict[tuple[Path, str], Target] = {}
+        self._reserve: FileReserve | None = None
         self.path = self._area_for(location)
 
     def _area_for(self, folder: Path) -> Path:
@@ -223,11 +227,27 @@ class StagingArea:
             self._targets[(destination, folder)] = target
         return target
 
-    def open_file(self, target: Target) -> tuple[str, BinaryIO]:
-        """Open a new, empty staging file on ``target``'s filesystem; return its path and handle."""
+    def reserve(self, count: int) -> None:
+        """``count`` files are about to be written: create them ahead in the main area (see :mod:`.reserve`)."""
+        with self._lock:
+            if self._reserve is None:
+                self._reserve = FileReserve(lambda: f"{self.path}/{next(self._numbers)}.part", _CREATE_FLAGS)
+        self._reserve.promise(count)
+
+    def unreserve(self, count: int) -> None:
+        """``count`` files reserved with :meth:`reserve` will not be written after all."""
+        if self._reserve is not None:
+            self._reserve.withdraw(count)
+
+    def create_file(self, target: Target) -> tuple[str, int]:
+        """Create a new, empty staging file on ``target``'s filesystem; return its path and a raw descriptor."""
+        if self._reserve is not None and target.area == str(self.path):
+            made = self._reserve.take()
+            if made is not None:
+                return made
         path = f"{target.area}/{next(self._numbers)}.part"  # next() on a count is atomic: threads share the area
         try:
-            return path, open(path, "xb")
+            return path, os.open(path, _CREATE_FLAGS, 0o666)
         except OSError as err:
             raise os_error(err, path, "create the staging file") from err
 
@@ -246,7 +266,10 @@ class StagingArea:
 
     def remove(self) -> None:
         """Remove every area and what is left in it; their hidden folders too when empty."""
+        if self._reserve is not None:
+            self._reserve.close()
         for area in self._areas.values():
             shutil.rmtree(area, ignore_errors=True)
             with contextlib.suppress(OSError):  # another download is using it, or it holds the index
                 area.parent.rmdir()
+

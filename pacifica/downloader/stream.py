@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterator
 from typing import Callable
 
 import requests
@@ -134,6 +135,31 @@ class CartStream:
                 self._position += len(chunk)
                 wanted -= len(chunk)
         return pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else b"".join(pieces)
+
+    def pieces(self, size: int) -> Iterator[memoryview]:
+        """Yield the next ``size`` bytes as they arrive, as views of the received chunks (no copy).
+
+        Fewer bytes come only at the end of the stream; the caller counts
+        them.  Each view is valid until the next one is asked for.
+        """
+        wanted = size
+        while wanted > 0:
+            left = len(self._buffer) - self._offset
+            if not left:
+                if self._eof:
+                    return
+                chunk = self._next_chunk(READ_SIZE)
+                if not chunk:
+                    self._eof = True
+                    return
+                self._buffer, self._view, self._offset = chunk, memoryview(chunk), 0
+                left = len(chunk)
+            take = min(wanted, left)
+            piece = self._view[self._offset:self._offset + take]
+            self._offset += take
+            self._position += take  # counted as handed out: a resume asks for the first byte not yet received
+            wanted -= take
+            yield piece
 
     def close(self) -> None:
         """Close the underlying connection."""

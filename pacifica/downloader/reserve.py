@@ -1,0 +1,100 @@
+"""Empty staging files created ahead of their use, by a background thread.
+
+Creating a file is the dearest step of writing a small one on common
+filesystems: on this project's ext4 test machine the ``open(O_CREAT)`` alone
+takes about 0.2 ms of kernel time, ten times the cost of writing 64 KiB into
+it.  The kernel does that work without holding the GIL, so a thread that
+creates the next files while the extracting thread parses headers, hashes
+and writes overlaps the two (2000 × 64 KiB from one cart: 1.32× the time of
+``curl | tar -x`` without it, 1.06× with it).
+
+Only files that were promised are created, at most ``ahead`` before they are
+taken; a file created but never taken stays empty in the staging area and
+goes when the area is removed.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+from typing import Callable
+
+__all__ = ["FileReserve"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+class FileReserve:
+    """New, empty files in one folder, created ahead by a thread; see the module docstring.
+
+    ``new_path()`` names each file; ``flags`` and ``mode`` are passed to
+    :func:`os.open`.  :meth:`take` hands out a created file's path and open
+    descriptor, or None when none is ready (the caller then creates its own:
+    an error, such as a full disk, is raised by that call, never by the
+    thread, which just stops).
+    """
+
+    def __init__(self, new_path: Callable[[], str], flags: int, mode: int = 0o666, ahead: int = 64) -> None:
+        """Start the thread; it creates nothing until files are promised."""
+        self._new_path = new_path
+        self._flags = flags
+        self._mode = mode
+        self._ahead = ahead
+        self._ready: collections.deque[tuple[str, int]] = collections.deque()
+        self._promised = 0
+        self._closed = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="pacifica-create", daemon=True)
+        self._thread.start()
+
+    def promise(self, count: int) -> None:
+        """``count`` more files will be asked for."""
+        with self._changed:
+            self._promised += count
+            self._changed.notify()
+
+    def withdraw(self, count: int) -> None:
+        """``count`` promised files will not be asked for after all."""
+        with self._changed:
+            self._promised = max(0, self._promised - count)
+
+    def take(self) -> tuple[str, int] | None:
+        """A created file's path and write descriptor, or None if none is ready (one promise is then used up)."""
+        with self._changed:
+            if self._ready:
+                made = self._ready.popleft()
+                self._changed.notify()
+                return made
+            self._promised = max(0, self._promised - 1)
+            return None
+
+    def close(self) -> None:
+        """Stop the thread and close the descriptors of the files never taken (the files stay)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        self._thread.join()
+        while self._ready:
+            os.close(self._ready.popleft()[1])
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._closed and (not self._promised or len(self._ready) >= self._ahead):
+                    self._changed.wait()
+                if self._closed:
+                    return
+                self._promised -= 1
+            path = self._new_path()
+            try:
+                fd = os.open(path, self._flags, self._mode)
+            except OSError as err:
+                LOGGER.debug("stopped creating staging files ahead: %s", err)
+                return
+            with self._changed:
+                if self._closed:
+                    os.close(fd)
+                    return
+                self._ready.append((path, fd))
+                self._changed.notify_all()

@@ -1,0 +1,99 @@
+"""FileReserve: staging files created ahead by a thread, only as many as promised, cleaned up on close."""
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from pathlib import Path
+
+from pacifica.downloader.reserve import FileReserve
+
+FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
+def _reserve(folder: Path, ahead: int = 64) -> FileReserve:
+    numbers = itertools.count(1)
+    return FileReserve(lambda: f"{folder}/{next(numbers)}.part", FLAGS, ahead=ahead)
+
+
+def _wait_for(reserve: FileReserve, count: int) -> None:
+    """Wait (on the reserve's own condition, no sleeping) until ``count`` files are ready."""
+    with reserve._changed:
+        if not reserve._changed.wait_for(lambda: len(reserve._ready) >= count, timeout=30):
+            raise AssertionError(f"only {len(reserve._ready)} of {count} files were created ahead")
+
+
+def test_creates_only_what_was_promised_and_hands_it_out(tmp_path: Path) -> None:
+    reserve = _reserve(tmp_path)
+    try:
+        assert reserve.take() is None  # nothing promised: the caller creates its own
+        reserve.promise(3)
+        _wait_for(reserve, 3)
+        taken = [reserve.take() for _ in range(3)]
+        assert reserve.take() is None
+        for made in taken:
+            assert made is not None
+            path, fd = made
+            os.write(fd, b"x")
+            os.close(fd)
+            assert Path(path).read_bytes() == b"x"
+        assert len(list(tmp_path.iterdir())) == 3
+    finally:
+        reserve.close()
+
+
+def test_stays_at_most_ahead_files_ahead(tmp_path: Path) -> None:
+    reserve = _reserve(tmp_path, ahead=4)
+    try:
+        reserve.promise(10)
+        _wait_for(reserve, 4)
+        assert len(list(tmp_path.iterdir())) == 4
+        made = reserve.take()
+        assert made is not None
+        os.close(made[1])
+        _wait_for(reserve, 4)
+        assert len(list(tmp_path.iterdir())) == 5
+    finally:
+        reserve.close()
+
+
+def test_withdrawn_promises_are_not_created(tmp_path: Path) -> None:
+    reserve = _reserve(tmp_path, ahead=2)
+    try:
+        reserve.promise(10)
+        _wait_for(reserve, 2)
+        reserve.withdraw(10)
+        for _ in range(2):
+            made = reserve.take()
+            assert made is not None
+            os.close(made[1])
+        assert reserve.take() is None
+        assert len(list(tmp_path.iterdir())) == 2
+    finally:
+        reserve.close()
+
+
+def test_close_closes_the_descriptors_of_files_never_taken(tmp_path: Path) -> None:
+    reserve = _reserve(tmp_path)
+    reserve.promise(2)
+    _wait_for(reserve, 2)
+    fds = [fd for _, fd in reserve._ready]
+    reserve.close()
+    for fd in fds:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        raise AssertionError(f"descriptor {fd} is still open after close()")
+    assert not any(thread.name == "pacifica-create" and thread.is_alive() for thread in threading.enumerate())
+
+
+def test_a_creation_error_stops_the_thread_and_leaves_the_error_to_the_caller(tmp_path: Path) -> None:
+    reserve = _reserve(tmp_path / "missing")  # os.open fails: no such folder
+    try:
+        reserve.promise(5)
+        reserve._thread.join(timeout=30)
+        assert not reserve._thread.is_alive()
+        assert reserve.take() is None
+    finally:
+        reserve.close()
