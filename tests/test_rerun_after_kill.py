@@ -154,7 +154,7 @@ def test_rerun_after_sigkill_fetches_only_missing_files(cartd_stack: Any, tmp_pa
         names = sorted(p.name for p in hidden.iterdir()) if hidden.exists() else []
         assert len(stale) == 1, f"the killed process's staging folder is still there: {names}"
         # The partial file is there, beside empty ones created ahead of their use (see reserve.py).
-        parts = list(stale[0].iterdir())
+        parts = [p for p in stale[0].rglob("*") if p.is_file()]
         assert {p.suffix for p in parts} == {".part"}, f"unexpected staging entries: {parts}"
         assert len([p for p in parts if p.stat().st_size]) == 1, "the partial file is in the staging folder"
     finally:

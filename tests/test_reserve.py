@@ -1,7 +1,6 @@
 """FileReserve: staging files created ahead by a thread, only as many as promised, cleaned up on close."""
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 from pathlib import Path
@@ -12,8 +11,11 @@ FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
 def _reserve(folder: Path, ahead: int = 64) -> FileReserve:
-    numbers = itertools.count(1)
-    return FileReserve(lambda: f"{folder}/{next(numbers)}.part", FLAGS, ahead=ahead)
+    return FileReserve(str(folder), FLAGS, ahead=ahead, block=2)
+
+
+def _files(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()]
 
 
 def _wait_for(reserve: FileReserve, count: int) -> None:
@@ -37,7 +39,7 @@ def test_creates_only_what_was_promised_and_hands_it_out(tmp_path: Path) -> None
             os.write(fd, b"x")
             os.close(fd)
             assert Path(path).read_bytes() == b"x"
-        assert len(list(tmp_path.iterdir())) == 3
+        assert len(_files(tmp_path)) == 3
     finally:
         reserve.close()
 
@@ -47,12 +49,12 @@ def test_stays_at_most_ahead_files_ahead(tmp_path: Path) -> None:
     try:
         reserve.promise(10)
         _wait_for(reserve, 4)
-        assert len(list(tmp_path.iterdir())) == 4
+        assert len(_files(tmp_path)) == 4
         made = reserve.take()
         assert made is not None
         os.close(made[1])
         _wait_for(reserve, 4)
-        assert len(list(tmp_path.iterdir())) == 5
+        assert len(_files(tmp_path)) == 5
     finally:
         reserve.close()
 
@@ -68,7 +70,7 @@ def test_withdrawn_promises_are_not_created(tmp_path: Path) -> None:
             assert made is not None
             os.close(made[1])
         assert reserve.take() is None
-        assert len(list(tmp_path.iterdir())) == 2
+        assert len(_files(tmp_path)) == 2
     finally:
         reserve.close()
 
@@ -89,11 +91,28 @@ def test_close_closes_the_descriptors_of_files_never_taken(tmp_path: Path) -> No
 
 
 def test_a_creation_error_stops_the_thread_and_leaves_the_error_to_the_caller(tmp_path: Path) -> None:
-    reserve = _reserve(tmp_path / "missing")  # os.open fails: no such folder
+    (tmp_path / "file").write_bytes(b"")
+    reserve = _reserve(tmp_path / "file")  # its subfolders cannot be made: a file is in the way
     try:
         reserve.promise(5)
         reserve._thread.join(timeout=30)
         assert not reserve._thread.is_alive()
         assert reserve.take() is None
+    finally:
+        reserve.close()
+
+
+def test_files_are_made_in_turn_in_subfolders(tmp_path: Path) -> None:
+    reserve = _reserve(tmp_path, ahead=4)  # block=2: 3 subfolders, 2 files at a time
+    try:
+        reserve.promise(8)
+        taken = []
+        for _ in range(8):
+            _wait_for(reserve, 1)
+            made = reserve.take()
+            assert made is not None
+            os.close(made[1])
+            taken.append(Path(made[0]).parent.name)
+        assert taken == ["ahead-0", "ahead-0", "ahead-1", "ahead-1", "ahead-2", "ahead-2", "ahead-0", "ahead-0"]
     finally:
         reserve.close()

@@ -11,6 +11,12 @@ and writes overlaps the two (2000 × 64 KiB from one cart: 1.32× the time of
 Only files that were promised are created, at most ``ahead`` before they are
 taken; a file created but never taken stays empty in the staging area and
 goes when the area is removed.
+
+Creating a file and moving one out of a folder both lock that folder: with
+one folder, each move of a verified file waited for the creation under way
+(a rename took 140 µs instead of 10 µs).  So files are made in turn in
+``ahead // block + 1`` subfolders, ``block`` at a time: the file being moved
+out and the one being made ``ahead`` later are never in the same folder.
 """
 from __future__ import annotations
 
@@ -18,7 +24,6 @@ import collections
 import logging
 import os
 import threading
-from typing import Callable
 
 __all__ = ["FileReserve"]
 
@@ -26,18 +31,20 @@ LOGGER = logging.getLogger(__name__)
 
 
 class FileReserve:
-    """New, empty files in one folder, created ahead by a thread; see the module docstring.
+    """New, empty files in subfolders of ``folder``, created ahead by a thread; see the module docstring.
 
-    ``new_path()`` names each file; ``flags`` and ``mode`` are passed to
-    :func:`os.open`.  :meth:`take` hands out a created file's path and open
+    ``flags`` and ``mode`` are passed to :func:`os.open`.  :meth:`take` hands out a created file's path and open
     descriptor, or None when none is ready (the caller then creates its own:
     an error, such as a full disk, is raised by that call, never by the
     thread, which just stops).
     """
 
-    def __init__(self, new_path: Callable[[], str], flags: int, mode: int = 0o666, ahead: int = 64) -> None:
+    def __init__(self, folder: str, flags: int, mode: int = 0o666, ahead: int = 64, block: int = 16) -> None:
         """Start the thread; it creates nothing until files are promised."""
-        self._new_path = new_path
+        self._folder = folder
+        self._block = block
+        self._folders = ahead // block + 1
+        self._made = 0
         self._flags = flags
         self._mode = mode
         self._ahead = ahead
@@ -86,8 +93,12 @@ class FileReserve:
                 if self._closed:
                     return
                 self._promised -= 1
-            path = self._new_path()
+            subfolder = f"{self._folder}/ahead-{self._made // self._block % self._folders}"
+            path = f"{subfolder}/{self._made}.part"
+            self._made += 1
             try:
+                if self._made <= self._block * self._folders:
+                    os.makedirs(subfolder, exist_ok=True)
                 fd = os.open(path, self._flags, self._mode)
             except OSError as err:
                 LOGGER.debug("stopped creating staging files ahead: %s", err)

@@ -231,7 +231,7 @@ class StagingArea:
         """``count`` files are about to be written: create them ahead in the main area (see :mod:`.reserve`)."""
         with self._lock:
             if self._reserve is None:
-                self._reserve = FileReserve(lambda: f"{self.path}/{next(self._numbers)}.part", _CREATE_FLAGS)
+                self._reserve = FileReserve(str(self.path), _CREATE_FLAGS)
         self._reserve.promise(count)
 
     def unreserve(self, count: int) -> None:
