@@ -14,10 +14,12 @@ files went into each cart the library asked for (``setup_cart`` is wrapped
 to note the paths; nothing else changes).
 
 ``transfer`` times the same call when every cart it will ask for is already
-staged: ``run.py`` creates carts of exactly the recorded file sets and waits
-until they are ready, and the downloader's :class:`CartAPI` is swapped for
-one whose ``setup_cart`` hands back the ready cart of the files asked for
-instead of posting a new one.  The time covers reading the event, one
+staged (``--one-cart``: the library is told to ask for the whole event as one
+cart, so that it transfers the very cart ``curl | tar`` does): ``run.py``
+creates carts of exactly the recorded file sets and waits until they are
+ready, and the downloader's :class:`CartAPI` is swapped for one whose
+``setup_cart`` hands back the ready cart of the files asked for instead of
+posting a new one.  The time covers reading the event, one
 ``HEAD`` per cart (which answers "ready"), the ``GET``\\ s, extraction,
 hashing and placing of every file; the carts are kept (``keep_cart=True``)
 and deleted by ``run.py``.
@@ -78,10 +80,13 @@ def record_carts(down: Downloader, carts: list[list[str]]) -> None:
 def make_downloader(args: argparse.Namespace) -> Downloader:
     """The downloader the mode asks for: defaults, or more carts staging at once, or ready carts."""
     options: dict[str, Any] = {}
-    if args.max_staging:
+    if args.max_staging or args.one_cart:
         from pacifica.downloader import CartLimits  # only libraries that cut events into carts have it
 
-        options["limits"] = CartLimits(max_staging=args.max_staging)
+        if args.one_cart:
+            options["limits"] = CartLimits(max_files=10**9, max_bytes=2**62)
+        else:
+            options["limits"] = CartLimits(max_staging=args.max_staging)
     if args.mode != "transfer":
         return Downloader(cart_api_url=args.cart_url, **options)
     with open(args.ready_carts) as handle:
@@ -101,6 +106,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--ready-carts", help="JSON list of {url, paths}: the staged carts (transfer)")
     parser.add_argument("--record-carts", help="write the paths of each cart made here, as JSON")
     parser.add_argument("--max-staging", type=int, help="CartLimits(max_staging=N) instead of the default")
+    parser.add_argument("--one-cart", action="store_true", help="ask for the whole event as one cart")
     args = parser.parse_args(argv)
     if args.mode == "transfer" and not args.ready_carts:
         parser.error("transfer needs --ready-carts")

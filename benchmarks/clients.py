@@ -112,7 +112,7 @@ def _client_args(mode: str, cart_api: str, event_file: Path, dest: Path, *extra:
 
 
 def run_current(mode: str, cart_api: str, event_file: Path, dest: Path, *, ready_carts: Path | None = None,
-                record_carts: Path | None = None, max_staging: int | None = None) -> ChildRun:
+                record_carts: Path | None = None, max_staging: int | None = None, one_cart: bool = False) -> ChildRun:
     """Time this library (``e2e``, ``rerun`` or ``transfer``) with the interpreter running the benchmark."""
     extra: list[str] = []
     if ready_carts:
@@ -121,6 +121,8 @@ def run_current(mode: str, cart_api: str, event_file: Path, dest: Path, *, ready
         extra += ["--record-carts", str(record_carts)]
     if max_staging:
         extra += ["--max-staging", str(max_staging)]
+    if one_cart:
+        extra += ["--one-cart"]
     return run_python_client(Path(sys.executable), "client_current.py",
                              _client_args(mode, cart_api, event_file, dest, *extra))
 

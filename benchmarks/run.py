@@ -61,6 +61,7 @@ from report import (  # noqa: E402
     CUR_E2E_PAR,
     CUR_RERUN,
     CUR_TRANSFER,
+    CUR_TRANSFER_OWN,
     CURL_NULL,
     CURL_TAR,
     READY,
@@ -203,9 +204,10 @@ class Bench:
     def ready_round(self, result: EventResult, event: Event, event_file: Path) -> None:
         """Time the server alone (the poller); then each client's transfer of ready carts; delete the carts.
 
-        curl and the release fetch the poller's cart of the whole event; the
-        library gets carts of the same file sets as it made in its last
-        end-to-end run (the poller's cart itself when that was one cart).
+        curl, the release and the library each fetch the poller's cart of the
+        whole event (the library told to ask for one cart): the same cart for
+        all.  When the library cut the event into several carts in its last
+        end-to-end run, it is also timed on ready carts of those file sets.
         """
         try:
             whole, ready, polls = self.server.create_and_wait(event.cart_body())
@@ -215,40 +217,43 @@ class Bench:
         result.add(READY, ChildRun(seconds=ready, answer={"polls": polls}))
         carts = [whole]
         try:
-            ready_file = self.stage_library_carts(event, whole, carts)
+            whole_file = self.scratch / f"ready-whole-{event.spec.key}.json"
+            whole_file.write_text(json.dumps([{"url": whole, "paths": event.paths}]))
             contenders: list[tuple[str, Callable[[Path], ChildRun]]] = [
                 (CURL_TAR, lambda dest: curl_tar(whole, dest)),
                 (CUR_TRANSFER, lambda dest: run_current("transfer", self.api, event_file, dest,
-                                                        ready_carts=ready_file)),
+                                                        ready_carts=whole_file, one_cart=True)),
                 (REL_TRANSFER, lambda dest: run_release(self.release_python, "transfer", self.api, event_file, dest,
                                                         ready_cart=whole)),
             ]
+            own_file = self.stage_library_carts(event, carts)
+            if own_file is not None:
+                contenders.append((CUR_TRANSFER_OWN, lambda dest: run_current(
+                    "transfer", self.api, event_file, dest, ready_carts=own_file)))
             for index in range(self.transfer_runs):
                 self.measure(result, CURL_NULL, lambda: curl_null(whole))
                 turn = index % len(contenders)  # rotate who goes first
                 for name, action in contenders[turn:] + contenders[:turn]:
                     self.download(result, name, event, action=action)
         except ClientError as err:
-            result.fail(CUR_TRANSFER, f"staging the library's carts: {err}")
+            result.fail(CUR_TRANSFER_OWN, f"staging the library's carts: {err}")
         finally:
             for cart in carts:
                 self.server.delete(cart)
 
-    def stage_library_carts(self, event: Event, whole: str, carts: list[str]) -> Path:
-        """Stage the carts the library's transfer will ask for; note them in ``carts``; return their JSON file."""
+    def stage_library_carts(self, event: Event, carts: list[str]) -> Path | None:
+        """Stage carts of the file sets the library cut the event into (None if it made one); note them in ``carts``."""
         record = self.carts_file(event)
         batches: list[list[str]] = json.loads(record.read_text()) if record.exists() else [event.paths]
-        if sorted(map(len, batches)) == [len(event.paths)] and set(batches[0]) == set(event.paths):
-            ready = [{"url": whole, "paths": event.paths}]
-        else:
-            started = time.monotonic()
-            urls = self.server.stage_all([event.cart_body(batch) for batch in batches])
-            carts.extend(urls)
-            print(f"bench: {event.spec.label}: the library's {len(urls)} carts staged in "
-                  f"{time.monotonic() - started:.1f} s", flush=True)
-            ready = [{"url": url, "paths": batch} for url, batch in zip(urls, batches)]
+        if len(batches) < 2:
+            return None
+        started = time.monotonic()
+        urls = self.server.stage_all([event.cart_body(batch) for batch in batches])
+        carts.extend(urls)
+        print(f"bench: {event.spec.label}: the library's {len(urls)} carts staged in "
+              f"{time.monotonic() - started:.1f} s", flush=True)
         ready_file = self.scratch / f"ready-{event.spec.key}.json"
-        ready_file.write_text(json.dumps(ready))
+        ready_file.write_text(json.dumps([{"url": url, "paths": batch} for url, batch in zip(urls, batches)]))
         return ready_file
 
     def poll_only(self, result: EventResult, event: Event) -> None:
