@@ -158,12 +158,14 @@ def _receive(
     received = 0
     try:
         try:
-            with contextlib.closing(_FD(fd)):
+            try:
                 for piece in stream.pieces(member.size):
                     digest.update(piece)
                     _write_all(fd, piece)
                     received += len(piece)
                     on_bytes(len(piece))
+            finally:
+                os.close(fd)
         except OSError as err:
             raise os_error(err, final, "write") from err
         if received < member.size:
@@ -185,16 +187,6 @@ def _receive(
             os.unlink(staged)
         raise
     return final
-
-
-class _FD:
-    """A raw file descriptor that ``contextlib.closing`` closes."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 def _write_all(fd: int, data: memoryview) -> None:

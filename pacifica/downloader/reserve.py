@@ -41,7 +41,7 @@ class FileReserve:
 
     def __init__(self, folder: str, flags: int, mode: int = 0o666, ahead: int = 64, block: int = 16) -> None:
         """Start the thread; it creates nothing until files are promised."""
-        self._folder = folder
+        self.folder = folder
         self._block = block
         self._folders = ahead // block + 1
         self._made = 0
@@ -93,7 +93,7 @@ class FileReserve:
                 if self._closed:
                     return
                 self._promised -= 1
-            subfolder = f"{self._folder}/ahead-{self._made // self._block % self._folders}"
+            subfolder = f"{self.folder}/ahead-{self._made // self._block % self._folders}"
             path = f"{subfolder}/{self._made}.part"
             self._made += 1
             try:

@@ -241,7 +241,7 @@ class StagingArea:
 
     def create_file(self, target: Target) -> tuple[str, int]:
         """Create a new, empty staging file on ``target``'s filesystem; return its path and a raw descriptor."""
-        if self._reserve is not None and target.area == str(self.path):
+        if self._reserve is not None and target.area == self._reserve.folder:
             made = self._reserve.take()
             if made is not None:
                 return made

@@ -95,9 +95,8 @@ class CartStream:
         """Skip forward to ``position`` by reading; backward seeks are refused."""
         if whence != 0 or position < self._position:
             raise UnsafeArchiveError("the tar asked to seek backwards; the archive is malformed")
-        while position > self._position:
-            if not self.read(min(position - self._position, READ_SIZE)):
-                break
+        for _ in self.pieces(position - self._position):
+            pass  # skipped without copying
         return self._position
 
     def read(self, size: int = -1) -> bytes:
@@ -108,33 +107,8 @@ class CartStream:
                     "whole-stream" if size is None or size < 0 else f"{size} byte"
                 )
             )
-        pieces: list[bytes | memoryview] = []
-        wanted = size
-        left = len(self._buffer) - self._offset
-        # _position counts every byte taken from the connection for this read as it is taken, so that a
-        # resume in the middle of the read asks for exactly the first byte not yet received.
-        if left:
-            take = min(wanted, left)
-            pieces.append(self._view[self._offset:self._offset + take])
-            self._offset += take
-            self._position += take
-            wanted -= take
-        while wanted > 0 and not self._eof:
-            chunk = self._next_chunk(max(wanted, 64 * 1024))
-            if not chunk:
-                self._eof = True
-                break
-            if len(chunk) > wanted:
-                # Keep the rest without copying it: later reads slice the view.
-                self._buffer, self._view, self._offset = chunk, memoryview(chunk), wanted
-                pieces.append(self._view[:wanted])
-                self._position += wanted
-                wanted = 0
-            else:
-                pieces.append(chunk)
-                self._position += len(chunk)
-                wanted -= len(chunk)
-        return pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else b"".join(pieces)
+        parts = list(self.pieces(size))
+        return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
 
     def pieces(self, size: int) -> Iterator[memoryview]:
         """Yield the next ``size`` bytes as they arrive, as views of the received chunks (no copy).
