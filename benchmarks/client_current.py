@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from rss import peak_rss_kib
 
-from pacifica.downloader import CartAPI, Downloader
+from pacifica.downloader import CartAPI, CartLimits, Downloader
 
 Entries = Callable[[], Iterator[dict[str, Any]]]
 
@@ -80,13 +80,10 @@ def record_carts(down: Downloader, carts: list[list[str]]) -> None:
 def make_downloader(args: argparse.Namespace) -> Downloader:
     """The downloader the mode asks for: defaults, or more carts staging at once, or ready carts."""
     options: dict[str, Any] = {}
-    if args.max_staging or args.one_cart:
-        from pacifica.downloader import CartLimits  # only libraries that cut events into carts have it
-
-        if args.one_cart:
-            options["limits"] = CartLimits(max_files=10**9, max_bytes=2**62)
-        else:
-            options["limits"] = CartLimits(max_staging=args.max_staging)
+    if args.one_cart:
+        options["limits"] = CartLimits(max_files=10**9, max_bytes=2**62)
+    elif args.max_staging:
+        options["limits"] = CartLimits(max_staging=args.max_staging)
     if args.mode != "transfer":
         return Downloader(cart_api_url=args.cart_url, **options)
     with open(args.ready_carts) as handle:

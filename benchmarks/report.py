@@ -307,11 +307,12 @@ def render(results: list[EventResult], header: list[str], poll_interval: float) 
                    transfer_rows(results))
     lines += ["", "**Re-run** of a completed event (this library; every file already present and verified)", ""]
     lines += table(["event", "runs", "first run", "re-run", "first ÷ re-run"], rerun_rows(results))
-    if workers_rows(results):
+    several = workers_rows(results)
+    if several:
         lines += ["", "**Several workers** (end to end, median seconds; the library with its defaults, and with "
                   "as many carts staging at once as there are workers)", ""]
         lines += table(["event", "runs", "server ready", "library", "library, parallel carts", "release 0.4.1",
-                        "release ÷ library", "release ÷ library, parallel carts"], workers_rows(results))
+                        "release ÷ library", "release ÷ library, parallel carts"], several)
     lines += ["", "**Peak RSS** (MiB, VmHWM of each client process, largest over the runs)", ""]
     lines += table(["event", "library e2e", "library transfer", "library re-run", "release e2e",
                     "release transfer"], rss_rows(results))
