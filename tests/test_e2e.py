@@ -31,14 +31,17 @@ _IDS = itertools.count(random.randrange(10**6, 10**9, 10**4))
 
 
 class RecordingSession(requests.Session):
-    """A session that remembers every request it sent: (method, url)."""
+    """A session that remembers every request it sent: (method, url), and each POST's number of files."""
 
     def __init__(self) -> None:
         super().__init__()
         self.sent: list[tuple[str, str]] = []
+        self.posted: list[int] = []
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         self.sent.append((method.upper(), url))
+        if method.upper() == "POST":
+            self.posted.append(len(json.loads(kwargs["data"])["fileids"]))
         return super().request(method, url, *args, **kwargs)
 
     def carts(self) -> list[str]:
@@ -311,6 +314,8 @@ def test_large_event_is_split_into_pipelined_carts(cartd_stack: Any, tmp_path: P
     assert len(written) == 25
     carts = session.carts()
     assert len(carts) == 4  # 10 + 10 + 4, and a last cart of one file (1/8 of max_files, at least one)
+    if max_staging == 1:
+        assert session.posted == [10, 10, 4, 1]  # staged in order: the small cart comes last
     assert sorted(url for method, url in session.sent if method == "DELETE") == sorted(carts)
     assert all(cart_gone(url) for url in carts)
 

@@ -186,7 +186,7 @@ class Downloader:
             try:
                 run_carts(
                     split_batches(todo, self.limits),
-                    lambda batch, slots: self._fetch(batch, job, slots),
+                    lambda batch, slots, turn: self._fetch(batch, job, slots, turn),
                     self.limits.max_staging,
                 )
             finally:
@@ -261,10 +261,10 @@ class Downloader:
             )
         return todo
 
-    def _fetch(self, records: list[FileRecord], job: _Job, slots: Slots) -> None:
-        """Make one cart of ``records``, wait, transfer; delete the cart whatever happens."""
+    def _fetch(self, records: list[FileRecord], job: _Job, slots: Slots, turn: int) -> None:
+        """Make the ``turn``-th cart of the download from ``records``, wait, transfer; always delete it."""
         slots.check()
-        with slots.staging():
+        with slots.staging(turn):
             cart_url = self.cart_api.setup_cart(entries_callable(records))
             posted = time.monotonic()
             try:

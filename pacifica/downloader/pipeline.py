@@ -110,11 +110,19 @@ def _cut(records: list[FileRecord], max_files: int, max_bytes: int) -> list[list
 
 
 class Slots:
-    """Staging slots shared by the carts of one download, and the flag that cancels them all."""
+    """Staging slots shared by the carts of one download, handed out in batch order, and the cancel flag.
+
+    Cart ``turn`` gets a slot only after every cart before it got one, so
+    the carts stage in the order :func:`split_batches` made them and the
+    small last cart really comes last (with a plain semaphore, whichever
+    waiting thread woke first went next).
+    """
 
     def __init__(self, max_staging: int) -> None:
         """Allow ``max_staging`` carts to stage at once."""
-        self._semaphore = threading.BoundedSemaphore(max_staging)
+        self._free = max_staging
+        self._next_turn = 0
+        self._changed = threading.Condition()
         self.cancelled = threading.Event()
 
     def check(self) -> None:
@@ -123,36 +131,50 @@ class Slots:
             raise Cancelled("another cart of this download failed")
 
     @contextmanager
-    def staging(self) -> Iterator[None]:
-        """Hold a staging slot for the ``with`` block (from the POST until the cart is ready)."""
-        while not self._semaphore.acquire(timeout=0.1):
+    def staging(self, turn: int = 0) -> Iterator[None]:
+        """Hold a staging slot for the ``with`` block (from the POST until the cart is ready).
+
+        ``turn`` is the cart's position in the download (0 first); the slot
+        waits for every earlier turn.
+        """
+        with self._changed:
             self.check()
+            while not (self._free and self._next_turn == turn):
+                self._changed.wait(0.1)
+                self.check()
+            self._free -= 1
+            self._next_turn += 1
+            self._changed.notify_all()
         try:
             yield
         finally:
-            self._semaphore.release()
+            with self._changed:
+                self._free += 1
+                self._changed.notify_all()
 
 
 def run_carts(
     batches: list[list[FileRecord]],
-    fetch: Callable[[list[FileRecord], Slots], None],
+    fetch: Callable[[list[FileRecord], Slots, int], None],
     max_staging: int,
 ) -> None:
-    """Run ``fetch(batch, slots)`` for every batch, overlapping staging and transfers.
+    """Run ``fetch(batch, slots, turn)`` for every batch, overlapping staging and transfers.
 
-    ``fetch`` holds ``slots.staging()`` while its cart stages and calls
+    ``fetch`` holds ``slots.staging(turn)`` while its cart stages and calls
     ``slots.check()`` often.  A single batch runs in the calling thread.
     On the first failure (or a KeyboardInterrupt) every other cart is
     cancelled, waited for (so each deletes its cart), and the error raised.
     """
     slots = Slots(max_staging)
     if len(batches) == 1:
-        fetch(batches[0], slots)
+        fetch(batches[0], slots, 0)
         return
     workers = min(len(batches), max_staging + 2)  # room for transfers while others stage
     LOGGER.info("download split into %d carts, %d staging at once", len(batches), max_staging)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pacifica-cart")
-    futures: list[Future[None]] = [pool.submit(fetch, batch, slots) for batch in batches]
+    futures: list[Future[None]] = [
+        pool.submit(fetch, batch, slots, turn) for turn, batch in enumerate(batches)
+    ]
     try:
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
     except BaseException:
