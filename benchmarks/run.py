@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -280,6 +281,7 @@ class Bench:
         """Run ``action(dest)`` into a fresh folder, check every file, record the sample; clean up unless ``keep``."""
         shutil.rmtree(self.dest, ignore_errors=True)
         self.dest.mkdir(parents=True)
+        os.sync()  # nobody pays for writing back the files of the run before
         try:
             run = action(self.dest)
         except ClientError as err:
