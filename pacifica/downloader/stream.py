@@ -1,6 +1,6 @@
 """The cart's bytes as one forward-only file, whatever happens to the connection.
 
-:class:`CartStream` reads the tar from Cartd and gives :mod:`tarfile` a
+:class:`CartStream` reads the tar from Cartd and gives the tar reader a
 plain ``read``/``tell``/forward-``seek`` file.  It watches every read: a
 stream that stalls or trickles fails after ``Timeouts.stall``, the caller's
 deadline is enforced between reads, and a connection that breaks is resumed
@@ -85,7 +85,7 @@ class CartStream:
         )
         self._read1 = getattr(response.raw, "read1", None)
 
-    # -- the file interface tarfile uses --------------------------------
+    # -- the file interface the tar reader uses ----------------------------
 
     def tell(self) -> int:
         """Bytes handed out so far."""
@@ -95,6 +95,11 @@ class CartStream:
         """Skip forward to ``position`` by reading; backward seeks are refused."""
         if whence != 0 or position < self._position:
             raise UnsafeArchiveError("the tar asked to seek backwards; the archive is malformed")
+        skip = position - self._position
+        if skip <= len(self._buffer) - self._offset:  # the common case: padding inside the current chunk
+            self._offset += skip
+            self._position += skip
+            return self._position
         for _ in self.pieces(position - self._position):
             pass  # skipped without copying
         return self._position
@@ -107,6 +112,11 @@ class CartStream:
                     "whole-stream" if size is None or size < 0 else f"{size} byte"
                 )
             )
+        start = self._offset
+        if len(self._buffer) - start >= size:  # the common case: a header inside the current chunk
+            self._offset = start + size
+            self._position += size
+            return self._buffer[start : start + size]
         parts = list(self.pieces(size))
         return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
 
