@@ -265,7 +265,10 @@ class Downloader:
         """Make the ``turn``-th cart of the download from ``records``, wait, transfer; always delete it."""
         slots.check()
         with slots.staging(turn):
-            cart_url = self.cart_api.setup_cart(entries_callable(records))
+            try:
+                cart_url = self.cart_api.setup_cart(entries_callable(records))
+            finally:
+                slots.created(turn)
             posted = time.monotonic()
             try:
                 job.tracker.cart_created(cart_url)
@@ -277,10 +280,13 @@ class Downloader:
                 # Deleted while the server may still run tasks for it: make sure it stays deleted.
                 self._delete_quietly(cart_url, still_staging=isinstance(error, ABANDONED))
                 raise
+        slots.wait_for_next_cart(turn)
         try:
             self._transfer(cart_url, records, job, slots)
-        finally:
+        except BaseException:
             self._delete_quietly(cart_url)
+            raise
+        slots.delete_between_carts(lambda: self._delete_quietly(cart_url))
 
     def _transfer(self, cart_url: str, records: list[FileRecord], job: _Job, slots: Slots) -> None:
         """Stream the ready cart into place; start over (skipping verified files) when it breaks."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,6 +64,13 @@ class CartLimits:
                 raise ValueError(f"CartLimits.{name} must be an integer >= 1, got {value!r}")
 
 
+#: How long a ready cart's transfer waits for the next cart's POST (see Slots.wait_for_next_cart).
+NEXT_CART_WAIT = 2.0
+#: A downloaded cart is deleted this long after the next cart's POST, plus SAFE_PER_FILE per file
+#: of that cart, or when that cart is ready if sooner (see Slots.delete_between_carts): about five
+#: times what Cartd's get_files_locally took on SQLite.
+SAFE_AFTER = 1.0
+SAFE_PER_FILE = 0.01
 #: The last cart of a split download holds at most this share of the limits.
 TAIL_SHARE = 8
 
@@ -109,6 +117,14 @@ def _cut(records: list[FileRecord], max_files: int, max_bytes: int) -> list[list
     return batches
 
 
+@dataclass
+class _Deletion:
+    """A downloaded cart's DELETE, waiting for a moment when it cannot hurt the cart that stages."""
+
+    run: Callable[[], None]
+    taken: bool = False
+
+
 class Slots:
     """Staging slots shared by the carts of one download, handed out in batch order, and the cancel flag.
 
@@ -116,12 +132,26 @@ class Slots:
     the carts stage in the order :func:`split_batches` made them and the
     small last cart really comes last (with a plain semaphore, whichever
     waiting thread woke first went next).
+
+    The slots also time the requests that change the server's database
+    around the carts that stage (:meth:`wait_for_next_cart`,
+    :meth:`delete_between_carts`): on SQLite, Cartd's default database, a
+    request that writes while a cart's ``get_files_locally`` task runs makes
+    that task fail at once with "database is locked", and the cart stays
+    "staging" for ever.  That task starts every cart: it writes a row per
+    file while it iterates over a query, which SQLite cannot let wait
+    (0.44–0.56 s for 250 files on the test stack).
     """
 
-    def __init__(self, max_staging: int) -> None:
-        """Allow ``max_staging`` carts to stage at once."""
-        self._free = max_staging
+    def __init__(self, max_staging: int, sizes: Sequence[int] = (1,)) -> None:
+        """Allow ``max_staging`` carts to stage at once; ``sizes`` are the files of each cart, in order."""
+        self._max = max_staging
+        self._sizes = list(sizes)
         self._next_turn = 0
+        self._staging: dict[int, float | None] = {}  # turn -> when its POST returned (None: not yet)
+        self._created = 0
+        self._deletions: list[_Deletion] = []
+        self._deleting = 0
         self._changed = threading.Condition()
         self.cancelled = threading.Event()
 
@@ -135,22 +165,104 @@ class Slots:
         """Hold a staging slot for the ``with`` block (from the POST until the cart is ready).
 
         ``turn`` is the cart's position in the download (0 first); the slot
-        waits for every earlier turn.
+        waits for every earlier turn, and for a DELETE in progress.
         """
         with self._changed:
             self.check()
-            while not (self._free and self._next_turn == turn):
+            while not (len(self._staging) < self._max and self._next_turn == turn and not self._deleting):
                 self._changed.wait(0.1)
                 self.check()
-            self._free -= 1
+            self._staging[turn] = None
             self._next_turn += 1
             self._changed.notify_all()
         try:
             yield
         finally:
+            self.run_deletions()  # the server is between carts: the next one is not created yet
             with self._changed:
-                self._free += 1
+                del self._staging[turn]
                 self._changed.notify_all()
+
+    def created(self, turn: int = 0) -> None:
+        """Note that cart ``turn``'s POST has returned (created or failed)."""
+        with self._changed:
+            if turn in self._staging:
+                self._staging[turn] = time.monotonic()
+            self._created += 1
+            self._changed.notify_all()
+
+    def wait_for_next_cart(self, turn: int) -> None:
+        """Once cart ``turn`` is ready, wait (at most ``NEXT_CART_WAIT``) until the carts after it are created.
+
+        Cartd's POST handler saves a row after it has queued the cart's first
+        task; when the server is busy streaming the previous cart's tar, that
+        save comes late, collides with ``get_files_locally`` on SQLite, and
+        the new cart never gets ready (seen on the test stack: a POST that
+        overlapped a GET took 378 ms and its cart died).  So the ready cart's
+        transfer starts only once the next POST has returned.
+        """
+        wanted = min(len(self._sizes), turn + 1 + self._max)
+        deadline = time.monotonic() + NEXT_CART_WAIT
+        with self._changed:
+            while self._created < wanted and not self.cancelled.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._changed.wait(left)
+
+    def delete_between_carts(self, delete: Callable[[], None]) -> None:
+        """Run ``delete`` (a downloaded cart's DELETE) when it cannot hit a cart's ``get_files_locally``.
+
+        That is at once when no cart is staging; otherwise at the first of:
+        the staging carts' ``get_files_locally`` is surely over
+        (``SAFE_AFTER`` + ``SAFE_PER_FILE`` per file after their POST; the
+        caller's thread waits), or a staging cart is ready (the server is
+        between carts; :meth:`staging` runs it then).  No cart is created
+        while a DELETE runs.  Without this, the second cart of a 2000-file
+        download on SQLite died 0.7 s into its staging, when the first one
+        was deleted.
+        """
+        deletion = _Deletion(delete)
+        with self._changed:
+            if self._staging:
+                self._deletions.append(deletion)
+                while not deletion.taken and not self.cancelled.is_set():
+                    wait = self._safe_in()
+                    if wait is not None and wait <= 0:
+                        break
+                    self._changed.wait(0.1 if wait is None else min(wait, 0.1))
+                if deletion.taken:
+                    return  # run by a cart that got ready
+                self._deletions.remove(deletion)
+            deletion.taken = True
+            self._deleting += 1
+        try:
+            delete()
+        finally:
+            with self._changed:
+                self._deleting -= 1
+                self._changed.notify_all()
+
+    def _safe_in(self) -> float | None:
+        """Seconds until every staging cart is past ``get_files_locally`` (None: one is not created yet)."""
+        if any(posted is None for posted in self._staging.values()):
+            return None
+        now = time.monotonic()
+        return max(
+            (posted or now) + SAFE_AFTER + SAFE_PER_FILE * self._sizes[turn] - now
+            for turn, posted in self._staging.items()
+        )
+
+    def run_deletions(self) -> None:
+        """Run the deletions still waiting (when a cart is ready, and at the end of a download)."""
+        with self._changed:
+            pending = [deletion for deletion in self._deletions if not deletion.taken]
+            for deletion in pending:
+                deletion.taken = True
+            self._deletions = []
+            self._changed.notify_all()
+        for deletion in pending:
+            deletion.run()
 
 
 def run_carts(
@@ -165,12 +277,22 @@ def run_carts(
     On the first failure (or a KeyboardInterrupt) every other cart is
     cancelled, waited for (so each deletes its cart), and the error raised.
     """
-    slots = Slots(max_staging)
+    slots = Slots(max_staging, [len(batch) for batch in batches])
     if len(batches) == 1:
         fetch(batches[0], slots, 0)
         return
     workers = min(len(batches), max_staging + 2)  # room for transfers while others stage
     LOGGER.info("download split into %d carts, %d staging at once", len(batches), max_staging)
+    try:
+        _run_pool(batches, fetch, slots, workers)
+    finally:
+        slots.run_deletions()
+
+
+def _run_pool(
+    batches: list[list[FileRecord]], fetch: Callable[[list[FileRecord], Slots, int], None], slots: Slots, workers: int
+) -> None:
+    """Run the batches on ``workers`` threads; cancel the rest at the first failure; raise it."""
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pacifica-cart")
     futures: list[Future[None]] = [
         pool.submit(fetch, batch, slots, turn) for turn, batch in enumerate(batches)
