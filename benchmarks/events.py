@@ -60,11 +60,10 @@ class EventSpec:
 
 @dataclass(frozen=True)
 class Event:
-    """An archived event: its spec, its CloudEvent and the archive ids it uses."""
+    """An archived event: its spec and its CloudEvent."""
 
     spec: EventSpec
     cloudevent: dict[str, Any]
-    first_id: int
 
     @property
     def files(self) -> list[dict[str, Any]]:
@@ -141,7 +140,7 @@ def make_event(
         "specversion": "1.0", "id": f"bench-{spec.key}-{first_id}", "type": "org.pacifica.metadata.ingest",
         "source": "/pacifica/metadata/ingest", "datacontenttype": "application/json", "data": data,
     }
-    return Event(spec=spec, cloudevent=cloudevent, first_id=first_id)
+    return Event(spec=spec, cloudevent=cloudevent)
 
 
 def _digest(path: Path, hashtype: str) -> str:

@@ -210,12 +210,9 @@ class Bench:
         all.  When the library cut the event into several carts in its last
         end-to-end run, it is also timed on ready carts of those file sets.
         """
-        try:
-            whole, ready, polls = self.server.create_and_wait(event.cart_body())
-        except ClientError as err:
-            result.fail(READY, str(err))
+        whole = self.time_ready(result, event)
+        if whole is None:
             return
-        result.add(READY, ChildRun(seconds=ready, answer={"polls": polls}))
         carts = [whole]
         try:
             whole_file = self.scratch / f"ready-whole-{event.spec.key}.json"
@@ -257,15 +254,19 @@ class Bench:
         ready_file.write_text(json.dumps([{"url": url, "paths": batch} for url, batch in zip(urls, batches)]))
         return ready_file
 
-    def poll_only(self, result: EventResult, event: Event) -> None:
-        """Time the server alone on a new cart of the whole event, then delete it."""
+    def time_ready(self, result: EventResult, event: Event) -> str | None:
+        """The poller: time a new cart of the whole event until ready; return its URL (None if it failed)."""
         try:
             cart_url, ready, polls = self.server.create_and_wait(event.cart_body())
         except ClientError as err:
             result.fail(READY, str(err))
-            return
-        self.server.delete(cart_url)
+            return None
         result.add(READY, ChildRun(seconds=ready, answer={"polls": polls}))
+        return cart_url
+
+    def poll_only(self, result: EventResult, event: Event) -> None:
+        """Time the server alone on a new cart of the whole event, then delete it."""
+        self.server.delete(self.time_ready(result, event))
 
     # -- single measurements --------------------------------------------------------
 
