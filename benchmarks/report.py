@@ -63,13 +63,20 @@ class EventResult:
 
     spec: EventSpec
     workers: int = 1
+    database: str = "postgres"
     samples: dict[str, list[ChildRun]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
-        """The event's row label, with the worker count when it is not the default solo worker."""
-        return self.spec.label if self.workers == 1 else f"{self.spec.label}, {self.workers} workers"
+        """The event's row label, with what differs from the default stack (one solo worker, PostgreSQL)."""
+        label = self.spec.label if self.workers == 1 else f"{self.spec.label}, {self.workers} workers"
+        return label if self.database == "postgres" else f"{label}, Cartd on SQLite"
+
+    @property
+    def default_stack(self) -> bool:
+        """True on the default stack: one solo worker, PostgreSQL."""
+        return self.workers == 1 and self.database == "postgres"
 
     def add(self, name: str, run: ChildRun) -> None:
         """Record one sample of ``name``."""
@@ -152,21 +159,22 @@ def e2e_rows(results: list[EventResult]) -> list[list[str]]:
     return rows
 
 
-def workers_rows(results: list[EventResult]) -> list[list[str]]:
-    """End to end on a stack with several workers: the library with its defaults and with carts in parallel."""
+def other_stack_rows(results: list[EventResult]) -> list[list[str]]:
+    """End to end on the other stacks: the library with its defaults (and with carts in parallel on several workers)."""
     rows = []
     for res in results:
-        if res.workers == 1:
+        if res.default_stack:
             continue
         lib, par, rel = res.median(CUR_E2E), res.median(CUR_E2E_PAR), res.median(REL_E2E)
-        rows.append([res.label, runs_cell(res, CUR_E2E, CUR_E2E_PAR, REL_E2E), secs(res.median(READY)), secs(lib),
+        names = (CUR_E2E, CUR_E2E_PAR, REL_E2E) if res.workers > 1 else (CUR_E2E, REL_E2E)
+        rows.append([res.label, runs_cell(res, *names), secs(res.median(READY)), secs(lib),
                      secs(par), secs(rel), times(ratio(rel, lib)), times(ratio(rel, par))])
     return rows
 
 
 def solo(results: list[EventResult]) -> list[EventResult]:
-    """The results on the default stack (one solo worker)."""
-    return [res for res in results if res.workers == 1]
+    """The results on the default stack (one solo worker, PostgreSQL)."""
+    return [res for res in results if res.default_stack]
 
 
 def transfer_rows(results: list[EventResult]) -> list[list[str]]:
@@ -307,10 +315,11 @@ def render(results: list[EventResult], header: list[str], poll_interval: float) 
                    transfer_rows(results))
     lines += ["", "**Re-run** of a completed event (this library; every file already present and verified)", ""]
     lines += table(["event", "runs", "first run", "re-run", "first ÷ re-run"], rerun_rows(results))
-    several = workers_rows(results)
+    several = other_stack_rows(results)
     if several:
-        lines += ["", "**Several workers** (end to end, median seconds; the library with its defaults, and with "
-                  "as many carts staging at once as there are workers)", ""]
+        lines += ["", "**Other stacks** (end to end, median seconds; the library with its defaults, and with "
+                  "as many carts staging at once as there are workers; on SQLite, Cartd's default database, one "
+                  "solo worker)", ""]
         lines += table(["event", "runs", "server ready", "library", "library, parallel carts", "release 0.4.1",
                         "release ÷ library", "release ÷ library, parallel carts"], several)
     lines += ["", "**Peak RSS** (MiB, VmHWM of each client process, largest over the runs)", ""]

@@ -3,7 +3,7 @@
 
 ::
 
-    python3 dev.py bench                 # the full run (about 15 minutes), results into benchmarks/README.md
+    python3 dev.py bench                 # the full run (about 20 minutes), results into benchmarks/README.md
     python3 dev.py bench --quick         # a smoke run with small events (about two minutes)
     python benchmarks/run.py --help      # every option (runs per event, sizes, work directory ...)
 
@@ -19,7 +19,8 @@ one, run after run:
    and this library on ready carts of the same files as it asked for in
    step 1 (transfer only); then the carts are deleted.
 
-Then the 2000-file event again on a stack with two worker processes.  Every
+Then the 2000-file event again on a stack with two worker processes, and on
+a stack with Cartd on SQLite (its default database; end to end only).  Every
 client runs in its own process (peak RSS: each Python client's VmHWM); every
 download is checked file by file against the event's hashes and deleted;
 every cart is deleted.  See README.md beside this file for the method and
@@ -96,6 +97,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="which events to run, comma-separated (default tiny,many,large)")
     parser.add_argument("--no-workers2", dest="workers2", action="store_false",
                         help="skip the 64 KiB event on a stack with 2 worker processes")
+    parser.add_argument("--no-sqlite", dest="sqlite", action="store_false",
+                        help="skip the 64 KiB event on a stack with Cartd on SQLite (its default database)")
     parser.add_argument("--readme", action=argparse.BooleanOptionalAction, default=None,
                         help="write the results into benchmarks/README.md (default: yes, except with --quick)")
     parser.add_argument("--workdir", type=Path,
@@ -145,22 +148,23 @@ class Bench:
 
     # -- one event ----------------------------------------------------------------
 
-    def run_event(self, spec: EventSpec, workers: int = 1) -> EventResult:
+    def run_event(self, spec: EventSpec, workers: int = 1, database: str = "postgres") -> EventResult:
         """Every run of one event: end to end (and the re-run), then the ready-cart round.
 
-        On a stack with more than one worker only the end-to-end round runs,
-        plus the library with as many carts staging at once as there are workers.
+        On another stack than the default (several workers, or SQLite) only
+        the poller and the end-to-end round run, plus the library with as many
+        carts staging at once as there are workers.
         """
-        result = EventResult(spec, workers=workers)
+        result = EventResult(spec, workers=workers, database=database)
         event, event_file = self.load(spec)
         for index in range(spec.runs):
             started = time.monotonic()
-            if workers == 1:
+            if result.default_stack:
                 self.e2e_round(result, event, event_file, index)
                 self.ready_round(result, event, event_file)
             else:
                 self.poll_only(result, event)
-                self.e2e_round(result, event, event_file, index, max_staging=workers)
+                self.e2e_round(result, event, event_file, index, max_staging=workers if workers > 1 else None)
             print(f"bench: {result.label}: run {index + 1}/{spec.runs} done in {time.monotonic() - started:.1f} s",
                   flush=True)
         self.check_clean(result)
@@ -187,9 +191,10 @@ class Bench:
         """
         def library() -> None:
             record = self.carts_file(event)
-            first = self.download(result, CUR_E2E, event, keep=max_staging is None, action=lambda dest: run_current(
+            rerun = result.default_stack
+            first = self.download(result, CUR_E2E, event, keep=rerun, action=lambda dest: run_current(
                 "e2e", self.api, event_file, dest, record_carts=record))
-            if first is not None and max_staging is None:
+            if first is not None and rerun:
                 self.rerun(result, event, event_file)
             if max_staging:
                 self.download(result, CUR_E2E_PAR, event, action=lambda dest: run_current(
@@ -322,11 +327,12 @@ class Bench:
             result.fail("cleanup", f"{left} cart(s) still on the cart volume")
 
 
-def start_stack(workdir: Path, bin_dir: Path, workers: int) -> CartdStack:
+def start_stack(workdir: Path, bin_dir: Path, workers: int, database: str = "postgres") -> CartdStack:
     """Start a stack rooted in ``workdir`` (its archive is kept between stacks on the same workdir)."""
-    stack = CartdStack(workdir, bin_dir, workers=workers)
+    stack = CartdStack(workdir, bin_dir, workers=workers, database=database)
     stack.start()
-    print(f"bench: stack with {workers} worker(s) up in {stack.startup_seconds:.1f} s ({workdir})", flush=True)
+    print(f"bench: stack with {workers} worker(s) on {database} up in {stack.startup_seconds:.1f} s ({workdir})",
+          flush=True)
     return stack
 
 
@@ -344,11 +350,12 @@ def run_all(args: argparse.Namespace, specs: list[EventSpec], release_python: Pa
     finally:
         stack.stop()
     many = next((spec for spec in specs if spec.key == "many"), None)
-    if args.workers2 and many is not None:
-        stack = start_stack(workdir / "stack", bin_dir, workers=2)
+    others = ([(2, "postgres")] if args.workers2 else []) + ([(1, "sqlite")] if args.sqlite else [])
+    for workers, database in others if many is not None else []:
+        stack = start_stack(workdir / "stack", bin_dir, workers=workers, database=database)
         try:
             bench = Bench(stack, release_python, scratch, transfer_runs, args.poll_interval)
-            results.append(bench.run_event(many, workers=2))
+            results.append(bench.run_event(many, workers=workers, database=database))
         finally:
             stack.stop()
     return results
