@@ -34,11 +34,6 @@ __all__ = ["extract_cart"]
 
 LOGGER = logging.getLogger(__name__)
 
-#: Member types accepted as files: plain regular files only.
-FILE_TYPES = (b"0", b"\0")
-#: Names of the member types that are refused.
-_KINDS = {b"1": "hard link", b"2": "symbolic link", b"3": "device", b"4": "device", b"6": "FIFO"}
-
 
 def _split_name(member: TarMember, tops: Iterable[str]) -> tuple[str, str]:
     """Return the member's top folder and its path below it ('' for the top itself); refuse unsafe names."""
@@ -98,15 +93,15 @@ def extract_cart(
                 break
             # Every entry must share the first entry's top folder.
             top_seen, relative = _split_name(member, {top_seen} if top_seen else tops)
-            if member.type == b"5":
+            if member.isdir:
                 if relative and relative not in folders:
                     raise ManifestError(
                         f"the cart holds a folder nobody asked for: {relative!r}", unexpected=[relative]
                     )
                 continue
-            if member.type not in FILE_TYPES or member.sparse:
+            if not member.isfile:
                 raise UnsafeArchiveError(
-                    f"the tar entry {member.name!r} is a {_kind(member)}, not a regular file; refused"
+                    f"the tar entry {member.name!r} is a {member.kind}, not a regular file; refused"
                 )
             record = wanted.get(relative)
             if record is None:
@@ -187,9 +182,3 @@ def _write_all(fd: int, data: memoryview) -> None:
     written = os.write(fd, data)
     while written < len(data):
         written += os.write(fd, data[written:])
-
-
-def _kind(member: TarMember) -> str:
-    if member.sparse:
-        return "sparse file"
-    return _KINDS.get(member.type, f"entry of type {member.type!r}")

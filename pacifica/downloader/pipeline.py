@@ -245,21 +245,18 @@ class Slots:
 
     def _safe_in(self) -> float | None:
         """Seconds until every staging cart is past ``get_files_locally`` (None: one is not created yet)."""
-        if any(posted is None for posted in self._staging.values()):
+        posted = [(turn, at) for turn, at in self._staging.items() if at is not None]
+        if len(posted) < len(self._staging):
             return None
-        now = time.monotonic()
-        return max(
-            (posted or now) + SAFE_AFTER + SAFE_PER_FILE * self._sizes[turn] - now
-            for turn, posted in self._staging.items()
-        )
+        safe = max(at + SAFE_AFTER + SAFE_PER_FILE * self._sizes[turn] for turn, at in posted)
+        return safe - time.monotonic()
 
     def run_deletions(self) -> None:
         """Run the deletions still waiting (when a cart is ready, and at the end of a download)."""
         with self._changed:
-            pending = [deletion for deletion in self._deletions if not deletion.taken]
+            pending, self._deletions = self._deletions, []  # a waiter that runs its own takes it off the list
             for deletion in pending:
                 deletion.taken = True
-            self._deletions = []
             self._changed.notify_all()
         for deletion in pending:
             deletion.run()

@@ -95,13 +95,9 @@ class CartStream:
         """Skip forward to ``position`` by reading; backward seeks are refused."""
         if whence != 0 or position < self._position:
             raise UnsafeArchiveError("the tar asked to seek backwards; the archive is malformed")
-        skip = position - self._position
-        if skip <= len(self._buffer) - self._offset:  # the common case: padding inside the current chunk
-            self._offset += skip
-            self._position += skip
-            return self._position
-        for _ in self.pieces(position - self._position):
-            pass  # skipped without copying
+        if self._take_buffered(position - self._position) is None:  # padding beyond the current chunk
+            for _ in self.pieces(position - self._position):
+                pass  # skipped without copying
         return self._position
 
     def read(self, size: int = -1) -> bytes:
@@ -112,13 +108,20 @@ class CartStream:
                     "whole-stream" if size is None or size < 0 else f"{size} byte"
                 )
             )
-        start = self._offset
-        if len(self._buffer) - start >= size:  # the common case: a header inside the current chunk
-            self._offset = start + size
-            self._position += size
+        start = self._take_buffered(size)
+        if start is not None:  # the common case: a header inside the current chunk
             return self._buffer[start : start + size]
         parts = list(self.pieces(size))
         return parts[0].tobytes() if len(parts) == 1 else b"".join(parts)
+
+    def _take_buffered(self, size: int) -> int | None:
+        """Hand out ``size`` bytes of the current chunk if it holds them; return where they start in it."""
+        start = self._offset
+        if len(self._buffer) - start < size:
+            return None
+        self._offset = start + size
+        self._position += size
+        return start
 
     def pieces(self, size: int) -> Iterator[memoryview]:
         """Yield the next ``size`` bytes as they arrive, as views of the received chunks (no copy).

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from .stream import CartStream, StreamBroken
 
-__all__ = ["BLOCK", "MalformedTar", "TarMember", "TarReader"]
+__all__ = ["BLOCK", "FILE_TYPES", "FOLDER_TYPE", "MalformedTar", "TarMember", "TarReader"]
 
 #: The tar block size.
 BLOCK = 512
@@ -51,6 +51,12 @@ class MalformedTar(Exception):
         self.first = first
 
 
+#: Type flags of plain regular files, and of folders.
+FILE_TYPES = (b"0", b"\0")
+FOLDER_TYPE = b"5"
+_KINDS = {b"1": "hard link", b"2": "symbolic link", b"3": "device", b"4": "device", b"6": "FIFO"}
+
+
 class TarMember(NamedTuple):
     """One member's header, as tarfile would read it.
 
@@ -64,6 +70,27 @@ class TarMember(NamedTuple):
     size: int
     mtime: float
     sparse: bool
+
+    @property
+    def isfile(self) -> bool:
+        """A plain regular file (not sparse)."""
+        return self.type in FILE_TYPES and not self.sparse
+
+    @property
+    def isdir(self) -> bool:
+        """A folder."""
+        return self.type == FOLDER_TYPE
+
+    @property
+    def kind(self) -> str:
+        """What the member is, in words, for messages."""
+        if self.sparse:
+            return "sparse file"
+        if self.isfile:
+            return "file"
+        if self.isdir:
+            return "folder"
+        return _KINDS.get(self.type, f"entry of type {self.type!r}")
 
 
 def _text(raw: bytes) -> str:
@@ -181,13 +208,13 @@ class TarReader:
         name = _text(_field(block[0:100]))
         prefix = _text(_field(block[345:500]))
         if kind == b"\0" and name.endswith("/"):
-            kind = b"5"  # old tars mark a folder by the trailing slash
-        if kind == b"5":
+            kind = FOLDER_TYPE  # old tars mark a folder by the trailing slash
+        if kind == FOLDER_TYPE:
             name = name.rstrip("/")
         if prefix and kind not in _GNU_TYPES:
             name = prefix + "/" + name
         if long_name is not None:
-            name = long_name.rstrip("/") if kind == b"5" else long_name
+            name = long_name.rstrip("/") if kind == FOLDER_TYPE else long_name
         mtime = float(self._number(block[136:148], "mtime"))
         sparse = kind == b"S"
         if records:
