@@ -220,8 +220,7 @@ class Bench:
             return
         carts = [whole]
         try:
-            whole_file = self.scratch / f"ready-whole-{event.spec.key}.json"
-            whole_file.write_text(json.dumps([{"url": whole, "paths": event.paths}]))
+            whole_file = self.ready_file(f"ready-whole-{event.spec.key}", [whole], [event.paths])
             contenders: list[tuple[str, Callable[[Path], ChildRun]]] = [
                 (CURL_TAR, lambda dest: curl_tar(whole, dest)),
                 (CUR_TRANSFER, lambda dest: run_current("transfer", self.api, event_file, dest,
@@ -255,9 +254,13 @@ class Bench:
         carts.extend(urls)
         print(f"bench: {event.spec.label}: the library's {len(urls)} carts staged in "
               f"{time.monotonic() - started:.1f} s", flush=True)
-        ready_file = self.scratch / f"ready-{event.spec.key}.json"
-        ready_file.write_text(json.dumps([{"url": url, "paths": batch} for url, batch in zip(urls, batches)]))
-        return ready_file
+        return self.ready_file(f"ready-{event.spec.key}", urls, batches)
+
+    def ready_file(self, name: str, urls: list[str], batches: list[list[str]]) -> Path:
+        """Write the ready carts (each URL with its files) for client_current.py's ``--ready-carts``."""
+        path = self.scratch / f"{name}.json"
+        path.write_text(json.dumps([{"url": url, "paths": batch} for url, batch in zip(urls, batches)]))
+        return path
 
     def time_ready(self, result: EventResult, event: Event) -> str | None:
         """The poller: time a new cart of the whole event until ready; return its URL (None if it failed)."""

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import urllib3
 
 from pacifica.downloader.staging import STAGING_DIR
 from pacifica.downloader.verified import INDEX_NAME
@@ -20,3 +23,36 @@ def staging_leftovers(location: Path) -> list[str]:
 def is_index_file(location: Path, path: Path) -> bool:
     """True for the verified-file index (and its SQLite journal) inside ``location``'s hidden folder."""
     return path.parent == location / STAGING_DIR and path.name.startswith(INDEX_NAME)
+
+
+class FakeBody:
+    """A response body without a server: ``chunk`` bytes per read; the connection resets at byte ``fail_at``.
+
+    Without ``fail_at`` the body simply ends (reads return ``b""``).
+    """
+
+    def __init__(self, body: bytes, chunk: int = 1 << 20, fail_at: int | None = None) -> None:
+        self.body, self.pos, self.chunk, self.fail_at = body, 0, chunk, fail_at
+
+    def read1(self, size: int) -> bytes:
+        end = len(self.body) if self.fail_at is None else self.fail_at
+        if self.fail_at is not None and self.pos >= self.fail_at:
+            raise urllib3.exceptions.ProtocolError("Connection broken: connection reset")
+        piece = self.body[self.pos : self.pos + min(size, self.chunk, max(end - self.pos, 0))]
+        self.pos += len(piece)
+        return piece
+
+
+class FakeResponse:
+    """What :class:`~pacifica.downloader.stream.CartStream` needs of a ``requests.Response``."""
+
+    def __init__(self, raw: FakeBody, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.raw, self.status_code, self.headers = raw, status, headers or {}
+
+    def close(self) -> None:
+        pass
+
+
+def fake_response(body: bytes, chunk: int = 1 << 20, **kwargs: Any) -> FakeResponse:
+    """A 200 answer whose body comes ``chunk`` bytes per read."""
+    return FakeResponse(FakeBody(body, chunk), **kwargs)

@@ -26,9 +26,8 @@ from typing import Any
 
 import pytest
 import requests
-import urllib3
 from fault_proxy import Fault, FaultProxy
-from helpers import staging_leftovers
+from helpers import FakeBody, FakeResponse, staging_leftovers
 from stub_cartd import StubCartd
 from test_e2e import assert_tree, make_event
 
@@ -242,30 +241,14 @@ def test_resume_offset_counts_bytes_already_returned_by_the_same_read() -> None:
     data = bytes(range(256)) * 100
     offsets: list[int] = []
 
-    class Raw:
-        def __init__(self, body: bytes, fail_at: int) -> None:
-            self.body, self.pos, self.fail_at = body, 0, fail_at
-
-        def read1(self, size: int) -> bytes:
-            if self.pos >= self.fail_at:
-                raise urllib3.exceptions.ProtocolError("Connection broken: connection reset")
-            piece = self.body[self.pos:self.pos + min(size, 1000, self.fail_at - self.pos)]
-            self.pos += len(piece)
-            return piece
-
-    class Answer:
-        def __init__(self, raw: Raw, status: int, headers: dict[str, str]) -> None:
-            self.raw, self.status_code, self.headers = raw, status, headers
-
-        def close(self) -> None:
-            pass
-
     def reopen(offset: int) -> Any:
         offsets.append(offset)
         content_range = f"bytes {offset}-{len(data) - 1}/{len(data)}"
-        return Answer(Raw(data[offset:], len(data)), 206, {"Content-Range": content_range})
+        return FakeResponse(FakeBody(data[offset:], chunk=1000), 206, {"Content-Range": content_range})
 
-    first = Answer(Raw(data, 5000), 200, {"Accept-Ranges": "bytes", "Content-Length": str(len(data))})
+    first = FakeResponse(
+        FakeBody(data, chunk=1000, fail_at=5000), 200, {"Accept-Ranges": "bytes", "Content-Length": str(len(data))}
+    )
     stream = CartStream(first, reopen, timeouts=TIMEOUTS, attempts=3)
     got = stream.read(20000) + stream.read(10000)
     assert offsets == [5000], f"resumed at {offsets}, but 5000 bytes had been received"

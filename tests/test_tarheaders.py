@@ -12,6 +12,7 @@ import tarfile
 from typing import Any
 
 import pytest
+from helpers import fake_response
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -23,31 +24,11 @@ from pacifica.downloader.tarheaders import BLOCK, MalformedTar, TarMember, TarRe
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 
 
-class Raw:
-    """A response body handed out ``chunk`` bytes per read."""
-
-    def __init__(self, body: bytes, chunk: int) -> None:
-        self.body, self.pos, self.chunk = body, 0, chunk
-
-    def read1(self, size: int) -> bytes:
-        piece = self.body[self.pos : self.pos + min(size, self.chunk)]
-        self.pos += len(piece)
-        return piece
-
-
-class Answer:
-    def __init__(self, body: bytes, chunk: int) -> None:
-        self.raw, self.status_code, self.headers = Raw(body, chunk), 200, {}
-
-    def close(self) -> None:
-        pass
-
-
 def stream_of(body: bytes, chunk: int = 1 << 20) -> CartStream:
     def reopen(offset: int) -> Any:
         raise AssertionError("no resume expected")
 
-    return CartStream(Answer(body, chunk), reopen, timeouts=Timeouts(), attempts=1)  # type: ignore[arg-type]
+    return CartStream(fake_response(body, chunk), reopen, timeouts=Timeouts(), attempts=1)  # type: ignore[arg-type]
 
 
 def read_all(body: bytes, chunk: int = 1 << 20) -> list[tuple[TarMember, bytes]]:
@@ -56,7 +37,7 @@ def read_all(body: bytes, chunk: int = 1 << 20) -> list[tuple[TarMember, bytes]]
     reader = TarReader(stream)
     found = []
     while (member := reader.next()) is not None:
-        data = stream.read(member.size) if member.type in (b"0", b"\0") else b""
+        data = stream.read(member.size) if member.isfile else b""
         found.append((member, data))
     return found
 
