@@ -144,3 +144,148 @@ def test_a_ready_cart_waits_for_the_next_post(monkeypatch: pytest.MonkeyPatch) -
     slots.created(2)
     slots.wait_for_next_cart(1)  # cart 2 is created already: no wait
     slots.wait_for_next_cart(2)  # the last cart: nothing to wait for
+
+
+# -- posting ahead: the next cart is created while the one before it is in its last wave --------
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (the slots' waits still wake every 0.1 s of real time)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(pipeline, "time", clock)
+    monkeypatch.setattr(pipeline, "SAFE_AFTER", 1.0)
+    monkeypatch.setattr(pipeline, "SAFE_PER_FILE", 0.0)
+    return clock
+
+
+class SlotWatch(Slots):
+    """Slots that count how often a waiting turn looked for room."""
+
+    def __init__(self, max_staging: int, sizes: list[int]) -> None:
+        super().__init__(max_staging, sizes)
+        self.looked = threading.Semaphore(0)
+
+    def _has_room(self) -> bool:
+        self.looked.release()
+        return super()._has_room()
+
+
+def stage(slots: Slots, turn: int, clock: Clock, seconds: float) -> None:
+    """Stage cart ``turn``: created now, ready ``seconds`` later."""
+    with slots.staging(turn):
+        slots.created(turn)
+        clock.now += seconds
+
+
+def take_slot(slots: Slots, turn: int, got: threading.Event, release: threading.Event) -> threading.Thread:
+    """Wait for cart ``turn``'s slot in a thread; set ``got`` once held, hold it until ``release``."""
+
+    def run() -> None:
+        with slots.staging(turn):
+            slots.created(turn)
+            got.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_first_cart_holds_its_slot_until_it_is_ready(clock: Clock) -> None:
+    slots = SlotWatch(1, [10, 10])
+    got, release = threading.Event(), threading.Event()
+    with slots.staging(0):
+        slots.created(0)
+        clock.now = 1000.0  # however long it stages: no cart's time is known yet
+        thread = take_slot(slots, 1, got, release)
+        for _ in range(3):
+            assert slots.looked.acquire(timeout=10)
+        assert not got.is_set(), "cart 1 was created while cart 0, whose time nobody knows, was staging"
+    assert got.wait(10)
+    release.set()
+    thread.join(10)
+
+
+def test_a_cart_in_its_last_wave_lets_the_next_one_be_created(clock: Clock) -> None:
+    slots = SlotWatch(1, [10, 10, 10])
+    stage(slots, 0, clock, 10.0)  # 1 s per file
+    got, release = threading.Event(), threading.Event()
+    with slots.staging(1):
+        slots.created(1)  # begins at once: cart 0 is ready; expected to take 10 s
+        thread = take_slot(slots, 2, got, release)
+        clock.now += pipeline.PREPOST_SHARE * 10.0 - 0.5
+        for _ in range(3):
+            assert slots.looked.acquire(timeout=10)
+        assert not got.is_set(), "cart 2 was created before cart 1 reached its last wave"
+        clock.now += 1.0
+        assert got.wait(10), "cart 2 was not created while cart 1 was in its last wave"
+    release.set()
+    thread.join(10)
+
+
+def test_a_cart_posted_ahead_begins_when_the_one_before_it_is_ready(clock: Clock) -> None:
+    slots = Slots(1, [10, 10, 5])
+    stage(slots, 0, clock, 10.0)
+    began = threading.Event()
+    with slots.staging(1):
+        slots.created(1)
+        clock.now += 8.0
+
+        def ahead() -> None:
+            with slots.staging(2):
+                slots.created(2)
+                slots.wait_to_begin(2)
+                began.set()
+                clock.now += 5.0
+
+        thread = threading.Thread(target=ahead, daemon=True)
+        thread.start()
+        assert not began.wait(0.3), "a cart posted ahead began before the cart before it was ready"
+        clock.now += 4.0  # cart 1 took 12 s: 1.2 s per file
+    assert began.wait(10)
+    thread.join(10)
+    assert slots.expected(2) == pytest.approx(5.0), "cart 2's time counts from when it began, not its POST"
+
+
+def test_a_deletion_waits_for_the_first_task_of_a_cart_posted_ahead(clock: Clock) -> None:
+    slots = WaitingDeletion(1, [10, 10, 10])
+    stage(slots, 0, clock, 10.0)  # 1 s per file
+    created, ready = threading.Event(), threading.Event()
+
+    def cart_1() -> None:
+        with slots.staging(1):
+            slots.created(1)
+            created.set()
+            ready.wait(10)
+
+    first = threading.Thread(target=cart_1, daemon=True)
+    first.start()
+    assert created.wait(10)
+    clock.now += 8.0  # cart 1 is in its last wave
+    got, release = threading.Event(), threading.Event()
+    second = take_slot(slots, 2, got, release)
+    assert got.wait(10), "cart 2 was not posted ahead"
+    ran: list[float] = []
+    deleter = threading.Thread(target=slots.delete_between_carts, args=(lambda: ran.append(clock.now),), daemon=True)
+    deleter.start()
+    assert slots.deletion_waits.wait(10)
+    ready.set()  # cart 1 is ready: Cartd starts on cart 2 now, its first task may run for SAFE_AFTER
+    first.join(10)
+    slots.deletion_waits.clear()
+    assert slots.deletion_waits.wait(10)
+    assert ran == [], "deleted while the cart posted ahead could be in its first task"
+    clock.now += 1.5
+    deleter.join(10)
+    assert ran == [clock.now]
+    release.set()
+    second.join(10)

@@ -269,13 +269,12 @@ class Downloader:
                 cart_url = self.cart_api.setup_cart(entries_callable(records))
             finally:
                 slots.created(turn)
-            posted = time.monotonic()
             try:
                 job.tracker.cart_created(cart_url)
+                slots.wait_to_begin(turn)
                 self.cart_api.wait_for_cart(
-                    cart_url, timeout=job.wait_timeout(), on_poll=job.polled(slots), expect=job.expected(records)
+                    cart_url, timeout=job.wait_timeout(), on_poll=job.polled(slots), expect=slots.expected(turn)
                 )
-                job.staged(records, time.monotonic() - posted)
             except BaseException as error:
                 # Deleted while the server may still run tasks for it: make sure it stays deleted.
                 self._delete_quietly(cart_url, still_staging=isinstance(error, ABANDONED))
@@ -383,17 +382,6 @@ class _Job:
     deadline: float | None
     tracker: Tracker
     index: VerifiedIndex
-
-    #: Seconds Cartd took per file on this download's last cart, to predict the next one's staging time.
-    seconds_per_file: float | None = None
-
-    def expected(self, records: list[FileRecord]) -> float | None:
-        """How long a cart of ``records`` should take to stage, judging by the last one."""
-        return None if self.seconds_per_file is None else self.seconds_per_file * len(records)
-
-    def staged(self, records: list[FileRecord], seconds: float) -> None:
-        """A cart of ``records`` took ``seconds`` to stage."""
-        self.seconds_per_file = seconds / len(records)
 
     def wait_timeout(self) -> float | None:
         """Seconds a cart may stage: the call's ``timeout``, cut short by its ``deadline``."""

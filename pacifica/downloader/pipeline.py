@@ -4,8 +4,9 @@ Cartd stages a cart's files one task at a time and, after each file, re-reads
 all of the cart's file rows: its cost per file grows with the cart's size.
 A large event is therefore cut into several carts (:func:`split_batches`),
 and :func:`run_carts` runs them so that the server is never idle: at most
-``max_staging`` carts are staging at once, the next one is created as soon
-as one becomes ready, and each ready cart is downloaded, verified and deleted
+``max_staging`` carts are staging at once, the next one is created shortly
+before one becomes ready (so that Cartd's worker goes straight on to it; see
+:class:`Slots`), and each ready cart is downloaded, verified and deleted
 while the next ones stage.  When one cart fails, the others are cancelled
 and deleted, and the first error is raised.
 """
@@ -45,7 +46,9 @@ class CartLimits:
       32 MiB (more carts, more gaps), 14–15 s as one cart.
     * ``max_staging=1``: carts staging at once.  One Celery worker stages one
       file at a time, so a second cart would only delay the first; raise it
-      to the number of Cartd workers.
+      to the number of Cartd workers.  The next cart is still created while
+      the one staging finishes (its last 30%), so the worker never waits
+      for the client between carts.
 
     >>> CartLimits().max_files
     250
@@ -71,6 +74,8 @@ NEXT_CART_WAIT = 2.0
 #: times what Cartd's get_files_locally took on SQLite.
 SAFE_AFTER = 1.0
 SAFE_PER_FILE = 0.01
+#: A cart that has staged this share of the time the last cart took (per file) lets the next one be created.
+PREPOST_SHARE = 0.7
 #: The last cart of a split download holds at most this share of the limits.
 TAIL_SHARE = 8
 
@@ -133,6 +138,18 @@ class Slots:
     small last cart really comes last (with a plain semaphore, whichever
     waiting thread woke first went next).
 
+    **Posting ahead.**  Cartd's Celery worker runs its tasks in the order
+    they were queued, and a cart's tasks come in three waves (stage, status,
+    pull; each file's task queues the next one).  Once the cart that stages
+    is in its last wave, a new cart's tasks queue behind all of its own, so
+    the new cart can be created then without delaying it, and the worker
+    goes straight on to it instead of idling while the client sees the
+    first cart ready and creates the next (one poll and one POST, 60 ms to
+    0.4 s per cart on the test stack).  So a cart that has staged for
+    ``PREPOST_SHARE`` of the time the last cart took, per file, stops
+    holding its slot.  Until a cart's time is known (the first cart) it
+    holds its slot until it is ready.
+
     The slots also time the requests that change the server's database
     around the carts that stage (:meth:`wait_for_next_cart`,
     :meth:`delete_between_carts`): on SQLite, Cartd's default database, a
@@ -140,7 +157,10 @@ class Slots:
     that task fail at once with "database is locked", and the cart stays
     "staging" for ever.  That task starts every cart: it writes a row per
     file while it iterates over a query, which SQLite cannot let wait
-    (0.44–0.56 s for 250 files on the test stack).
+    (0.44–0.56 s for 250 files on the test stack).  It runs once the cart
+    is created and every cart before it is ready (a cart posted ahead waits
+    in the queue), and lasts at most ``SAFE_AFTER`` + ``SAFE_PER_FILE`` per
+    file from then.
     """
 
     def __init__(self, max_staging: int, sizes: Sequence[int] = (1,)) -> None:
@@ -149,6 +169,10 @@ class Slots:
         self._sizes = list(sizes)
         self._next_turn = 0
         self._staging: dict[int, float | None] = {}  # turn -> when its POST returned (None: not yet)
+        self._ended: dict[int, float] = {}  # turn -> when its staging ended (ready, or failed)
+        self._ended_prefix = 0  # turns 0 .. _ended_prefix - 1 have all ended ...
+        self._ended_prefix_at = 0.0  # ... the last of them at this moment
+        self._per_file: float | None = None  # seconds the last ready cart took per file
         self._created = 0
         self._deletions: list[_Deletion] = []
         self._deleting = 0
@@ -165,23 +189,67 @@ class Slots:
         """Hold a staging slot for the ``with`` block (from the POST until the cart is ready).
 
         ``turn`` is the cart's position in the download (0 first); the slot
-        waits for every earlier turn, and for a DELETE in progress.
+        waits for every earlier turn, for a free slot (see "posting ahead"
+        above), and for a DELETE in progress.
         """
         with self._changed:
             self.check()
-            while not (len(self._staging) < self._max and self._next_turn == turn and not self._deleting):
+            while not (self._next_turn == turn and not self._deleting and self._has_room()):
                 self._changed.wait(0.1)
                 self.check()
             self._staging[turn] = None
             self._next_turn += 1
             self._changed.notify_all()
+        ready = False
         try:
             yield
+            ready = True
         finally:
-            self.run_deletions()  # the server is between carts: the next one is not created yet
             with self._changed:
-                del self._staging[turn]
-                self._changed.notify_all()
+                self._end(turn, ready)
+                pending = self._take_deletions() if not self._staging else []
+            self._run(pending)  # no other cart stages: the next one is not created yet
+
+    def _has_room(self) -> bool:
+        """Fewer than ``max_staging`` carts stage that are not in their last wave."""
+        now = time.monotonic()
+        return sum(1 for turn in self._staging if not self._finishing(turn, now)) < self._max
+
+    def _finishing(self, turn: int, now: float) -> bool:
+        """Cart ``turn`` is past its first task and, judging by the last cart, in its last wave."""
+        began, safe = self._began(turn), self._safe_from(turn)
+        if self._per_file is None or began is None or safe is None:
+            return False
+        size = self._sizes[turn]
+        return now >= max(began + PREPOST_SHARE * self._per_file * size, safe + SAFE_AFTER + SAFE_PER_FILE * size)
+
+    def _began(self, turn: int) -> float | None:
+        """When Cartd can start on cart ``turn``: once it is created and the cart ``max_staging`` before is ready."""
+        posted = self._staging.get(turn)
+        if turn < self._max or posted is None:
+            return posted
+        before = self._ended.get(turn - self._max)
+        return None if before is None else max(posted, before)
+
+    def _safe_from(self, turn: int) -> float | None:
+        """The latest moment cart ``turn``'s first task can start: it is created and every cart before it is ready."""
+        posted = self._staging.get(turn)
+        if posted is None or self._ended_prefix < turn:
+            return None
+        return max(posted, self._ended_prefix_at)
+
+    def _end(self, turn: int, ready: bool) -> None:
+        """Cart ``turn`` stopped staging (lock held); learn its time per file when it got ready."""
+        now = time.monotonic()
+        began = self._began(turn)
+        if ready and began is not None:
+            self._per_file = (now - began) / max(1, self._sizes[turn])
+        del self._staging[turn]
+        self._ended[turn] = now
+        while self._ended_prefix in self._ended:
+            self._ended_prefix_at = max(self._ended_prefix_at, self._ended[self._ended_prefix])
+            self._ended_prefix += 1
+        self._changed.notify_all()
 
     def created(self, turn: int = 0) -> None:
         """Note that cart ``turn``'s POST has returned (created or failed)."""
@@ -190,6 +258,22 @@ class Slots:
                 self._staging[turn] = time.monotonic()
             self._created += 1
             self._changed.notify_all()
+
+    def wait_to_begin(self, turn: int) -> None:
+        """Wait until Cartd can start on cart ``turn`` (a cart posted ahead waits for the one before it).
+
+        Polling it before then would only load the server; and its time per
+        file, which times the polls of the carts after it, counts from then.
+        """
+        with self._changed:
+            while self._began(turn) is None:
+                self.check()
+                self._changed.wait(0.1)
+
+    def expected(self, turn: int) -> float | None:
+        """Seconds cart ``turn`` should take to stage once begun, judging by the last cart (None: no cart yet)."""
+        with self._changed:
+            return None if self._per_file is None else self._per_file * self._sizes[turn]
 
     def wait_for_next_cart(self, turn: int) -> None:
         """Once cart ``turn`` is ready, wait (at most ``NEXT_CART_WAIT``) until the carts after it are created.
@@ -214,13 +298,12 @@ class Slots:
         """Run ``delete`` (a downloaded cart's DELETE) when it cannot hit a cart's ``get_files_locally``.
 
         That is at once when no cart is staging; otherwise at the first of:
-        the staging carts' ``get_files_locally`` is surely over
-        (``SAFE_AFTER`` + ``SAFE_PER_FILE`` per file after their POST; the
-        caller's thread waits), or a staging cart is ready (the server is
-        between carts; :meth:`staging` runs it then).  No cart is created
-        while a DELETE runs.  Without this, the second cart of a 2000-file
-        download on SQLite died 0.7 s into its staging, when the first one
-        was deleted.
+        every staging cart's ``get_files_locally`` is surely over (see the
+        class; the caller's thread waits), or the last staging cart is ready
+        (the server is between carts; :meth:`staging` runs it then).  No cart
+        is created while a DELETE runs.  Without this, the second cart of a
+        2000-file download on SQLite died 0.7 s into its staging, when the
+        first one was deleted.
         """
         deletion = _Deletion(delete)
         with self._changed:
@@ -236,30 +319,42 @@ class Slots:
                 self._deletions.remove(deletion)
             deletion.taken = True
             self._deleting += 1
-        try:
-            delete()
-        finally:
-            with self._changed:
-                self._deleting -= 1
-                self._changed.notify_all()
+        self._run([deletion])
 
     def _safe_in(self) -> float | None:
-        """Seconds until every staging cart is past ``get_files_locally`` (None: one is not created yet)."""
-        posted = [(turn, at) for turn, at in self._staging.items() if at is not None]
-        if len(posted) < len(self._staging):
-            return None
-        safe = max(at + SAFE_AFTER + SAFE_PER_FILE * self._sizes[turn] for turn, at in posted)
+        """Seconds until every staging cart is past ``get_files_locally`` (None: not known yet)."""
+        safe = 0.0
+        for turn in self._staging:
+            start = self._safe_from(turn)
+            if start is None:
+                return None
+            safe = max(safe, start + SAFE_AFTER + SAFE_PER_FILE * self._sizes[turn])
         return safe - time.monotonic()
 
-    def run_deletions(self) -> None:
-        """Run the deletions still waiting (when a cart is ready, and at the end of a download)."""
-        with self._changed:
-            pending, self._deletions = self._deletions, []  # a waiter that runs its own takes it off the list
-            for deletion in pending:
-                deletion.taken = True
-            self._changed.notify_all()
+    def _take_deletions(self) -> list[_Deletion]:
+        """Take every waiting deletion for running (lock held); no cart is created until they ran."""
+        pending, self._deletions = self._deletions, []  # a waiter that runs its own takes it off the list
         for deletion in pending:
-            deletion.run()
+            deletion.taken = True
+        self._deleting += len(pending)
+        self._changed.notify_all()
+        return pending
+
+    def _run(self, deletions: list[_Deletion]) -> None:
+        """Run deletions taken for running."""
+        for deletion in deletions:
+            try:
+                deletion.run()
+            finally:
+                with self._changed:
+                    self._deleting -= 1
+                    self._changed.notify_all()
+
+    def run_deletions(self) -> None:
+        """Run the deletions still waiting (at the end of a download)."""
+        with self._changed:
+            pending = self._take_deletions()
+        self._run(pending)
 
 
 def run_carts(
