@@ -172,6 +172,30 @@ def other_stack_rows(results: list[EventResult]) -> list[list[str]]:
     return rows
 
 
+def worker_busy(result: EventResult, name: str) -> tuple[float | None, float | None]:
+    """The median seconds Cartd's worker spent in tasks during the runs of ``name``, and the median task count."""
+    works = [run.answer["worker"] for run in result.samples.get(name, []) if "worker" in run.answer]
+    if not works:
+        return None, None
+    return statistics.median(work["busy"] for work in works), statistics.median(work["tasks"] for work in works)
+
+
+def worker_rows(results: list[EventResult]) -> list[list[str]]:
+    """End to end against the time Cartd's solo worker spent in tasks meanwhile: the server's share of each run."""
+    rows = []
+    for res in results:
+        if res.workers != 1:
+            continue
+        lib, rel = res.median(CUR_E2E), res.median(REL_E2E)
+        (lib_busy, lib_tasks), (rel_busy, rel_tasks) = worker_busy(res, CUR_E2E), worker_busy(res, REL_E2E)
+        if lib_busy is None or rel_busy is None:
+            continue
+        rows.append([res.label, runs_cell(res, CUR_E2E, REL_E2E), secs(lib), f"{secs(lib_busy)} ({lib_tasks:.0f})",
+                     secs(rel), f"{secs(rel_busy)} ({rel_tasks:.0f})", times(ratio(rel, lib)),
+                     times(ratio(rel, lib_busy))])
+    return rows
+
+
 def solo(results: list[EventResult]) -> list[EventResult]:
     """The results on the default stack (one solo worker, PostgreSQL)."""
     return [res for res in results if res.default_stack]
@@ -322,6 +346,14 @@ def render(results: list[EventResult], header: list[str], poll_interval: float) 
                   "solo worker)", ""]
         lines += table(["event", "runs", "server ready", "library", "library, parallel carts", "release 0.4.1",
                         "release ÷ library", "release ÷ library, parallel carts"], several)
+    busy = worker_rows(results)
+    if busy:
+        lines += ["", "**Cartd's worker** during the end-to-end runs on one solo worker (median seconds spent in "
+                  "tasks, from its log, and the number of tasks): it runs one task at a time, so no client that "
+                  "stages the same carts can finish sooner; the last column is the release's time over that floor "
+                  "of the library's carts", ""]
+        lines += table(["event", "runs", "library", "its worker time (tasks)", "release 0.4.1",
+                        "its worker time (tasks)", "release ÷ library", "release ÷ library's worker time"], busy)
     lines += ["", "**Peak RSS** (MiB, VmHWM of each client process, largest over the runs)", ""]
     lines += table(["event", "library e2e", "library transfer", "library re-run", "release e2e",
                     "release transfer"], rss_rows(results))

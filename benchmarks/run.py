@@ -74,6 +74,7 @@ from report import (  # noqa: E402
     render,
     write_readme,
 )
+from workerlog import worker_time  # noqa: E402
 
 #: Archive ids of each event start here, so events never share a file.
 FIRST_IDS = {"tiny": 1_000, "many": 10_000, "large": 100_000}
@@ -291,8 +292,12 @@ class Bench:
         shutil.rmtree(self.dest, ignore_errors=True)
         self.dest.mkdir(parents=True)
         os.sync()  # nobody pays for writing back the files of the run before
+        started = datetime.now()
         try:
             run = action(self.dest)
+            if result.workers == 1:
+                work = worker_time(self.stack.log_dir / "worker.log", started, datetime.now())
+                run.answer["worker"] = {"tasks": work.tasks, "busy": work.busy}
         except ClientError as err:
             result.fail(name, str(err))
             self.server.delete(err.answer.get("cart_url"))
