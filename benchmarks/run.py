@@ -74,7 +74,7 @@ from report import (  # noqa: E402
     render,
     write_readme,
 )
-from workerlog import worker_time  # noqa: E402
+from workerlog import log_end, worker_time  # noqa: E402
 
 #: Archive ids of each event start here, so events never share a file.
 FIRST_IDS = {"tiny": 1_000, "many": 10_000, "large": 100_000}
@@ -292,11 +292,13 @@ class Bench:
         shutil.rmtree(self.dest, ignore_errors=True)
         self.dest.mkdir(parents=True)
         os.sync()  # nobody pays for writing back the files of the run before
-        started = datetime.now()
+        worker_log = self.stack.log_dir / "worker.log"
+        timed = result.workers == 1 and name in (CUR_E2E, REL_E2E)  # the solo worker's share of an e2e run
+        since = log_end(worker_log) if timed else 0
         try:
             run = action(self.dest)
-            if result.workers == 1:
-                work = worker_time(self.stack.log_dir / "worker.log", started, datetime.now())
+            if timed:
+                work = worker_time(worker_log, since)
                 run.answer["worker"] = {"tasks": work.tasks, "busy": work.busy}
         except ClientError as err:
             result.fail(name, str(err))

@@ -217,11 +217,10 @@ class Slots:
 
     def _finishing(self, turn: int, now: float) -> bool:
         """Cart ``turn`` is past its first task and, judging by the last cart, in its last wave."""
-        began, safe = self._began(turn), self._safe_from(turn)
+        began, safe = self._began(turn), self._safe_at(turn)
         if self._per_file is None or began is None or safe is None:
             return False
-        size = self._sizes[turn]
-        return now >= max(began + PREPOST_SHARE * self._per_file * size, safe + SAFE_AFTER + SAFE_PER_FILE * size)
+        return now >= max(began + PREPOST_SHARE * self._per_file * self._sizes[turn], safe)
 
     def _began(self, turn: int) -> float | None:
         """When Cartd can start on cart ``turn``: once it is created and the cart ``max_staging`` before is ready."""
@@ -231,12 +230,17 @@ class Slots:
         before = self._ended.get(turn - self._max)
         return None if before is None else max(posted, before)
 
-    def _safe_from(self, turn: int) -> float | None:
-        """The latest moment cart ``turn``'s first task can start: it is created and every cart before it is ready."""
+    def _safe_at(self, turn: int) -> float | None:
+        """When cart ``turn``'s first task is surely over (None: not known yet).
+
+        That task starts at the latest once the cart is created and every
+        cart before it is ready, and lasts at most ``SAFE_AFTER`` +
+        ``SAFE_PER_FILE`` per file.
+        """
         posted = self._staging.get(turn)
         if posted is None or self._ended_prefix < turn:
             return None
-        return max(posted, self._ended_prefix_at)
+        return max(posted, self._ended_prefix_at) + SAFE_AFTER + SAFE_PER_FILE * self._sizes[turn]
 
     def _end(self, turn: int, ready: bool) -> None:
         """Cart ``turn`` stopped staging (lock held); learn its time per file when it got ready."""
@@ -325,10 +329,10 @@ class Slots:
         """Seconds until every staging cart is past ``get_files_locally`` (None: not known yet)."""
         safe = 0.0
         for turn in self._staging:
-            start = self._safe_from(turn)
-            if start is None:
+            at = self._safe_at(turn)
+            if at is None:
                 return None
-            safe = max(safe, start + SAFE_AFTER + SAFE_PER_FILE * self._sizes[turn])
+            safe = max(safe, at)
         return safe - time.monotonic()
 
     def _take_deletions(self) -> list[_Deletion]:
