@@ -313,9 +313,9 @@ def test_large_event_is_split_into_pipelined_carts(cartd_stack: Any, tmp_path: P
     assert_tree(tmp_path / "data", files)
     assert len(written) == 25
     carts = session.carts()
-    assert len(carts) == 4  # 10 + 10 + 4, and a last cart of one file (1/8 of max_files, at least one)
+    assert len(carts) == 5  # small first and last carts (1/8 of max_files, at least one file), 13 files cut evenly, 10
     if max_staging == 1:
-        assert session.posted == [10, 10, 4, 1]  # staged in order: the small cart comes last
+        assert session.posted == [1, 7, 6, 10, 1]  # staged in the order they were cut
     assert sorted(url for method, url in session.sent if method == "DELETE") == sorted(carts)
     assert all(cart_gone(url) for url in carts)
 
@@ -327,7 +327,7 @@ def test_split_by_bytes(cartd_stack: Any, tmp_path: Path) -> None:
     limits = CartLimits(max_bytes=100_000)
     Downloader(tmp_path, cartd_stack.cart_url, session=session, limits=limits).cloudevent(event)
     assert_tree(tmp_path / "data", files)
-    assert len(session.carts()) == 3  # 2 + 2 + 1 files of 40 kB under a 100 kB cap
+    assert len(session.carts()) == 4  # 40 kB files under a 100 kB cap: 1 (1/8 of the cap), 2, 1 (half), 1 (1/8)
 
 
 def test_failure_in_one_cart_fails_the_call_and_deletes_every_cart(cartd_stack: Any, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Callable
 
 from .records import FileRecord
 
-__all__ = ["TAIL_SHARE", "Cancelled", "CartLimits", "Slots", "run_carts", "split_batches"]
+__all__ = ["EDGE_SHARE", "Cancelled", "CartLimits", "Slots", "run_carts", "split_batches"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class CartLimits:
     * ``max_staging=1``: carts staging at once.  One Celery worker stages one
       file at a time, so a second cart would only delay the first; raise it
       to the number of Cartd workers.  The next cart is still created while
-      the one staging finishes (its last 30%), so the worker never waits
+      the one staging finishes (its second half), so the worker never waits
       for the client between carts.
 
     >>> CartLimits().max_files
@@ -75,34 +75,68 @@ NEXT_CART_WAIT = 2.0
 SAFE_AFTER = 1.0
 SAFE_PER_FILE = 0.01
 #: A cart that has staged this share of the time the last cart took (per file) lets the next one be created.
-PREPOST_SHARE = 0.7
-#: The last cart of a split download holds at most this share of the limits.
-TAIL_SHARE = 8
+#: Early costs the server nothing (the worker only stays busy); late leaves it idle.
+PREPOST_SHARE = 0.5
+#: The first and the last cart of a split download hold at most this share of the limits.
+EDGE_SHARE = 8
 
 
 def split_batches(records: list[FileRecord], limits: CartLimits) -> list[list[FileRecord]]:
     """Cut ``records`` into consecutive batches within ``limits`` (a file larger than max_bytes goes alone).
 
-    When more than one batch is needed, the last one is kept small (at most
-    1/8 of ``max_files`` and of ``max_bytes``, and at least one file): the
-    transfer and deletion of the last cart are the only part of a download
-    that nothing overlaps, so a small last cart makes the end come sooner
-    (200 × 5 MiB: 12.4–12.7 s instead of 12.9–14.6 s).
+    When more than one batch is needed, the carts at both ends are kept
+    small, because there nothing overlaps the server's staging:
+
+    * the first cart holds at most 1/``EDGE_SHARE`` of ``max_files`` and of
+      ``max_bytes`` (and at least one file): until one cart is ready the
+      client cannot tell how long this server takes per file, so the second
+      cart is only created once the first is ready (see :class:`Slots`), and
+      a small first cart is ready, and seen ready, soon;
+    * the last cart holds as little: its transfer and deletion come after
+      the server has finished;
+    * the cart before it holds at most half of ``max_bytes``, so that its
+      transfer ends while the last cart stages.
+
+    200 × 5 MiB with the default limits: 3, 25 × 7, 12 and 3 files.
     """
-    batches = _cut(records, limits.max_files, limits.max_bytes)
+    if len(_cut(records, limits.max_files, limits.max_bytes)) < 2:
+        return [records] if records else []
+    edge_files, edge_bytes = limits.max_files // EDGE_SHARE, limits.max_bytes // EDGE_SHARE
+    head = records[: _fits(records, edge_files, edge_bytes)]
+    rest = records[len(head):]
+    tail = rest[len(rest) - _fits(rest[::-1], edge_files, edge_bytes):]
+    rest = rest[: len(rest) - len(tail)]
+    before_tail = rest[len(rest) - _fits(rest[::-1], limits.max_files, limits.max_bytes // 2):] if rest else []
+    middle = rest[: len(rest) - len(before_tail)]
+    return [head] + _even_cut(middle, limits.max_files, limits.max_bytes) + [b for b in (before_tail, tail) if b]
+
+
+def _fits(records: list[FileRecord], max_files: int, max_bytes: int) -> int:
+    """How many of the first ``records`` fit in ``max_files`` files and ``max_bytes`` bytes (at least one)."""
+    count = size = 0
+    for record in records:
+        size += record.size or 0
+        if count and (count >= max_files or size > max_bytes):
+            break
+        count += 1
+    return count
+
+
+def _even_cut(records: list[FileRecord], max_files: int, max_bytes: int) -> list[list[FileRecord]]:
+    """As many batches as :func:`_cut` makes, but of even sizes (no small remainder at the end).
+
+    A cart too short to outlast the server's first task cannot let the next
+    cart be created ahead (see :class:`Slots`), so a small cart in the middle
+    of a download would cost an idle gap on the server.
+    """
+    batches = _cut(records, max_files, max_bytes)
     if len(batches) < 2:
         return batches
-    tail: list[FileRecord] = []
-    size = 0
-    tail_files, tail_bytes = limits.max_files // TAIL_SHARE, limits.max_bytes // TAIL_SHARE
-    for record in reversed(records):
-        record_size = record.size or 0
-        if tail and (len(tail) >= tail_files or size + record_size > tail_bytes):
-            break
-        tail.append(record)
-        size += record_size
-    tail.reverse()
-    return _cut(records[: len(records) - len(tail)], limits.max_files, limits.max_bytes) + [tail]
+    count = len(batches)
+    total = sum(record.size or 0 for record in records)
+    largest = max(record.size or 0 for record in records)
+    even = _cut(records, min(max_files, -(-len(records) // count)), min(max_bytes, total // count + largest))
+    return even if len(even) <= count else batches
 
 
 def _cut(records: list[FileRecord], max_files: int, max_bytes: int) -> list[list[FileRecord]]:
@@ -135,8 +169,8 @@ class Slots:
 
     Cart ``turn`` gets a slot only after every cart before it got one, so
     the carts stage in the order :func:`split_batches` made them and the
-    small last cart really comes last (with a plain semaphore, whichever
-    waiting thread woke first went next).
+    small first and last carts really come first and last (with a plain
+    semaphore, whichever waiting thread woke first went next).
 
     **Posting ahead.**  Cartd's Celery worker runs its tasks in the order
     they were queued, and a cart's tasks come in three waves (stage, status,
@@ -145,10 +179,16 @@ class Slots:
     the new cart can be created then without delaying it, and the worker
     goes straight on to it instead of idling while the client sees the
     first cart ready and creates the next (one poll and one POST, 60 ms to
-    0.4 s per cart on the test stack).  So a cart that has staged for
-    ``PREPOST_SHARE`` of the time the last cart took, per file, stops
-    holding its slot.  Until a cart's time is known (the first cart) it
-    holds its slot until it is ready.
+    0.4 s per cart on the test stack).  Created a little earlier, its first
+    tasks run among the last ones of the cart that stages: that cart is
+    ready a little later, but the worker never idles.  Created too late,
+    the worker idles.  So a cart that has staged for ``PREPOST_SHARE`` of
+    the time the last cart took, per file, stops holding its slot: on the
+    test stack the last wave starts at 40–60% of a cart's time, and a time
+    per file measured on the small first cart is up to 1.7 times too long
+    (it holds the cart's fixed costs and the last poll's delay).  Until a
+    cart's time is known (the first cart) it holds its slot until it is
+    ready.
 
     The slots also time the requests that change the server's database
     around the carts that stage (:meth:`wait_for_next_cart`,
