@@ -289,3 +289,13 @@ def test_a_deletion_waits_for_the_first_task_of_a_cart_posted_ahead(clock: Clock
     assert ran == [clock.now]
     release.set()
     second.join(10)
+
+
+def test_a_cart_is_followed_once_the_carts_that_take_its_place_are_created() -> None:
+    slots = Slots(2, [5, 5, 5, 5])
+    slots.created(0)
+    slots.created(1)
+    assert not slots.followed(0), "with two staging at once, cart 2 takes cart 0's place on the server"
+    slots.created(2)
+    assert slots.followed(0)
+    assert not slots.followed(1)

@@ -319,6 +319,11 @@ class Slots:
         with self._changed:
             return None if self._per_file is None else self._per_file * self._sizes[turn]
 
+    def followed(self, turn: int) -> bool:
+        """The carts that take cart ``turn``'s place on the server are created: nothing waits for it to be ready."""
+        with self._changed:
+            return self._created > turn + self._max
+
     def wait_for_next_cart(self, turn: int) -> None:
         """Once cart ``turn`` is ready, wait (at most ``NEXT_CART_WAIT``) until the carts after it are created.
 
