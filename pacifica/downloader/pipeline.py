@@ -97,7 +97,7 @@ def split_batches(records: list[FileRecord], limits: CartLimits) -> list[list[Fi
     * the cart before it holds at most half of ``max_bytes``, so that its
       transfer ends while the last cart stages.
 
-    200 × 5 MiB with the default limits: 3, 25 × 7, 12 and 3 files.
+    200 × 5 MiB with the default limits: 3, 23 × 7, 21, 12 and 3 files.
     """
     if len(_cut(records, limits.max_files, limits.max_bytes)) < 2:
         return [records] if records else []
