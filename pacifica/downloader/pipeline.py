@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from typing import Callable
 
 from .records import FileRecord
@@ -99,22 +100,23 @@ def split_batches(records: list[FileRecord], limits: CartLimits) -> list[list[Fi
 
     200 × 5 MiB with the default limits: 3, 23 × 7, 21, 12 and 3 files.
     """
-    if len(_cut(records, limits.max_files, limits.max_bytes)) < 2:
+    if _fits(records, limits.max_files, limits.max_bytes) == len(records):
         return [records] if records else []
     edge_files, edge_bytes = limits.max_files // EDGE_SHARE, limits.max_bytes // EDGE_SHARE
     head = records[: _fits(records, edge_files, edge_bytes)]
     rest = records[len(head):]
     tail = rest[len(rest) - _fits(rest[::-1], edge_files, edge_bytes):]
     rest = rest[: len(rest) - len(tail)]
-    before_tail = rest[len(rest) - _fits(rest[::-1], limits.max_files, limits.max_bytes // 2):] if rest else []
+    before_tail = rest[len(rest) - _fits(rest[::-1], limits.max_files, limits.max_bytes // 2):]
     middle = rest[: len(rest) - len(before_tail)]
-    return [head] + _even_cut(middle, limits.max_files, limits.max_bytes) + [b for b in (before_tail, tail) if b]
+    ends = [before_tail, tail] if before_tail else [tail]
+    return [head] + _even_cut(middle, limits.max_files, limits.max_bytes) + ends
 
 
-def _fits(records: list[FileRecord], max_files: int, max_bytes: int) -> int:
-    """How many of the first ``records`` fit in ``max_files`` files and ``max_bytes`` bytes (at least one)."""
+def _fits(records: list[FileRecord], max_files: int, max_bytes: int, start: int = 0) -> int:
+    """How many records from ``start`` on fit in ``max_files`` files and ``max_bytes`` bytes (at least one)."""
     count = size = 0
-    for record in records:
+    for record in islice(records, start, None):
         size += record.size or 0
         if count and (count >= max_files or size > max_bytes):
             break
@@ -142,17 +144,11 @@ def _even_cut(records: list[FileRecord], max_files: int, max_bytes: int) -> list
 def _cut(records: list[FileRecord], max_files: int, max_bytes: int) -> list[list[FileRecord]]:
     """Consecutive batches of at most ``max_files`` files and ``max_bytes`` bytes (a larger file goes alone)."""
     batches: list[list[FileRecord]] = []
-    current: list[FileRecord] = []
-    size = 0
-    for record in records:
-        record_size = record.size or 0
-        if current and (len(current) >= max_files or size + record_size > max_bytes):
-            batches.append(current)
-            current, size = [], 0
-        current.append(record)
-        size += record_size
-    if current:
-        batches.append(current)
+    start = 0
+    while start < len(records):
+        end = start + _fits(records, max_files, max_bytes, start)
+        batches.append(records[start:end])
+        start = end
     return batches
 
 
