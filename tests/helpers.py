@@ -25,6 +25,19 @@ def is_index_file(location: Path, path: Path) -> bool:
     return path.parent == location / STAGING_DIR and path.name.startswith(INDEX_NAME)
 
 
+class Clock:
+    """A stand-in for the ``time`` module: ``monotonic()`` reads ``now``, which the test (or ``sleep``) moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class FakeBody:
     """A response body without a server: ``chunk`` bytes per read; the connection resets at byte ``fail_at``.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from helpers import Clock
 
 from pacifica.downloader import pipeline
 from pacifica.downloader.pipeline import Cancelled, Slots
@@ -149,18 +150,9 @@ def test_a_ready_cart_waits_for_the_next_post(monkeypatch: pytest.MonkeyPatch) -
 # -- posting ahead: the next cart is created while the one before it is in its last wave --------
 
 
-class Clock:
-    """A monotonic clock the test moves by hand (the slots' waits still wake every 0.1 s of real time)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
 @pytest.fixture()
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The slots' clock, moved by hand (their waits still wake every 0.1 s of real time)."""
     clock = Clock()
     monkeypatch.setattr(pipeline, "time", clock)
     monkeypatch.setattr(pipeline, "SAFE_AFTER", 1.0)

@@ -5,21 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helpers import Clock
 
 from pacifica.downloader import cartapi
 from pacifica.downloader.cartapi import POLL_CAP, POLL_FIRST, POLL_NEAR, CartAPI
 from pacifica.downloader.config import Timeouts
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Answer:
