@@ -109,6 +109,26 @@ def test_a_deletion_waits_while_a_cart_is_being_created_and_runs_when_it_is_read
     assert ran == [threading.current_thread().name], "the cart that got ready runs the waiting deletion"
 
 
+def test_after_the_last_cart_a_waiting_deletion_runs_in_its_own_thread_not_before_the_transfer() -> None:
+    slots = WaitingDeletion(1, [5, 5])
+    ran: list[str] = []
+    with slots.staging(0):
+        slots.created(0)
+    with slots.staging(1):  # the last cart
+        slots.created(1)
+        thread = threading.Thread(
+            target=slots.delete_between_carts,
+            args=(lambda: ran.append(threading.current_thread().name),),
+            name="deleter",
+            daemon=True,
+        )
+        thread.start()
+        assert slots.deletion_waits.wait(10)
+        assert ran == [], "deleted while the last cart's POST may still be settling"
+    thread.join(10)
+    assert ran == ["deleter"], "the last cart's transfer does not wait for the deletion; its thread runs it"
+
+
 def test_a_deletion_runs_once_the_staging_cart_is_past_its_first_task(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "SAFE_AFTER", 0.0)
     monkeypatch.setattr(pipeline, "SAFE_PER_FILE", 0.0)

@@ -243,8 +243,12 @@ class Slots:
         finally:
             with self._changed:
                 self._end(turn, ready)
-                pending = self._take_deletions() if not self._staging else []
-            self._run(pending)  # no other cart stages: the next one is not created yet
+                # No other cart stages: the deletions run now, before the next cart is created.  After
+                # the last cart there is none to protect, and their own threads run them while this
+                # cart's transfer goes on.
+                more = self._next_turn < len(self._sizes)
+                pending = self._take_deletions() if more and not self._staging else []
+            self._run(pending)
 
     def _has_room(self) -> bool:
         """Fewer than ``max_staging`` carts stage that are not in their last wave."""
@@ -345,7 +349,9 @@ class Slots:
         That is at once when no cart is staging; otherwise at the first of:
         every staging cart's ``get_files_locally`` is surely over (see the
         class; the caller's thread waits), or the last staging cart is ready
-        (the server is between carts; :meth:`staging` runs it then).  No cart
+        (the server is between carts; :meth:`staging` runs it then, before
+        the next cart is created; after the last cart of the download, the
+        caller's thread runs it, alongside that cart's transfer).  No cart
         is created while a DELETE runs.  Without this, the second cart of a
         2000-file download on SQLite died 0.7 s into its staging, when the
         first one was deleted.
