@@ -38,9 +38,6 @@ POLL_CAP = 0.5
 #: Near the time a similar cart took (from POLL_NEAR_SHARE of it on), polls come this often, unless
 #: nothing waits for that moment (``relaxed``): a HEAD costs the test stack 8.7 ms of CPU (Cartd's
 #: handler and a new PostgreSQL backend), on the cores that stage the files.
-#: The window opens a poll interval (POLL_CAP) early at least: the time a similar cart took is
-#: itself timed by polls, so on a short cart it can be off by more than 15% (the last cart of a
-#: 200 × 5 MiB download, 6 files, expected after 0.5 s, was ready after 0.27 s).
 POLL_NEAR = 0.05
 POLL_NEAR_SHARE = 0.85
 
@@ -160,9 +157,8 @@ class CartAPI:
         that finds the cart still staging.  ``expect`` is a guess of the
         seconds staging will take (from a similar cart): polls then come
         every ``POLL_CAP`` seconds from the start and every ``POLL_NEAR``
-        seconds from 85% of it on (from ``POLL_CAP`` before it at least), so
-        the moment the cart is ready is seen at once without polling fast
-        all along.  While ``relaxed()`` returns
+        seconds from 85% of it on, so the moment the cart is ready is seen at
+        once without polling fast all along.  While ``relaxed()`` returns
         True, nothing waits for that moment (in a split download: the carts
         that follow are already queued on the server), and polls stay every
         ``POLL_CAP`` seconds.
@@ -219,9 +215,7 @@ class CartAPI:
             remaining = deadline - time.monotonic()
             if remaining > 0:
                 elapsed = time.monotonic() - started
-                near = None
-                if expect is not None and not (relaxed is not None and relaxed()):
-                    near = max(0.0, min(POLL_NEAR_SHARE * expect, expect - POLL_CAP))
+                near = None if expect is None or (relaxed is not None and relaxed()) else POLL_NEAR_SHARE * expect
                 if near is not None and elapsed + interval >= near:
                     pause = POLL_NEAR if elapsed >= near else near - elapsed
                 else:
