@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import islice
 from typing import Callable
 
 from .records import FileRecord
@@ -116,7 +115,7 @@ def split_batches(records: list[FileRecord], limits: CartLimits) -> list[list[Fi
 def _fits(records: list[FileRecord], max_files: int, max_bytes: int, start: int = 0) -> int:
     """How many records from ``start`` on fit in ``max_files`` files and ``max_bytes`` bytes (at least one)."""
     count = size = 0
-    for record in islice(records, start, None):
+    for record in records[start : start + max(1, max_files)]:  # not islice: it would step over ``start`` records
         size += record.size or 0
         if count and (count >= max_files or size > max_bytes):
             break
