@@ -103,13 +103,16 @@ def split_batches(records: list[FileRecord], limits: CartLimits) -> list[list[Fi
         return [records] if records else []
     edge_files, edge_bytes = limits.max_files // EDGE_SHARE, limits.max_bytes // EDGE_SHARE
     head = records[: _fits(records, edge_files, edge_bytes)]
-    rest = records[len(head):]
-    tail = rest[len(rest) - _fits(rest[::-1], edge_files, edge_bytes):]
-    rest = rest[: len(rest) - len(tail)]
-    before_tail = rest[len(rest) - _fits(rest[::-1], limits.max_files, limits.max_bytes // 2):]
-    middle = rest[: len(rest) - len(before_tail)]
+    rest, tail = _split_end(records[len(head):], edge_files, edge_bytes)
+    middle, before_tail = _split_end(rest, limits.max_files, limits.max_bytes // 2)
     ends = [before_tail, tail] if before_tail else [tail]
     return [head] + _even_cut(middle, limits.max_files, limits.max_bytes) + ends
+
+
+def _split_end(records: list[FileRecord], max_files: int, max_bytes: int) -> tuple[list[FileRecord], list[FileRecord]]:
+    """``records`` less its end, and that end: as many last records as fit the limits (at least one, if any)."""
+    cut = len(records) - _fits(records[::-1], max_files, max_bytes)
+    return records[:cut], records[cut:]
 
 
 def _fits(records: list[FileRecord], max_files: int, max_bytes: int, start: int = 0) -> int:
