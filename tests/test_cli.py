@@ -864,6 +864,8 @@ def test_ctrl_c_while_staging_exits_130_and_deletes_the_cart(stub: CartdStub, tm
         [sys.executable, "-m", "pacifica.downloader", "cloudevent", write_json(tmp_path / "e.json", event_of(stub)),
          "-d", str(out), "--cart-url", stub.url],
         env=subprocess_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # As at a terminal: a test run started in the background (``cmd &``) ignores SIGINT, and so would the child.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert stub.polled.wait(60), "the command never polled the cart"
