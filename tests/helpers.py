@@ -1,6 +1,11 @@
 """Small helpers shared by the test modules."""
 from __future__ import annotations
 
+import io
+import json
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +74,56 @@ class FakeResponse:
 def fake_response(body: bytes, chunk: int = 1 << 20, **kwargs: Any) -> FakeResponse:
     """A 200 answer whose body comes ``chunk`` bytes per read."""
     return FakeResponse(FakeBody(body, chunk), **kwargs)
+
+
+def make_tar(top: str, files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    """A tar as Cartd sends it: ``files`` ({"a/b.txt": bytes}) below the folder ``top``; ``links`` adds symlinks."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, content in files.items():
+            info = tarfile.TarInfo(f"{top}/{path}")
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        for path, target in (links or {}).items():
+            info = tarfile.TarInfo(f"{top}/{path}")
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return out.getvalue()
+
+
+class JsonServer:
+    """Serves fixed JSON documents by path on loopback (a Policy service stand-in); a context manager.
+
+    ``JsonServer({"/status/transactions/by_id/67": {...}})``: a GET of a listed
+    path answers 200 with its document, any other 404.  ``url`` is the base URL.
+    The mapping is read at each request: a test may fill it once the server runs.
+    """
+
+    def __init__(self, documents: dict[str, Any]) -> None:
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                found = self.path in documents
+                body = json.dumps(documents[self.path] if found else {"error": "not found"}).encode()
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> JsonServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)

@@ -184,9 +184,10 @@ def test_released_call_style(cartd_stack: Any, tmp_path: Path, monkeypatch: pyte
     down = Downloader(auth={"headers": {"X-Test": "1"}, "verify": True}, session=session)
     written = down.cloudevent(str(tmp_path), event, timeout=120, filename="old")
     assert_tree(tmp_path / "old", files)
-    assert written == [str(tmp_path / "old" / "old/style.txt")]
+    assert written is None, "0.4.1 returned None; sys.exit(main()) callers must exit 0"
     written = down.cloudevent(location=str(tmp_path / "kw"), cloudevent=event)
     assert_tree(tmp_path / "kw" / "data", files)
+    assert written is None
 
 
 def test_cartapi_pieces(cartd_stack: Any) -> None:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, Callable
 
 import requests
 
-from .config import Timeouts, resolve_cart_url
+from .config import Timeouts, check_seconds, resolve_cart_url
 from .exceptions import CartError, CartFailedError, CartNotFoundError, CartTimeoutError, InvalidInputError
-from .records import validate_records
+from .records import FileRecord, validate_records
 from .retry import Retry
 from .transport import Transport, redact
 
@@ -40,6 +42,9 @@ POLL_CAP = 0.5
 #: handler and a new PostgreSQL backend), on the cores that stage the files.
 POLL_NEAR = 0.05
 POLL_NEAR_SHARE = 0.85
+#: How many created carts' file lists a CartAPI keeps for :meth:`CartAPI.posted_records` (a cart's list
+#: is dropped when it is deleted; this bounds a caller that creates carts and never fetches them).
+REMEMBERED_CARTS = 1024
 
 
 def summarize(message: str, limit: int = 240) -> str:
@@ -75,6 +80,9 @@ class CartAPI:
         self,
         cart_api_url: str | None = None,
         *,
+        proto: str | None = None,
+        addr: str | None = None,
+        port: int | str | None = None,
         auth: Any = None,
         session: requests.Session | None = None,
         extra_args: dict[str, Any] | None = None,
@@ -82,15 +90,22 @@ class CartAPI:
         retry: Retry = Retry(),
         transport: Transport | None = None,
     ) -> None:
-        """Talk to ``cart_api_url`` (default from the environment, see :func:`resolve_cart_url`).
+        """Talk to ``cart_api_url``, or to ``proto://addr:port`` (defaults from the environment).
 
-        ``auth`` is a requests auth object, a ``(user, password)`` tuple or a
-        dict of requests arguments (``auth``, ``cert``, ``verify``,
-        ``headers``); ``session`` a ``requests.Session`` to reuse;
-        ``extra_args`` more members of the cart's POST body, such as
-        ``{"bundle": True}``.
+        The URL is resolved as 0.4.1 did (see :func:`resolve_cart_url`):
+        ``cart_api_url``, else ``CARTD_CART_API_URL``, else the parts, each
+        from its argument, else ``CARTD_PROTO``/``CARTD_ADDR``/``CARTD_PORT``,
+        else ``http://127.0.0.1:8081``.  ``auth`` is a requests auth object,
+        a ``(user, password)`` tuple or a dict of requests arguments
+        (``auth``, ``cert``, ``verify``, ``headers``, ``proxies``);
+        ``session`` a ``requests.Session`` to reuse; ``extra_args`` more
+        members of the cart's POST body, such as ``{"bundle": True}``.
         """
-        self.cart_api_url = resolve_cart_url(cart_api_url)
+        self.cart_api_url = resolve_cart_url(cart_api_url, proto=proto, addr=addr, port=port)
+        if session is not None and not callable(getattr(session, "request", None)):
+            raise InvalidInputError(f"session must be a requests.Session, not {type(session).__name__}")
+        if extra_args is not None and not isinstance(extra_args, dict):
+            raise InvalidInputError(f"extra_args must be a dict, not {type(extra_args).__name__}")
         self.transport = transport or Transport(session=session, auth=auth, timeouts=timeouts, retry=retry)
         self.extra_args = dict(extra_args or {})
         if "fileids" in self.extra_args:
@@ -99,16 +114,42 @@ class CartAPI:
             json.dumps(self.extra_args)
         except (TypeError, ValueError) as err:
             raise InvalidInputError(f"extra_args must be JSON-serialisable: {err}") from None
+        # What each cart this object created was asked to hold, so that a cart fetched later by URL
+        # alone (the released ``_download_from_url``) is still verified file by file.
+        self._posted: OrderedDict[str, list[FileRecord]] = OrderedDict()
+        self._posted_lock = threading.Lock()
 
     @property
     def session(self) -> requests.Session:
-        """The ``requests`` session every request goes through."""
+        """The ``requests`` session every request goes through (0.4.1 callers may replace it)."""
         return self.transport.session
+
+    @session.setter
+    def session(self, session: requests.Session) -> None:
+        if not callable(getattr(session, "request", None)):
+            raise InvalidInputError(f"session must be a requests.Session, not {type(session).__name__}")
+        self.transport.session = session
 
     @property
     def auth(self) -> dict[str, Any]:
-        """The requests keyword arguments carrying credentials and TLS settings."""
+        """The requests keyword arguments carrying credentials and TLS settings (0.4.1's ``auth`` dict)."""
         return self.transport.kwargs
+
+    def posted_records(self, cart_url: str) -> list[FileRecord] | None:
+        """The files this object asked ``cart_url`` to hold, or None for a cart it did not create."""
+        with self._posted_lock:
+            records = self._posted.get(cart_url)
+        return None if records is None else list(records)
+
+    def _remember(self, cart_url: str, records: list[FileRecord]) -> None:
+        with self._posted_lock:
+            self._posted[cart_url] = records
+            while len(self._posted) > REMEMBERED_CARTS:
+                self._posted.popitem(last=False)
+
+    def _forget(self, cart_url: str) -> None:
+        with self._posted_lock:
+            self._posted.pop(cart_url, None)
 
     def setup_cart(self, yield_files: Callable[[], Iterator[dict[str, Any]]]) -> str:
         """Post the files ``yield_files()`` yields as a new cart; return the cart's full URL.
@@ -136,6 +177,7 @@ class CartAPI:
                 cart_url=cart_url,
                 response=response,
             )
+        self._remember(cart_url, records)
         LOGGER.info("cart %s created with %d files", redact(cart_url), len(records))
         return cart_url
 
@@ -150,7 +192,9 @@ class CartAPI:
         """Poll the cart with ``HEAD`` until it is ready; return ``cart_url``.
 
         ``timeout`` is the deadline in seconds of wall-clock time (default
-        ``Timeouts.wait``, an hour).  Raises :class:`CartFailedError` with
+        ``Timeouts.wait``, an hour).  The integer the released versions took
+        (``wait_for_cart(url, 180)``, which 0.4.1 counted as polls one second
+        apart) means the same number of seconds here.  Raises :class:`CartFailedError` with
         the server's reason when staging failed, :class:`CartNotFoundError`
         at once when the cart does not exist, :class:`CartTimeoutError` when
         the deadline passes.  ``on_poll(status)`` is called after each poll
@@ -163,7 +207,7 @@ class CartAPI:
         that follow are already queued on the server), and polls stay every
         ``POLL_CAP`` seconds.
         """
-        limit = self.transport.timeouts.wait if timeout is None else float(timeout)
+        limit = self.transport.timeouts.wait if timeout is None else check_seconds(timeout, "timeout")
         started = time.monotonic()
         deadline = started + limit
         interval = POLL_FIRST if expect is None else POLL_CAP
@@ -261,6 +305,7 @@ class CartAPI:
         """Delete the cart on the server; return False if it was already gone."""
         response = self.transport.request("DELETE", cart_url)
         if response.status_code == 404:
+            self._forget(cart_url)
             return False
         if response.status_code != 200:
             raise CartError(
@@ -268,5 +313,6 @@ class CartAPI:
                 cart_url=cart_url,
                 response=response,
             )
+        self._forget(cart_url)
         LOGGER.info("cart %s deleted", redact(cart_url))
         return True

@@ -12,13 +12,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Union, overload
 
 import requests
 
 from .cartapi import CartAPI
 from .cloudevent import event_records
-from .config import Timeouts
+from .config import Timeouts, check_seconds
 from .exceptions import (
     CartFailedError,
     CartTimeoutError,
@@ -53,13 +53,15 @@ ABANDONED = (Cancelled, KeyboardInterrupt, CartTimeoutError, CartFailedError)
 class Downloader:
     """Downloads the files of Pacifica events and documents through a Cartd cart.
 
-    The seed's style: the download directory and the Cartd URL up front.
+    The seed's style: the download directory and the Cartd URL up front;
+    each call returns the paths of the files.
 
     >>> down = Downloader(down_path, "http://127.0.0.1:8081")      # doctest: +SKIP
     >>> down.cloudevent(cloud_event)                                # doctest: +SKIP
     ['/tmp/x/data/a/b/foo.txt', ...]
 
-    The 0.4 style, still supported: the location with each call.
+    The 0.4 style, still supported: the location with each call, which then
+    returns None, as 0.4.1 did (``sys.exit(main())`` callers exit 0).
 
     >>> down = Downloader(cart_api_url="http://127.0.0.1:8081")    # doctest: +SKIP
     >>> down.cloudevent(down_path, cloud_event, timeout=600, filename="data")  # doctest: +SKIP
@@ -70,6 +72,9 @@ class Downloader:
         location: PathLike | None = None,
         cart_api_url: str | None = None,
         *,
+        proto: str | None = None,
+        addr: str | None = None,
+        port: int | str | None = None,
         auth: Any = None,
         session: requests.Session | None = None,
         extra_args: dict[str, Any] | None = None,
@@ -85,12 +90,13 @@ class Downloader:
 
         ``location`` is the download directory, created when needed (it may
         instead be given with each call).  ``cart_api_url`` defaults to the
-        environment (``CARTD_CART_API_URL``, or ``CARTD_PROTO``,
+        environment as in 0.4.1 (``CARTD_CART_API_URL``; else ``proto``,
+        ``addr`` and ``port``, each from its keyword or ``CARTD_PROTO``,
         ``CARTD_ADDR``, ``CARTD_PORT``; else ``http://127.0.0.1:8081``).
         ``auth``: a requests auth object, a ``(user, password)`` tuple, or a
         dict of requests arguments (``auth``, ``cert``, ``verify``,
-        ``headers``).  ``session``: a ``requests.Session`` to reuse.
-        ``extra_args``: more members of the cart request, e.g.
+        ``headers``, ``proxies``).  ``session``: a ``requests.Session`` to
+        reuse.  ``extra_args``: more members of the cart request, e.g.
         ``{"bundle": True}``.  ``timeouts`` and ``retry``: see
         :class:`Timeouts` and :class:`Retry`.  ``keep_cart=True`` leaves the
         cart on the server after the download.  ``overwrite=False`` refuses
@@ -101,10 +107,22 @@ class Downloader:
         stage at once (see :class:`CartLimits`).  ``trust_verified=False``
         hashes every existing file again instead of trusting the record of
         files verified earlier and unchanged since (see :mod:`.verified`).
+        A bad argument raises :class:`InvalidInputError`.
         """
-        self.location = None if location is None else Path(location)
+        problems = [
+            f"{name} must be a {kind.__name__}, not {type(value).__name__}"
+            for name, value, kind in (("timeouts", timeouts, Timeouts), ("retry", retry, Retry),
+                                      ("limits", limits, CartLimits))
+            if not isinstance(value, kind)
+        ]
+        if progress is not None and not callable(progress):
+            problems.append(f"progress must be a callable, not {type(progress).__name__}")
+        if problems:
+            raise InvalidInputError("the downloader cannot be built", problems)
+        self.location = None if location is None else _as_path(location)
         self.cart_api = CartAPI(
-            cart_api_url, auth=auth, session=session, extra_args=extra_args, timeouts=timeouts, retry=retry
+            cart_api_url, proto=proto, addr=addr, port=port, auth=auth, session=session, extra_args=extra_args,
+            timeouts=timeouts, retry=retry,
         )
         self.keep_cart = keep_cart
         self.overwrite = overwrite
@@ -114,27 +132,53 @@ class Downloader:
 
     # -- the documented download methods -----------------------------------
 
-    def cloudevent(self, *args: Any, **kwargs: Any) -> list[str]:
-        """Download the files of a Pacifica Notifications CloudEvent; return their paths.
+    @overload
+    def cloudevent(
+        self, cloudevent: Any, *, filename: str = ..., timeout: float | None = ..., deadline: float | None = ...
+    ) -> list[str]: ...
 
-        ``down.cloudevent(event)`` or, 0.4 style,
-        ``down.cloudevent(location, event)``.  Keywords: ``filename`` (the
-        folder inside the location the files land in, default ``"data"``),
-        ``timeout`` (seconds to wait for the cart, default an hour),
-        ``deadline`` (seconds for the whole call).  Files land in
-        ``location/filename/<subdir>/<name>``.
+    @overload
+    def cloudevent(
+        self, location: PathLike, cloudevent: Any, *, filename: str = ..., timeout: float | None = ...,
+        deadline: float | None = ...,
+    ) -> None: ...
+
+    def cloudevent(self, *args: Any, **kwargs: Any) -> list[str] | None:
+        """Download the files of a Pacifica Notifications CloudEvent.
+
+        ``down.cloudevent(event)`` returns the files' paths;
+        ``down.cloudevent(location, event)``, the 0.4 style (the location
+        given with the call, also as ``location=``), returns None as 0.4.1
+        did.  Keywords: ``filename`` (the folder inside the location the
+        files land in, default ``"data"``), ``timeout`` (seconds to wait for
+        the cart, default an hour), ``deadline`` (seconds for the whole
+        call).  Files land in ``location/filename/<subdir>/<name>``.
         """
         location, event, options = self._call_style(args, kwargs, "cloudevent")
-        return self._download(event_records(event), location, **options)
+        paths = self._download(event_records(event), location, **options)
+        return None if location is not None else paths
 
-    def transactioninfo(self, *args: Any, **kwargs: Any) -> list[str]:
-        """Download the files of a Pacifica Policy transaction-info document; return their paths.
+    @overload
+    def transactioninfo(
+        self, transinfo: Any, *, filename: str = ..., timeout: float | None = ..., deadline: float | None = ...
+    ) -> list[str]: ...
 
-        ``down.transactioninfo(doc)`` or ``down.transactioninfo(location, doc)``;
+    @overload
+    def transactioninfo(
+        self, location: PathLike, transinfo: Any, *, filename: str = ..., timeout: float | None = ...,
+        deadline: float | None = ...,
+    ) -> None: ...
+
+    def transactioninfo(self, *args: Any, **kwargs: Any) -> list[str] | None:
+        """Download the files of a Pacifica Policy transaction-info document.
+
+        ``down.transactioninfo(doc)`` returns the files' paths;
+        ``down.transactioninfo(location, doc)`` returns None, as 0.4.1 did;
         keywords as :meth:`cloudevent`.
         """
         location, document, options = self._call_style(args, kwargs, "transinfo")
-        return self._download(transaction_records(document), location, **options)
+        paths = self._download(transaction_records(document), location, **options)
+        return None if location is not None else paths
 
     def download(
         self,
@@ -149,8 +193,12 @@ class Downloader:
 
         Files already present with the right hash are not fetched again, and
         when none is missing no cart is made.  After a successful call every
-        returned path holds content verified against its hash.
+        returned path holds content verified against its hash.  Unlike the
+        0.4 style of :meth:`cloudevent`, it returns the paths whether or not
+        ``location`` is given.
         """
+        if isinstance(records, (str, bytes, dict)) or not isinstance(records, Iterable):
+            raise InvalidInputError(f"records must be a list of file records, not {type(records).__name__}")
         checked = validate_records(((str(index), record) for index, record in enumerate(records)), what="files")
         return self._download(checked, location, filename=filename, timeout=timeout, deadline=deadline)
 
@@ -165,13 +213,15 @@ class Downloader:
     ) -> list[str]:
         """Download records already checked by :func:`validate_records`."""
         folder = check_folder_name(filename)
+        wait = None if timeout is None else check_seconds(timeout, "timeout")
+        seconds = None if deadline is None else check_seconds(deadline, "deadline")
         root = self._location(location)
         destination = root / folder
         paths = [str(destination / record.path) for record in checked]
         if not checked:
             LOGGER.info("no files to download; no cart created")
             return paths
-        call_deadline = None if deadline is None else time.monotonic() + float(deadline)
+        call_deadline = None if seconds is None else time.monotonic() + seconds
         index = VerifiedIndex(hidden_folder(root))
         try:
             todo = self._missing(checked, root, folder, index)
@@ -182,7 +232,7 @@ class Downloader:
             tracker = Tracker(self.progress, todo)
             tracker("validating")
             staging = StagingArea(root)
-            job = _Job(destination, folder, staging, timeout, call_deadline, tracker, index)
+            job = _Job(destination, folder, staging, wait, call_deadline, tracker, index)
             try:
                 run_carts(
                     split_batches(todo, self.limits),
@@ -196,12 +246,61 @@ class Downloader:
         finally:
             index.close()
 
+    # -- the released private step -------------------------------------------
+
+    def _download_from_url(self, *args: Any, **kwargs: Any) -> None:
+        """Fetch a ready cart by its URL into ``location/filename``; delete it after (the released private step).
+
+        pacifica-dispatcher calls it after ``cart_api.setup_cart()`` and
+        ``cart_api.wait_for_cart()``, with 0.4.1's arguments
+        ``(location, cart_url, filename)``; 0.3.0 took ``(cart_url,
+        filename)`` on a downloader built with its location.  It gives the
+        guarantees of the rest of the library: the tar is read strictly,
+        nothing partial appears under a final name, and the cart is deleted
+        after (unless ``keep_cart``).  A cart created by this downloader's
+        :class:`CartAPI` has every file verified against the records posted
+        and must hold exactly those; for a cart URL it never saw, there are
+        no hashes to check (a warning says so) and any regular file below
+        the cart's folder is taken, under the same rules of safety.
+        """
+        location, cart_url, filename = _url_call_style(args, kwargs)
+        folder = check_folder_name(filename)
+        if not isinstance(cart_url, str) or not cart_url.startswith(("http://", "https://")):
+            raise InvalidInputError(f"cart_url must be an http:// or https:// URL, got {cart_url!r}")
+        root = self._location(location)
+        records = self.cart_api.posted_records(cart_url)
+        if records is None:
+            LOGGER.warning(
+                "cart %s was not created by this downloader: its files cannot be checked against their hashes, "
+                "only against the rules of a safe archive", redact(cart_url),
+            )
+        index = VerifiedIndex(hidden_folder(root))
+        staging: StagingArea | None = None
+        try:
+            done: set[str] = set()
+            if records is not None:
+                missing = {record.path for record in self._missing(records, root, folder, index)}
+                done = {record.path for record in records if record.path not in missing}
+            tracker = Tracker(self.progress, records or [])
+            staging = StagingArea(root)
+            job = _Job(root / folder, folder, staging, None, None, tracker, index)
+            self.cart_api.wait_for_cart(cart_url, on_poll=lambda status: tracker("staging"))
+            self._transfer(cart_url, records, job, Slots(1), done)
+            tracker("done")
+        finally:
+            if staging is not None:
+                staging.remove()
+            index.close()
+            self._delete_quietly(cart_url)
+
     # -- the steps ---------------------------------------------------------------
 
-    def _call_style(self, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> tuple[Path, Any, dict[str, Any]]:
-        """Sort out ``(event)``, ``(location, event)`` and keyword calls."""
+    def _call_style(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], name: str
+    ) -> tuple[PathLike | None, Any, dict[str, Any]]:
+        """Sort out ``(event)``, ``(location, event)`` and keyword calls; the location is None in the first."""
         location = kwargs.pop("location", None)
-        if len(args) == 2:
+        if len(args) == 2 and location is None:
             location, document = args
         elif len(args) == 1 and name in kwargs:
             location, document = args[0], kwargs.pop(name)
@@ -210,14 +309,20 @@ class Downloader:
         elif not args and name in kwargs:
             document = kwargs.pop(name)
         else:
-            raise TypeError(f"{name}() takes the {name} and optionally the location before it")
+            raise InvalidInputError(
+                f"{name}() takes the {name} and optionally the location before it",
+                [f"{len(args)} positional arguments, keywords: {sorted(kwargs) or 'none'}"],
+            )
         unknown = sorted(set(kwargs) - {"filename", "timeout", "deadline"})
         if unknown:
-            raise TypeError("{}() got unexpected keyword arguments: {}".format(name, ", ".join(unknown)))
-        return self._location(location), document, kwargs
+            raise InvalidInputError(
+                f"{name}() takes only the keywords filename, timeout and deadline",
+                [f"unexpected keyword {key!r}" for key in unknown],
+            )
+        return location, document, kwargs
 
     def _location(self, location: PathLike | None) -> Path:
-        root = Path(location) if location is not None else self.location
+        root = _as_path(location) if location is not None else self.location
         if root is None:
             raise InvalidInputError("no download location: pass it to Downloader() or to the download method")
         try:
@@ -285,17 +390,22 @@ class Downloader:
                 raise
         slots.wait_for_next_cart(turn)
         try:
-            self._transfer(cart_url, records, job, slots)
+            self._transfer(cart_url, records, job, slots, set())
         except BaseException:
             self._delete_quietly(cart_url)
             raise
         slots.delete_between_carts(lambda: self._delete_quietly(cart_url))
 
-    def _transfer(self, cart_url: str, records: list[FileRecord], job: _Job, slots: Slots) -> None:
-        """Stream the ready cart into place; start over (skipping verified files) when it breaks."""
-        wanted = {record.path: record for record in records}
+    def _transfer(
+        self, cart_url: str, records: list[FileRecord] | None, job: _Job, slots: Slots, done: set[str]
+    ) -> None:
+        """Stream the ready cart into place; start over (skipping verified files) when it breaks.
+
+        ``records`` None: the cart's files are not known, take them unverified.
+        ``done`` holds the paths already in place, whose bytes are skipped.
+        """
+        wanted = None if records is None else {record.path: record for record in records}
         tops = {job.filename.replace(".tar", ""), cart_url.rsplit("/", 1)[-1]}
-        done: set[str] = set()
         failures: list[str] = []
         started = time.monotonic()
         transport = self.cart_api.transport
@@ -305,8 +415,9 @@ class Downloader:
 
         verified: list[tuple[str, str, str, str]] = []  # recorded in the index once per attempt, not per file
 
-        def placed(record: FileRecord, path: str) -> None:
-            verified.append((f"{job.filename}/{record.path}", path, record.hashtype, record.hashsum))
+        def placed(record: FileRecord | None, path: str) -> None:
+            if record is not None:  # a file of an unknown cart was not verified: never trust it later
+                verified.append((f"{job.filename}/{record.path}", path, record.hashtype, record.hashsum))
             job.tracker.file_placed()
 
         transferred = [0]
@@ -331,7 +442,7 @@ class Downloader:
                     delay = transport.retry.delay(attempt)
                     LOGGER.warning(
                         "cart %s stream broke (%s) with %d of %d files verified; starting over in %.1f s",
-                        redact(cart_url), err.reason, len(done), len(wanted), delay,
+                        redact(cart_url), err.reason, len(done), len(wanted or done), delay,
                     )
                     time.sleep(delay)
                 continue
@@ -346,7 +457,7 @@ class Downloader:
             )
             return
         raise TransferError(
-            f"the cart's stream kept breaking; {len(done)} of {len(wanted)} files were verified and kept, "
+            f"the cart's stream kept breaking; {len(done)} of {len(wanted or done)} files were kept, "
             "run again to fetch the rest",
             attempts=failures,
             cart_url=cart_url,
@@ -402,3 +513,29 @@ class _Job:
             self.tracker("staging")
 
         return on_poll
+
+
+def _as_path(location: Any) -> Path:
+    """The download directory given as a string or path; anything else is refused."""
+    if isinstance(location, bytes) or not isinstance(location, (str, os.PathLike)):
+        raise InvalidInputError(f"the location must be a path (str or os.PathLike), not {type(location).__name__}")
+    return Path(location)
+
+
+def _url_call_style(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """``(location, cart_url, filename)`` from 0.4.1's three arguments or 0.3.0's ``(cart_url, filename)``."""
+    three = len(args) + len(kwargs) >= 3 or "location" in kwargs
+    names = ("location", "cart_url", "filename") if three else ("cart_url", "filename")
+    given = dict(zip(names, args))
+    problems = [f"{len(args)} positional arguments, at most {len(names)}"] if len(args) > len(names) else []
+    problems += [f"{key!r} given twice" for key in kwargs if key in given]
+    problems += [f"unexpected keyword {key!r}" for key in kwargs if key not in names]
+    given.update(kwargs)
+    if "cart_url" not in given:
+        problems.append("no cart_url")
+    if problems:
+        raise InvalidInputError(
+            "_download_from_url() takes (location, cart_url, filename), or (cart_url, filename) "
+            "on a downloader built with its location", problems,
+        )
+    return given.get("location"), given["cart_url"], given.get("filename", "data")

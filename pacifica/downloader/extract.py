@@ -14,18 +14,23 @@ a many-small-files transfer).  The rules:
   file that is not requested, or comes twice, is a :class:`ManifestError`;
 * file modes from the archive are ignored: files get the process's default
   permissions, so no setuid, setgid or sticky bit ever survives.
+
+A cart whose files are not known (``wanted=None``: a cart URL handed to the
+released ``_download_from_url`` that this process did not create) is held to
+the same rules but one: any regular file below the top folder is taken, and
+there is no hash to check it against.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Callable
 
 from .exceptions import IntegrityError, ManifestError, UnsafeArchiveError
-from .records import FileRecord, new_hash
+from .records import FileRecord, join_path, new_hash
 from .staging import StagingArea, os_error, usable_mtime
 from .stream import CartStream, StreamBroken
 from .tarheaders import MalformedTar, TarMember, TarReader
@@ -52,13 +57,13 @@ def _split_name(member: TarMember, tops: Iterable[str]) -> tuple[str, str]:
 
 def extract_cart(
     stream: CartStream,
-    wanted: dict[str, FileRecord],
+    wanted: Mapping[str, FileRecord] | None,
     tops: set[str],
     destination: Path,
     staging: StagingArea,
     done: set[str],
     on_bytes: Callable[[int], None] = lambda count: None,
-    on_file: Callable[[FileRecord, str], None] = lambda record, path: None,
+    on_file: Callable[[FileRecord | None, str], None] = lambda record, path: None,
 ) -> None:
     """Stream the cart's tar into ``destination``, verifying every file; add each placed path to ``done``.
 
@@ -68,25 +73,24 @@ def extract_cart(
     ``done`` (placed by an earlier, broken attempt) are skipped.  Raises
     :class:`StreamBroken` when the connection broke and the stream must
     start over, and the library's typed errors for everything else.
+    ``wanted=None`` takes every regular file, unverified (``on_file``
+    then gets None for the record).
     """
-    folders = {record.path.rpartition("/")[0] for record in wanted.values()}
-    for folder in list(folders):
-        while folder:
-            folder = folder.rpartition("/")[0]
-            folders.add(folder)
+    folders = _folders(wanted)
     top_seen: str | None = None
     received: set[str] = set()
     reader = TarReader(stream)
-    staging.reserve(len(wanted) - len(done))  # files are created ahead while the stream is read
+    staging.reserve(0 if wanted is None else len(wanted) - len(done))  # files are created ahead while reading
     try:
         while True:
             try:
                 member = reader.next()
             except MalformedTar as err:
                 if err.first:
+                    lost = sorted(set(wanted or ()) - done)
                     raise ManifestError(
-                        f"the cart's stream held no tar ({err}); all {len(wanted)} files are missing",
-                        missing=sorted(set(wanted) - done),
+                        f"the cart's stream held no tar ({err}); {len(lost) or 'its'} files are missing",
+                        missing=lost,
                     ) from None
                 raise UnsafeArchiveError(f"the cart's tar is malformed: {err}") from None
             if member is None:
@@ -94,7 +98,7 @@ def extract_cart(
             # Every entry must share the first entry's top folder.
             top_seen, relative = _split_name(member, {top_seen} if top_seen else tops)
             if member.isdir:
-                if relative and relative not in folders:
+                if relative and folders is not None and relative not in folders:
                     raise ManifestError(
                         f"the cart holds a folder nobody asked for: {relative!r}", unexpected=[relative]
                     )
@@ -103,26 +107,49 @@ def extract_cart(
                 raise UnsafeArchiveError(
                     f"the tar entry {member.name!r} is a {member.kind}, not a regular file; refused"
                 )
-            record = wanted.get(relative)
-            if record is None:
+            record = None if wanted is None else wanted.get(relative)
+            if wanted is not None and record is None:
                 raise ManifestError(f"the cart holds a file nobody asked for: {relative!r}", unexpected=[relative])
             if relative in received:
                 raise ManifestError(f"the cart holds {relative!r} twice", duplicated=[relative])
             received.add(relative)
             if relative in done:
                 continue  # verified and placed by an earlier attempt; the reader skips its bytes
-            final = _receive(stream, member, record, destination, staging, on_bytes)
+            final = _receive(stream, member, record or _unlisted(relative), destination, staging, on_bytes,
+                             verify=record is not None)
             done.add(relative)
             on_file(record, final)
-        missing = sorted(set(wanted) - done)
+        missing = [] if wanted is None else sorted(set(wanted) - done)
         if missing:
             raise ManifestError(
-                f"the cart's stream ended without {len(missing)} of the {len(wanted)} files requested "
+                f"the cart's stream ended without {len(missing)} of the {len(wanted or ())} files requested "
                 f"(first: {missing[0]!r})",
                 missing=missing,
             )
     finally:
-        staging.unreserve(len(wanted) - len(done))
+        staging.unreserve(0 if wanted is None else len(wanted) - len(done))
+
+
+def _folders(wanted: Mapping[str, FileRecord] | None) -> set[str] | None:
+    """Every folder the requested files need (None: any folder, when the files are not known)."""
+    if wanted is None:
+        return None
+    folders = {record.path.rpartition("/")[0] for record in wanted.values()}
+    for folder in list(folders):
+        while folder:
+            folder = folder.rpartition("/")[0]
+            folders.add(folder)
+    return folders
+
+
+def _unlisted(relative: str) -> FileRecord:
+    """A record for a file of a cart whose files are not known: its path checked as an event's would be."""
+    subdir, _, name = relative.rpartition("/")
+    try:
+        path = join_path(subdir, name)
+    except ValueError as err:
+        raise UnsafeArchiveError(f"the tar entry {relative!r} cannot be written: {err}") from None
+    return FileRecord(id="", path=path, hashtype="sha256", hashsum="")
 
 
 def _receive(
@@ -132,14 +159,16 @@ def _receive(
     destination: Path,
     staging: StagingArea,
     on_bytes: Callable[[int], None],
+    verify: bool = True,
 ) -> str:
     """Copy one member into a staging file while hashing it; place it if the digest matches; return its path.
 
     The member's bytes are read straight from the stream, as views of the
     received chunks, and go to the hash and to the file without a copy;
-    the reader skips the padding after them on its next header.
+    the reader skips the padding after them on its next header.  With
+    ``verify=False`` nothing is hashed: no digest is known to compare with.
     """
-    digest = new_hash(record.hashtype)
+    digest = new_hash(record.hashtype) if verify else None
     target = staging.prepare(destination, record.path)
     staged, fd = staging.create_file(target)
     final = os.path.join(target.folder, record.path.rpartition("/")[2])
@@ -148,7 +177,8 @@ def _receive(
         try:
             try:
                 for piece in stream.pieces(member.size):
-                    digest.update(piece)
+                    if digest is not None:
+                        digest.update(piece)
                     _write_all(fd, piece)
                     received += len(piece)
                     on_bytes(len(piece))
@@ -160,7 +190,7 @@ def _receive(
             raise StreamBroken(
                 f"the stream ended inside {record.path!r} ({received} of {member.size} bytes)", stream.tell()
             )
-        actual = digest.hexdigest()
+        actual = record.hashsum if digest is None else digest.hexdigest()
         if actual != record.hashsum:
             raise IntegrityError(
                 f"{record.path} does not match its {record.hashtype} hash: "
