@@ -211,6 +211,51 @@ def _find_packaged_binary(bin_dir: Path, package: str, relative: str) -> Path:
     return candidate
 
 
+def reachable_by_others(path: Path) -> bool:
+    """Whether any user may enter ``path`` (every folder on the way has its x bit for others)."""
+    return all(os.stat(folder).st_mode & stat.S_IXOTH for folder in [path, *path.parents])
+
+
+def shared_folder() -> Path:
+    """A folder every user can enter, for what the stack's service user must reach: the temp folder, else /tmp."""
+    for candidate in (Path(tempfile.gettempdir()), Path("/var/tmp"), Path("/tmp")):
+        if candidate.is_dir() and reachable_by_others(candidate):
+            return candidate
+    raise StackError("no temporary folder that every user can enter (tried $TMPDIR, /var/tmp, /tmp)")
+
+
+def reachable_install(install: Path) -> Path:
+    """pgserver's ``install`` folder if every user can enter it, else a copy in :func:`shared_folder` (made once).
+
+    The stack's venv lives in the checkout, which may be in a home only its
+    owner can enter; PostgreSQL, run as another user when the stack runs as
+    root, must reach its binaries, their share/ folder and the libraries the
+    wheel keeps beside the package (``pgserver.libs``, found through the
+    binaries' relative RPATH, so the copy keeps that layout).
+    """
+    if reachable_by_others(install):
+        return install
+    package, libs = install.parent, install.parent.parent / f"{install.parent.name}.libs"
+    # Keyed by the build, not by the venv's path: every checkout of the same pgserver shares one copy.
+    binary = os.stat(install / "bin" / "postgres")
+    key = hashlib.sha1(f"{binary.st_size}:{binary.st_mtime_ns}".encode()).hexdigest()[:12]
+    copy = shared_folder() / f"pacifica-stack-pgserver-{key}"
+    if not (copy / package.name / install.name / "bin" / "postgres").exists():
+        LOGGER.info("copying %s to %s: the PostgreSQL user cannot enter the checkout", install, copy)
+        building = Path(tempfile.mkdtemp(prefix=copy.name + "-", dir=copy.parent))
+        try:
+            shutil.copytree(install, building / "copy" / package.name / install.name, symlinks=True)
+            if libs.is_dir():
+                shutil.copytree(libs, building / "copy" / libs.name, symlinks=True)
+            for folder in (building / "copy", building / "copy" / package.name):
+                os.chmod(folder, 0o755)
+            with contextlib.suppress(OSError):  # a concurrent stack made the same copy first
+                os.rename(building / "copy", copy)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return copy / package.name / install.name
+
+
 # --------------------------------------------------------------------------
 # Processes
 # --------------------------------------------------------------------------
@@ -551,7 +596,7 @@ class CartdStack:
         entry = pwd.getpwnam(_POSTGRES_RUN_AS)
         if self._pgdata_parent is None:
             # The workdir may not be reachable by that user (pytest's are 0700): use a directory of its own.
-            self._pgdata_parent = Path(tempfile.mkdtemp(prefix="cartd-stack-pg-"))
+            self._pgdata_parent = Path(tempfile.mkdtemp(prefix="cartd-stack-pg-", dir=shared_folder()))
             os.chown(self._pgdata_parent, entry.pw_uid, entry.pw_gid)
         return self._pgdata_parent / "pgdata", (entry.pw_uid, entry.pw_gid)
 
@@ -560,10 +605,12 @@ class CartdStack:
         pg_bin = _find_packaged_binary(self.bin_dir, "pgserver", "pginstall/bin/postgres").parent
         pgdata, run_as = self._postgres_data_dir()
         if run_as is not None:
+            # Under root it runs as another user, who cannot enter a checkout in a private (0700) home.
+            pg_bin = reachable_install(pg_bin.parent) / "bin"
             blocked = [str(p) for p in pg_bin.parents if not os.stat(p).st_mode & stat.S_IXOTH]
             if blocked:
                 raise StackError(f"PostgreSQL runs as {_POSTGRES_RUN_AS!r} under root, but it cannot enter "
-                                 f"{', '.join(blocked)}; put the stack venv elsewhere (PACIFICA_STACK_VENV)")
+                                 f"{', '.join(blocked)}")
         shutil.rmtree(pgdata, ignore_errors=True)
         env = self._base_env()
         env.update({"LC_ALL": "C", "LANG": "C"})

