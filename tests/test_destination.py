@@ -3,9 +3,11 @@
 * Disk full: the download directory is a 1 MiB tmpfs mounted for the test
   and the cart is bigger than it (ENOSPC).
 * Unwritable: the machine runs the tests as root, and root ignores file
-  modes, so the download runs in a child process as ``nobody`` (through
-  ``setpriv``) against folders owned by root with mode 0755 (EACCES), and
-  in-process against a tmpfs remounted read-only (EROFS, which binds root too).
+  modes, so the download runs in a child process as root without any
+  capability (``setpriv`` drops them all, so file modes bind it as they bind
+  any user) against folders of mode 0555 (EACCES), and in-process against a
+  tmpfs remounted read-only (EROFS, which binds root too).  Root keeps its
+  uid, so the child still reaches a checkout in root's private (0700) home.
 * An existing file with other content is replaced only once the new one is
   verified: it still holds its old content while the new one streams and
   after an interrupted download.
@@ -27,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,6 @@ REPO_ROOT = HERE.parent
 CHILD = HERE / "download_child.py"
 #: Seconds any one download of these tests may take, cart staging included.
 DEADLINE = 30
-NOBODY = 65534
 
 
 # -- helpers ------------------------------------------------------------------
@@ -244,28 +244,22 @@ def test_download_folder_on_another_filesystem(cartd_stack: Any, tmp_path: Path,
         _unmount(scratch)
 
 
-# -- no permission: run as nobody ---------------------------------------------
+# -- no permission: run without root's capabilities -----------------------------
 
 
 @pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A folder outside pytest's private (0700) temporary tree, which ``nobody`` can reach."""
+def unprivileged() -> None:
+    """Skip unless a child can be run as root without capabilities (root ignores file modes otherwise)."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip(f"running a download as another user needs root; these tests run as uid {os.geteuid()}")
+        pytest.skip(f"dropping root's capabilities needs root; these tests run as uid {os.geteuid()}")
     if shutil.which("setpriv") is None:
-        pytest.skip("no setpriv command to drop privileges to nobody")
-    path = Path(tempfile.mkdtemp(prefix="pacifica-dest-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+        pytest.skip("no setpriv command to drop root's capabilities")
 
 
-def run_as_nobody(location: Path, cart_url: str, event: dict[str, Any]) -> dict[str, Any]:
-    """Run one download as uid/gid 65534 in a child process; return its JSON report."""
+def run_unprivileged(location: Path, cart_url: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Run one download as root without any capability in a child process; return its JSON report."""
     argv = [
-        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        "setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all",
         sys.executable, str(CHILD),
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONDONTWRITEBYTECODE="1", HOME=str(location.parent))
@@ -277,21 +271,21 @@ def run_as_nobody(location: Path, cart_url: str, event: dict[str, Any]) -> dict[
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if not lines:
         if "setpriv" in result.stderr and result.returncode != 0 and "Operation not permitted" in result.stderr:
-            pytest.skip(f"setpriv cannot switch to nobody here: {result.stderr.strip()}")
+            pytest.skip(f"setpriv cannot drop capabilities here: {result.stderr.strip()}")
         pytest.fail(f"the child wrote no report (exit {result.returncode}):\n{result.stderr}")
     report: dict[str, Any] = json.loads(lines[-1])
     report["sent"] = [tuple(item) for item in report.get("sent", [])]
     return report
 
 
-def test_unwritable_download_directory_as_nobody(cartd_stack: Any, shared_dir: Path) -> None:
-    """A download directory owned by root, mode 0755, written by nobody: DestinationError(EACCES), nothing left."""
-    location = shared_dir / "root-owned"
-    location.mkdir(mode=0o755)
-    location.chmod(0o755)
+def test_unwritable_download_directory(cartd_stack: Any, tmp_path: Path, unprivileged: None) -> None:
+    """A download directory of mode 0555, written without root's capabilities: DestinationError(EACCES)."""
+    location = tmp_path / "read-only"
+    location.mkdir()
+    location.chmod(0o555)
     files = {"x/a.txt": b"a" * 100}
     event = make_event(cartd_stack, files)
-    report = run_as_nobody(location, cartd_stack.cart_url, event)
+    report = run_unprivileged(location, cartd_stack.cart_url, event)
     assert "error" in report, report
     error = report["error"]
     assert error["type"] == "DestinationError", error
@@ -302,19 +296,17 @@ def test_unwritable_download_directory_as_nobody(cartd_stack: Any, shared_dir: P
     assert_no_cart_left(report["sent"])
 
 
-def test_unwritable_target_folder_as_nobody(cartd_stack: Any, shared_dir: Path) -> None:
-    """Nobody owns the download directory but not one target folder: the files that can land are verified,
+def test_unwritable_target_folder(cartd_stack: Any, tmp_path: Path, unprivileged: None) -> None:
+    """The download directory is writable but one target folder is not: the files that can land are verified,
     the failure is DestinationError(EACCES) naming the file, and no partial data or staging folder is left."""
-    location = shared_dir / "nobody-owned"
+    location = tmp_path / "writable"
     locked = location / "data" / "b_locked"
     locked.mkdir(parents=True)
-    for path in (location, location / "data"):
-        os.chown(path, NOBODY, NOBODY)
-    locked.chmod(0o755)  # owned by root: nobody may not create files in it
+    locked.chmod(0o555)  # no one without root's capabilities may create files in it
     # Cartd's tar lists files sorted by path: a_open/a.bin is verified and placed before the failure.
     files = {"a_open/a.bin": os.urandom(5000), "b_locked/b.bin": os.urandom(5000), "c_open/c.bin": os.urandom(5000)}
     event = make_event(cartd_stack, files)
-    report = run_as_nobody(location, cartd_stack.cart_url, event)
+    report = run_unprivileged(location, cartd_stack.cart_url, event)
     assert "error" in report, report
     error = report["error"]
     assert error["type"] == "DestinationError", error
