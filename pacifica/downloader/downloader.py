@@ -28,12 +28,13 @@ from .exceptions import (
     TransferError,
 )
 from .extract import extract_cart
+from .hashing import file_digest
 from .pipeline import Cancelled, CartLimits, Slots, run_carts, split_batches
 from .policy import transaction_records
 from .progress import ProgressCallback, Tracker
 from .records import FileRecord, check_folder_name, entries_callable, validate_records
 from .retry import Retry
-from .staging import StagingArea, file_digest, hidden_folder, os_error, safe_folder
+from .staging import StagingArea, hidden_folder, os_error, safe_folder
 from .stream import CartStream, StreamBroken
 from .transport import redact
 from .verified import VerifiedIndex

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Callable
 
 from .exceptions import IntegrityError, ManifestError, UnsafeArchiveError
-from .records import FileRecord, join_path, new_hash
+from .hashing import new_hash
+from .records import FileRecord, join_path
 from .staging import StagingArea, os_error, usable_mtime
 from .stream import CartStream, StreamBroken
 from .tarheaders import MalformedTar, TarMember, TarReader

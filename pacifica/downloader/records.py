@@ -9,30 +9,23 @@ record, so that no request is ever sent for input that cannot succeed.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .exceptions import InvalidInputError
+from .hashing import check_hashtype, hex_length
 
 __all__ = [
     "FileRecord",
     "Keyed",
     "check_folder_name",
-    "check_hashtype",
     "entries_callable",
     "join_path",
-    "new_hash",
     "validate_records",
 ]
 
-#: Algorithms whose digest has a fixed length; SHAKE needs a length and Cartd
-#: cannot check it, so it is refused.
-_FIXED_DIGESTS = frozenset(
-    name for name in hashlib.algorithms_available if not name.lower().startswith("shake")
-)
 _HEX = re.compile(r"[0-9a-fA-F]+")
 #: Archive ids end up in a URL path on the archive interface.
 _ID = re.compile(r"[^/\\?#\s\x00]+")
@@ -102,22 +95,6 @@ def join_path(subdir: Any, name: Any) -> str:
     return joined
 
 
-def new_hash(hashtype: str) -> Any:
-    """A new hash object for ``hashtype`` (checked by :func:`check_hashtype`), via its fast named constructor."""
-    if hashtype in hashlib.algorithms_guaranteed and callable(getattr(hashlib, hashtype, None)):
-        return getattr(hashlib, hashtype)()
-    return hashlib.new(hashtype)
-
-
-def check_hashtype(hashtype: Any) -> str:
-    """Return ``hashtype`` lower-cased if :mod:`hashlib` and Cartd can both use it, else raise ``ValueError``."""
-    if not isinstance(hashtype, str) or hashtype.lower() not in _FIXED_DIGESTS:
-        raise ValueError(
-            "unknown hashtype {!r}; use one of: {}".format(hashtype, ", ".join(sorted(_FIXED_DIGESTS)))
-        )
-    return hashtype.lower()
-
-
 def check_folder_name(filename: Any) -> str:
     """Check the ``filename`` argument (the folder the files land in) is one plain path component."""
     if (
@@ -184,10 +161,10 @@ def record_from_metadata(obj: Any, file_id: Any = None) -> FileRecord:
     if "hashsum" in obj:
         if not isinstance(hashsum, str) or not _HEX.fullmatch(hashsum):
             problems.append("'hashsum' must be a hex string")
-        elif "hashtype" in values and len(hashsum) != 2 * hashlib.new(values["hashtype"]).digest_size:
+        elif "hashtype" in values and len(hashsum) != hex_length(values["hashtype"]):
             problems.append(
                 "'hashsum' has {} hex digits, a {} digest has {}".format(
-                    len(hashsum), values["hashtype"], 2 * hashlib.new(values["hashtype"]).digest_size
+                    len(hashsum), values["hashtype"], hex_length(values["hashtype"])
                 )
             )
     if "id" in values and file_id is not None and "_id" in obj and str(file_id) != values["id"]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import itertools
 import logging
 import math
@@ -28,7 +27,7 @@ from typing import Any, NamedTuple
 from .exceptions import DestinationError, UnsafeArchiveError
 from .reserve import FileReserve
 
-__all__ = ["STAGING_DIR", "StagingArea", "file_digest", "hidden_folder", "safe_folder", "usable_mtime"]
+__all__ = ["STAGING_DIR", "StagingArea", "hidden_folder", "safe_folder", "usable_mtime"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,8 +35,6 @@ LOGGER = logging.getLogger(__name__)
 STAGING_DIR = ".pacifica-downloader"
 #: A new staging file: write-only, never an existing name, not inherited by child processes.
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-#: Bytes per read when hashing a file already on disk.
-HASH_CHUNK = 1024 * 1024
 
 
 def os_error(err: OSError, path: str, doing: str) -> DestinationError:
@@ -52,26 +49,6 @@ def os_error(err: OSError, path: str, doing: str) -> DestinationError:
     return DestinationError(
         f"cannot {doing} {path}: {err.strerror or err} ({advice})", path=path, errno=err.errno
     )
-
-
-def file_digest(path: Path, hashtype: str) -> str | None:
-    """Return the hex digest of the regular file at ``path``, or None if there is none (or a link)."""
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-        with open(path, "rb", buffering=0) as handle:
-            digest = hashlib.new(hashtype)
-            buffer = bytearray(HASH_CHUNK)
-            view = memoryview(buffer)
-            while True:
-                count = handle.readinto(buffer)
-                if not count:
-                    return digest.hexdigest()
-                digest.update(view[:count])
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as err:
-        raise os_error(err, str(path), "read the existing file") from err
 
 
 def _refuse_link(path: Path) -> None:
