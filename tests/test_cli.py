@@ -42,7 +42,7 @@ from pacifica.downloader.cli import (
     load_json,
     main,
 )
-from pacifica.downloader.display import (
+from pacifica.downloader.cli.display import (
     LineDisplay,
     SafeDisplay,
     TqdmDisplay,

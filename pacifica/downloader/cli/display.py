@@ -22,7 +22,7 @@ import logging
 import os
 from typing import Any, TextIO
 
-from .progress import Progress
+from ..progress import Progress
 
 __all__ = ["Display", "LineDisplay", "SafeDisplay", "TqdmDisplay", "format_size", "make_display", "stage_of"]
 

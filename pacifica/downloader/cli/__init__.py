@@ -1,0 +1,159 @@
+"""The ``pacifica-downloader`` command: download the files of an event or a transaction.
+
+::
+
+    pacifica-downloader cloudevent EVENT.json -d DIR [--cart-url URL] [--json]
+    pacifica-downloader cloudevent - < EVENT.json
+    pacifica-downloader transactioninfo DOC.json -d DIR
+    pacifica-downloader transactioninfo --transaction-id 42 --policy-url URL -d DIR
+
+Files land in ``DIR/<filename>/<subdir>/<name>`` (``--filename`` defaults to
+``data``), each verified against its hash.  Credentials come from the
+environment only (:mod:`.credentials`), never from the command line.  The
+exit status says what went wrong (:data:`EXIT_CODES`).  Also runnable as
+``python -m pacifica.downloader``.
+
+This module runs the command; :mod:`.arguments` parses and checks it,
+:mod:`.credentials` reads the environment, :mod:`.output` and
+:mod:`.display` say what happens, and :mod:`~pacifica.downloader.policyapi`
+fetches a transaction by id.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from typing import TextIO
+
+import requests
+from urllib3.exceptions import InsecureRequestWarning
+
+from .. import __version__
+from ..cloudevent import event_records
+from ..downloader import Downloader
+from ..exceptions import DownloaderError
+from ..policy import transaction_records
+from ..policyapi import fetch_transaction
+from ..transport import redact
+from .arguments import build_parser, check_arguments, load_json
+from .credentials import auth_from_environment
+from .display import make_display
+from .output import (
+    EXIT_CODES,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROG,
+    Output,
+    ProgressFeed,
+    exit_code_for,
+    manifest,
+    restore_logging,
+    setup_logging,
+    summary,
+)
+
+__all__ = [
+    "EXIT_CODES",
+    "auth_from_environment",
+    "build_parser",
+    "exit_code_for",
+    "fetch_transaction",
+    "load_json",
+    "main",
+    "manifest",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+
+def _run(args: argparse.Namespace, out: Output, feed: ProgressFeed, stdin: TextIO | None) -> int:
+    with warnings.catch_warnings():
+        if args.insecure:
+            out.message("warning: --insecure: TLS certificates are not verified; anyone on the network path "
+                        "can read and alter the traffic")
+            # Said once above; urllib3 would repeat it for every request.
+            warnings.simplefilter("ignore", InsecureRequestWarning)
+        return _download(args, out, feed, stdin)
+
+
+def _download(args: argparse.Namespace, out: Output, feed: ProgressFeed, stdin: TextIO | None) -> int:
+    auth = auth_from_environment(os.environ, ca_bundle=args.ca_bundle, insecure=args.insecure)
+    with requests.Session() as session:
+        session.headers["User-Agent"] = f"{PROG}/{__version__} {requests.utils.default_user_agent()}"
+        down = Downloader(
+            cart_api_url=args.cart_url,
+            auth=auth or None,
+            session=session,
+            keep_cart=args.keep_cart,
+            overwrite=not args.no_overwrite,
+            progress=feed,
+        )
+        if args.command == "cloudevent":
+            records = event_records(load_json(args.event, stdin))
+        elif args.transaction_id is not None:
+            document = fetch_transaction(down.cart_api.transport, args.policy_url, args.transaction_id)
+            records = transaction_records(document)
+        else:
+            records = transaction_records(load_json(args.document, stdin))
+        LOGGER.info("%d files listed; downloading into %s", len(records), os.path.abspath(args.destination))
+        started = time.monotonic()
+        paths = down.download(records, args.destination, filename=args.filename, timeout=args.timeout)
+        elapsed = time.monotonic() - started
+    out.close_display()
+    entries = manifest(records, paths) if args.json or not args.quiet else None
+    if args.json:
+        out.json(entries)
+    if not args.quiet:
+        destination = os.path.abspath(os.path.join(args.destination, args.filename))
+        out.message(summary(paths, records, entries, feed, elapsed, destination, args.keep_cart))
+    return EXIT_OK
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    stdout, stderr = sys.stdout, sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        check_arguments(parser, args)
+    except SystemExit as exit_:  # --help, --version, usage errors
+        code = exit_.code
+        return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_USAGE)
+    display = make_display(stderr, quiet=args.quiet)
+    out = Output(stdout, stderr, display)
+    feed = ProgressFeed(display)
+    logging_state = setup_logging(args.verbose, args.quiet, stderr, display)
+    try:
+        return _run(args, out, feed, None)
+    except KeyboardInterrupt:
+        out.close_display()
+        text = "interrupted; no partial file was left"
+        if args.keep_cart and feed.cart_url:
+            text += f"; the cart was kept at {redact(feed.cart_url)}"
+        stderr.write("{}{}: {}\n".format("\n" if _isatty(stderr) else "", PROG, text))
+        stderr.flush()
+        return EXIT_INTERRUPTED
+    except (DownloaderError, requests.RequestException) as error:
+        out.error(error, args.verbose)
+        return exit_code_for(error)
+    except Exception as error:  # noqa: BLE001 - a bug: say so in one line, the traceback with -vv
+        out.error(error, args.verbose)
+        if args.verbose < 2:
+            stderr.write(f"{PROG}: this is a bug; run again with -vv for the traceback\n")
+        return EXIT_INTERNAL
+    finally:
+        out.close_display()
+        restore_logging(logging_state)

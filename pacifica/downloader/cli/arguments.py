@@ -1,0 +1,204 @@
+"""The command's arguments: the parser, the checks argparse cannot express, and the JSON files they name."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from .. import __version__
+from ..config import Timeouts
+from ..exceptions import InvalidInputError
+from .credentials import ENV_CERT, ENV_KEY, ENV_PASSWORD, ENV_TOKEN, ENV_USER
+from .output import EXIT_CODES, PROG
+
+__all__ = ["build_parser", "check_arguments", "load_json"]
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=79)
+
+
+def _epilog() -> str:
+    codes = "\n".join(
+        textwrap.fill(text, width=79, initial_indent=f"  {code:>3}  ", subsequent_indent=" " * 7)
+        for code, text in sorted(EXIT_CODES.items())
+    )
+    return (
+        f"exit status:\n{codes}\n\n"
+        "environment:\n"
+        f"  {ENV_USER}, {ENV_PASSWORD}\n"
+        "        HTTP basic authentication\n"
+        f"  {ENV_TOKEN}\n"
+        "        bearer token (Authorization: Bearer ...)\n"
+        f"  {ENV_CERT} [, {ENV_KEY}]\n"
+        "        client certificate file [and its private key file]\n"
+        "  CARTD_CART_API_URL, or CARTD_PROTO, CARTD_ADDR, CARTD_PORT\n"
+        "        the cart service when --cart-url is not given\n"
+        "        (default: http://127.0.0.1:8081)\n"
+        "Credentials are read from the environment only, never from the command line."
+    )
+
+
+# -- argument parsing ------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _transaction_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a transaction id (an integer)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a transaction id is not negative, got {text!r}")
+    return value
+
+
+def _add_common_options(command: argparse.ArgumentParser) -> None:
+    """Add the options every subcommand takes (added to each: argparse's ``parents`` loses group layout)."""
+    where = command.add_argument_group("where")
+    where.add_argument(
+        "-d", "--destination", metavar="DIR", default=".",
+        help="download directory (default: the current directory); files land in DIR/FILENAME/...",
+    )
+    where.add_argument(
+        "--filename", metavar="NAME", default="data",
+        help="folder inside DIR the files land in, as Cartd names the cart's top folder (default: data)",
+    )
+    where.add_argument(
+        "--cart-url", metavar="URL", default=None,
+        help="Cartd cart API URL (default: from the environment, see below)",
+    )
+    where.add_argument(
+        "--timeout", metavar="SECONDS", type=_positive_float, default=None,
+        help=f"how long to wait for the cart to be ready (default: {Timeouts().wait:.0f})",
+    )
+    tls = command.add_argument_group("TLS (credentials: see environment below)").add_mutually_exclusive_group()
+    tls.add_argument("--ca-bundle", metavar="PATH", help="CA certificate file or directory to verify servers with")
+    tls.add_argument(
+        "--insecure", action="store_true", help="do not verify TLS certificates (prints a warning; avoid)"
+    )
+    output = command.add_argument_group("output")
+    talk = output.add_mutually_exclusive_group()
+    talk.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress display and no summary; only errors"
+    )
+    talk.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log to stderr: -v progress steps, -vv debug details"
+    )
+    output.add_argument(
+        "--json", action="store_true",
+        help='print the written files as JSON to stdout: [{"path", "size", "hashtype", "hashsum"}, ...]',
+    )
+    behaviour = command.add_argument_group("behaviour")
+    behaviour.add_argument("--keep-cart", action="store_true", help="leave the cart on the server afterwards")
+    behaviour.add_argument(
+        "--no-overwrite", action="store_true",
+        help="fail (exit 6) instead of replacing an existing file whose content differs",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command's argument parser."""
+    epilog = _epilog()
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=_wrap(
+            "Download the files of a Pacifica event or transaction through a Cartd cart, verifying "
+            "every file against its hash. Files land in DIR/FILENAME/<subdir>/<name>."
+        ) + "\n\nexamples:\n"
+        "  pacifica-downloader cloudevent event.json -d /data/in --cart-url http://cart:8081\n"
+        "  pacifica-downloader cloudevent - --json < event.json > manifest.json\n"
+        "  pacifica-downloader transactioninfo --transaction-id 42 --policy-url http://policy:8181",
+        epilog=epilog,
+        formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    event = commands.add_parser(
+        "cloudevent", epilog=epilog, formatter_class=formatter,
+        help="download the files of a Pacifica Notifications CloudEvent (JSON)",
+        description=_wrap("Download the files of a Pacifica Notifications CloudEvent into DIR/FILENAME/."),
+    )
+    event.add_argument("event", metavar="EVENT.json", help="the event as a JSON file; - reads standard input")
+    _add_common_options(event)
+    event.set_defaults(command_parser=event)
+    transaction = commands.add_parser(
+        "transactioninfo", epilog=epilog, formatter_class=formatter,
+        help="download the files of a Pacifica Policy transaction-info document",
+        description=_wrap(
+            "Download the files of a Pacifica Policy transaction-info document into DIR/FILENAME/, "
+            "the document given as a file or fetched from the Policy service "
+            "(GET POLICY_URL/transactioninfo/ID, with the same credentials and TLS settings)."
+        ),
+    )
+    transaction.add_argument(
+        "document", metavar="DOC.json", nargs="?", help="the document as a JSON file; - reads standard input"
+    )
+    fetch = transaction.add_argument_group("fetching the document instead")
+    fetch.add_argument("--transaction-id", metavar="ID", type=_transaction_id, help="the transaction to fetch")
+    fetch.add_argument("--policy-url", metavar="URL", help="the Policy service's base URL")
+    _add_common_options(transaction)
+    transaction.set_defaults(command_parser=transaction)
+    return parser
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks argparse cannot express; a failure exits through ``parser.error`` (status 2)."""
+    parser = getattr(args, "command_parser", parser)
+    if args.command == "transactioninfo":
+        if args.document is not None and args.transaction_id is not None:
+            parser.error("give either DOC.json or --transaction-id, not both")
+        if args.document is None and args.transaction_id is None:
+            parser.error("give DOC.json, or --transaction-id with --policy-url")
+        if args.transaction_id is not None and not args.policy_url:
+            parser.error("--transaction-id needs --policy-url")
+        if args.policy_url and args.transaction_id is None:
+            parser.error("--policy-url is only used with --transaction-id")
+    for option in ("cart_url", "policy_url"):
+        url = getattr(args, option, None)
+        if not url:
+            continue
+        flag = "--" + option.replace("_", "-")
+        if not url.startswith(("http://", "https://")):
+            parser.error(f"{flag} must start with http:// or https://")
+        try:
+            parts = urlsplit(url)
+            has_credentials = parts.username is not None or parts.password is not None
+        except ValueError as err:
+            parser.error(f"{flag} is not a valid URL: {err}")
+        if has_credentials:
+            parser.error(
+                f"{flag} must not carry credentials (they would show in the process list); "
+                f"set {ENV_USER} and {ENV_PASSWORD} in the environment instead"
+            )
+
+
+def load_json(path: str, stdin: TextIO | None = None) -> Any:
+    """Read and parse the JSON file ``path`` (``-`` is ``stdin``); raise :class:`InvalidInputError` if that fails."""
+    name = "standard input" if path == "-" else path
+    try:
+        if path == "-":
+            source = stdin if stdin is not None else sys.stdin
+            raw: Any = source.buffer.read() if hasattr(source, "buffer") else source.read()
+        else:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+    except OSError as err:
+        raise InvalidInputError(f"cannot read {name}: {err.strerror or err}") from None
+    try:
+        return json.loads(raw)
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        raise InvalidInputError(f"{name} is not valid JSON: {err}") from None
