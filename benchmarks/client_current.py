@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from rss import peak_rss_kib
 
-from pacifica.downloader import CartAPI, CartLimits, Downloader
+from pacifica.downloader import CartAPI, CartLimits, Downloader, RetryBudget
 
 Entries = Callable[[], Iterator[dict[str, Any]]]
 
@@ -53,7 +53,7 @@ class ReadyCartAPI(CartAPI):
         super().__init__(cart_api_url)
         self.ready = ready
 
-    def setup_cart(self, yield_files: Entries) -> str:
+    def setup_cart(self, yield_files: Entries, *, budget: RetryBudget | None = None) -> str:
         """Return the ready cart holding exactly the files asked for."""
         asked = frozenset(str(entry["path"]) for entry in yield_files())
         cart_url = self.ready.get(asked)
@@ -68,11 +68,11 @@ def record_carts(down: Downloader, carts: list[list[str]]) -> None:
     original = down.cart_api.setup_cart
     lock = threading.Lock()
 
-    def setup_cart(yield_files: Entries) -> str:
+    def setup_cart(yield_files: Entries, *, budget: RetryBudget | None = None) -> str:
         entries = list(yield_files())
         with lock:
             carts.append([str(entry["path"]) for entry in entries])
-        return original(lambda: iter(entries))
+        return original(lambda: iter(entries), budget=budget)
 
     down.cart_api.setup_cart = setup_cart  # type: ignore[method-assign]
 

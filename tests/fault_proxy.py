@@ -22,7 +22,10 @@ of a method it misbehaves in one of these ways:
     forwarding (e.g. ``503`` with ``Retry-After: 1``);
 ``drop_reply``
     forward the request and read Cartd's whole answer (so a POST does create
-    the cart), then close the client's connection without a reply.
+    the cart), then close the client's connection without a reply;
+``mute``
+    read the request and never answer, holding the connection open: a server
+    that accepts connections and says nothing.
 
 Keep-alive is not supported: ``Connection: close`` is forced on every
 forwarded request and every relayed answer, so each request is its own
@@ -55,7 +58,7 @@ from types import TracebackType
 __all__ = ["ACTIONS", "Fault", "FaultProxy", "ProxyRequest"]
 
 #: The things a fault can do; see the module docstring.
-ACTIONS = ("reset", "truncate", "trickle", "silent", "respond", "drop_reply")
+ACTIONS = ("reset", "truncate", "trickle", "silent", "respond", "drop_reply", "mute")
 
 _LOOPBACK = "127.0.0.1"
 _MAX_HEAD = 64 * 1024
@@ -324,6 +327,9 @@ class FaultProxy:
                 body += _recv(client)
             request.body = body[:length]
             fault = self._match(request)
+            if fault is not None and fault.action == "mute":
+                self._hold(client)
+                return
             if fault is not None and fault.action == "respond":
                 request.status = fault.status
                 _send(client, _canned(fault.status, fault.headers, fault.body, request.method))
@@ -413,9 +419,7 @@ class FaultProxy:
             return fault.action == "reset"
         held_until = time.monotonic() + self.max_hold
         if fault.action == "silent":
-            while time.monotonic() < held_until and not self._stop.is_set():
-                if _peer_closed(client, 0.05):
-                    break
+            self._hold(client)
             return False
         # trickle: one byte per interval, for as long as there is something to send
         while time.monotonic() < held_until and not self._stop.wait(fault.interval):
@@ -431,6 +435,13 @@ class FaultProxy:
             request.body_bytes += 1
             pending = pending[1:]
         return False
+
+    def _hold(self, client: socket.socket) -> None:
+        """Say nothing more on ``client`` until it hangs up, the proxy closes, or ``max_hold`` passes."""
+        held_until = time.monotonic() + self.max_hold
+        while time.monotonic() < held_until and not self._stop.is_set():
+            if _peer_closed(client, 0.05):
+                break
 
     def _drain(self, sock: socket.socket) -> None:
         """Wait (bounded) until the kernel has sent everything queued, so a RST loses nothing already relayed."""

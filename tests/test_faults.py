@@ -39,6 +39,7 @@ from pacifica.downloader import (
     Downloader,
     Progress,
     Retry,
+    RetryBudget,
     Timeouts,
     TransferError,
 )
@@ -213,17 +214,18 @@ def test_stream_broken_mid_way_recovers(
 def test_stream_broken_on_every_try_gives_up_with_every_reason(
     cartd_stack: Any, proxied: Any, tmp_path: Path, kind: str
 ) -> None:
-    """Every GET is reset after 20 kB: a TransferError listing one reason per request sent."""
+    """Every GET is reset before it brings any progress: a TransferError listing one reason per request sent.
+
+    A plain cart starts over from byte 0 (20 kB, then a reset: the same bytes again, never progress); a
+    bundled one resumes with ``Range``, so it is cut sooner than ``stall_bytes`` of new data each time.
+    """
     files = sample_files()
-    proxy = proxied([Fault("GET", "reset", after=20_000, count=None)])
+    proxy = proxied([Fault("GET", "reset", after=20_000 if kind == "plain" else 500, count=None)])
     with pytest.raises(TransferError) as raised:
         downloader(proxy.url, tmp_path, kind).cloudevent(make_event(cartd_stack, files))
     error = raised.value
     gets = proxy.count("GET")
-    if kind == "plain":
-        assert gets == RETRY.attempts, "one GET per try, none past the bound"
-    else:
-        assert gets <= RETRY.attempts * RETRY.attempts, "resumes and restarts are both bounded"
+    assert gets == RETRY.attempts, "one budget for requests, resumes and restarts: one GET per try, none past it"
     assert len(error.attempts) == gets, f"one reason per request that failed: {error.attempts}"
     assert all(re.search(r"reset|broken|ended", reason, re.IGNORECASE) for reason in error.attempts), error.attempts
     assert f"({len(error.attempts)} attempts)" in str(error)
@@ -233,6 +235,22 @@ def test_stream_broken_on_every_try_gives_up_with_every_reason(
                for p in (tmp_path / "data").rglob("*") if p.is_file()} if (tmp_path / "data").exists() else {}
     assert all(files[path] == content for path, content in on_disk.items()), "only verified files are kept"
 
+
+
+def test_resumed_stream_that_keeps_bringing_new_bytes_finishes(
+    cartd_stack: Any, proxied: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bundled cart's GET reset after every 20 kB, resumed each time from the first byte not yet received:
+    each resume brings new bytes, which give the tries back, so the 200 kB cart arrives whole, every file
+    verified, although more GETs failed than ``attempts``."""
+    files = sample_files()
+    proxy = proxied([Fault("GET", "reset", after=20_000, count=None)])
+    with caplog.at_level(logging.WARNING, logger="pacifica.downloader"):
+        _expect_success(cartd_stack, proxy, tmp_path, files, "bundle")
+    gets = proxy.requests_for("GET")
+    assert len(gets) > RETRY.attempts, "the budget is given back by progress, not spent once per download"
+    assert all(get.header("Range") for get in gets[1:]), "every GET after the first resumes"
+    assert len(gets) <= 4 * FILE_SIZE // 20_000 + 2, "one GET per 20 kB piece of the tar, no more"
 
 
 def test_resume_offset_counts_bytes_already_returned_by_the_same_read() -> None:
@@ -249,7 +267,7 @@ def test_resume_offset_counts_bytes_already_returned_by_the_same_read() -> None:
     first = FakeResponse(
         FakeBody(data, chunk=1000, fail_at=5000), 200, {"Accept-Ranges": "bytes", "Content-Length": str(len(data))}
     )
-    stream = CartStream(first, reopen, timeouts=TIMEOUTS, attempts=3)
+    stream = CartStream(first, reopen, timeouts=TIMEOUTS, budget=RetryBudget(RETRY))
     got = stream.read(20000) + stream.read(10000)
     assert offsets == [5000], f"resumed at {offsets}, but 5000 bytes had been received"
     assert got == data
@@ -314,6 +332,45 @@ def test_silence_on_every_try_gives_up(cartd_stack: Any, proxied: Any, tmp_path:
     assert all(re.search(r"timed? ?out", reason, re.IGNORECASE) for reason in raised.value.attempts), \
         raised.value.attempts
     assert_cart_deleted(cartd_stack, proxy)
+
+
+# -- one retry budget per download ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_a_mute_server_ends_in_one_error_within_the_documented_bound(
+    cartd_stack: Any, proxied: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """A server that accepts connections and never answers: one TransferError after ``attempts`` requests.
+
+    The documented bound (retry.py): at most ``attempts`` failed tries since the last progress, each
+    waiting at most ``Timeouts.read``, plus the backoff delays between them.  The delays slept are
+    recorded, so the bound is checked without timing the test.
+    """
+    sleeps = SleepRecorder()
+    monkeypatch.setattr(transport_module, "time", sleeps)
+    proxy = proxied([Fault(method, "mute", count=None)])
+    fast = TIMEOUTS.replace(read=0.5)
+    with pytest.raises(TransferError) as raised:
+        downloader(proxy.url, tmp_path, timeouts=fast).cloudevent(make_event(cartd_stack, sample_files(2)))
+    assert proxy.count(method) == RETRY.attempts, "no request past the budget"
+    assert len(raised.value.attempts) == RETRY.attempts, raised.value.attempts
+    assert all(re.search(r"timed? ?out", reason, re.IGNORECASE) for reason in raised.value.attempts)
+    assert len(sleeps.delays) == RETRY.attempts - 1
+    assert RETRY.attempts * fast.read + sum(sleeps.delays) <= RETRY.attempts * (fast.read + RETRY.backoff_max)
+
+
+def test_budget_is_spent_once_across_layers() -> None:
+    """Request retries, resumes and restarts spend one budget: the third failure of any kind ends it."""
+    budget = RetryBudget(Retry(attempts=3, jitter=0))
+    assert budget.spend("HTTP 503") is not None  # a request retried
+    budget.reached("cart", 10)  # new bytes: progress gives the tries back
+    assert budget.retry.spent == 0
+    assert budget.spend("reset at byte 10") is not None  # a resume
+    budget.reached("cart", 10)  # the same bytes again: no progress
+    assert budget.spend("reset at byte 10") is not None  # a restart
+    assert budget.spend("HTTP 503") is None
+    assert budget.history == ["HTTP 503", "reset at byte 10", "reset at byte 10", "HTTP 503"]
 
 
 # -- the caller's deadline ---------------------------------------------------------------

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from pacifica.downloader.config import Timeouts
 from pacifica.downloader.exceptions import UnsafeArchiveError
+from pacifica.downloader.retry import Retry, RetryBudget
 from pacifica.downloader.stream import CartStream, StreamBroken
 from pacifica.downloader.tarheaders import BLOCK, MalformedTar, TarMember, TarReader
 
@@ -28,7 +29,8 @@ def stream_of(body: bytes, chunk: int = 1 << 20) -> CartStream:
     def reopen(offset: int) -> Any:
         raise AssertionError("no resume expected")
 
-    return CartStream(fake_response(body, chunk), reopen, timeouts=Timeouts(), attempts=1)  # type: ignore[arg-type]
+    return CartStream(fake_response(body, chunk), reopen, timeouts=Timeouts(),  # type: ignore[arg-type]
+                      budget=RetryBudget(Retry(attempts=1)))
 
 
 def read_all(body: bytes, chunk: int = 1 << 20) -> list[tuple[TarMember, bytes]]:

@@ -31,7 +31,7 @@ from .pipeline import CartLimits
 from .policy import TransactionInfo
 from .progress import Progress
 from .records import FileRecord
-from .retry import Retry
+from .retry import Retry, RetryBudget
 
 __version__ = "1.0.0"
 
@@ -53,6 +53,7 @@ __all__ = [
     "PolicyError",
     "Progress",
     "Retry",
+    "RetryBudget",
     "Timeouts",
     "TransactionInfo",
     "TransferError",

@@ -21,7 +21,7 @@ import requests
 from .config import Timeouts, check_seconds, resolve_cart_url
 from .exceptions import CartError, CartFailedError, CartNotFoundError, CartTimeoutError, InvalidInputError
 from .records import FileRecord, validate_records
-from .retry import Retry
+from .retry import Retry, RetryBudget
 from .transport import Transport, redact
 
 __all__ = ["CartAPI"]
@@ -151,7 +151,9 @@ class CartAPI:
         with self._posted_lock:
             self._posted.pop(cart_url, None)
 
-    def setup_cart(self, yield_files: Callable[[], Iterator[dict[str, Any]]]) -> str:
+    def setup_cart(
+        self, yield_files: Callable[[], Iterator[dict[str, Any]]], *, budget: RetryBudget | None = None
+    ) -> str:
         """Post the files ``yield_files()`` yields as a new cart; return the cart's full URL.
 
         Each item is a Cartd ``fileids`` entry (``id``, ``path``,
@@ -159,6 +161,8 @@ class CartAPI:
         or none at all (Cartd would leave an empty cart staging forever),
         raises :class:`InvalidInputError` and nothing is sent.  The cart's id
         is chosen here, so a POST whose answer was lost is safely sent again.
+        ``budget``: the download's :class:`RetryBudget` its retries spend
+        (default: one of its own, as every method here).
         """
         records = validate_records(
             ((f"fileids[{index}]", entry) for index, entry in enumerate(yield_files())),
@@ -169,7 +173,7 @@ class CartAPI:
         cart_url = f"{self.cart_api_url}/{uuid.uuid4().hex}"
         body = dict(self.extra_args, fileids=[record.cart_entry() for record in records])
         response = self.transport.request(
-            "POST", cart_url, data=json.dumps(body), headers={"Content-Type": "application/json"}
+            "POST", cart_url, data=json.dumps(body), headers={"Content-Type": "application/json"}, budget=budget
         )
         if response.status_code != 201:
             raise CartError(
@@ -188,6 +192,7 @@ class CartAPI:
         on_poll: Callable[[str], None] | None = None,
         expect: float | None = None,
         relaxed: Callable[[], bool] | None = None,
+        budget: RetryBudget | None = None,
     ) -> str:
         """Poll the cart with ``HEAD`` until it is ready; return ``cart_url``.
 
@@ -223,7 +228,7 @@ class CartAPI:
         while True:
             try:
                 response = self.transport.request(
-                    "HEAD", cart_url, deadline=deadline, is_final=staging_failed
+                    "HEAD", cart_url, deadline=deadline, is_final=staging_failed, budget=budget
                 )
             except CartTimeoutError as err:
                 raise timed_out() from err
@@ -269,8 +274,8 @@ class CartAPI:
             if time.monotonic() >= deadline:
                 raise timed_out()
 
-    def open_cart(self, cart_url: str, filename: str, offset: int = 0,
-                  deadline: float | None = None) -> requests.Response:
+    def open_cart(self, cart_url: str, filename: str, offset: int = 0, deadline: float | None = None,
+                  budget: RetryBudget | None = None) -> requests.Response:
         """Start streaming the ready cart's tar; return the open response.
 
         With ``offset`` the request asks for the bytes from there on (the
@@ -278,7 +283,8 @@ class CartAPI:
         """
         headers = {"Range": f"bytes={offset}-"} if offset else None
         response = self.transport.request(
-            "GET", cart_url, params={"filename": filename}, stream=True, headers=headers, deadline=deadline
+            "GET", cart_url, params={"filename": filename}, stream=True, headers=headers, deadline=deadline,
+            budget=budget, answer_is_progress=False,  # only the stream's new bytes are progress
         )
         if response.status_code in (200, 206):
             return response

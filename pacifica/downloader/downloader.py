@@ -33,7 +33,7 @@ from .pipeline import Cancelled, CartLimits, Slots, run_carts, split_batches
 from .policy import transaction_records
 from .progress import ProgressCallback, Tracker
 from .records import FileRecord, check_folder_name, entries_callable, validate_records
-from .retry import Retry
+from .retry import Retry, RetryBudget
 from .staging import StagingArea, hidden_folder, os_error, safe_folder
 from .stream import CartStream, StreamBroken
 from .transport import redact
@@ -233,7 +233,8 @@ class Downloader:
             tracker = Tracker(self.progress, todo)
             tracker("validating")
             staging = StagingArea(root)
-            job = _Job(destination, folder, staging, wait, call_deadline, tracker, index)
+            job = _Job(destination, folder, staging, wait, call_deadline, tracker, index,
+                       RetryBudget(self.cart_api.transport.retry))
             try:
                 run_carts(
                     split_batches(todo, self.limits),
@@ -284,8 +285,9 @@ class Downloader:
                 done = {record.path for record in records if record.path not in missing}
             tracker = Tracker(self.progress, records or [])
             staging = StagingArea(root)
-            job = _Job(root / folder, folder, staging, None, None, tracker, index)
-            self.cart_api.wait_for_cart(cart_url, on_poll=lambda status: tracker("staging"))
+            job = _Job(root / folder, folder, staging, None, None, tracker, index,
+                       RetryBudget(self.cart_api.transport.retry))
+            self.cart_api.wait_for_cart(cart_url, on_poll=lambda status: tracker("staging"), budget=job.budget)
             self._transfer(cart_url, records, job, Slots(1), done)
             tracker("done")
         finally:
@@ -372,7 +374,7 @@ class Downloader:
         slots.check()
         with slots.staging(turn):
             try:
-                cart_url = self.cart_api.setup_cart(entries_callable(records))
+                cart_url = self.cart_api.setup_cart(entries_callable(records), budget=job.budget)
             finally:
                 slots.created(turn)
             try:
@@ -384,6 +386,7 @@ class Downloader:
                     on_poll=job.polled(slots),
                     expect=slots.expected(turn),
                     relaxed=lambda: slots.followed(turn),
+                    budget=job.budget,
                 )
             except BaseException as error:
                 # Deleted while the server may still run tasks for it: make sure it stays deleted.
@@ -407,12 +410,13 @@ class Downloader:
         """
         wanted = None if records is None else {record.path: record for record in records}
         tops = {job.filename.replace(".tar", ""), cart_url.rsplit("/", 1)[-1]}
-        failures: list[str] = []
         started = time.monotonic()
         transport = self.cart_api.transport
 
         def reopen(offset: int) -> requests.Response:
-            return self.cart_api.open_cart(cart_url, job.filename, offset=offset, deadline=job.deadline)
+            return self.cart_api.open_cart(
+                cart_url, job.filename, offset=offset, deadline=job.deadline, budget=job.budget
+            )
 
         verified: list[tuple[str, str, str, str]] = []  # recorded in the index once per attempt, not per file
 
@@ -428,24 +432,26 @@ class Downloader:
             transferred[0] += count
             job.tracker.add_bytes(count)
 
-        for attempt in range(1, transport.retry.attempts + 1):
-            stream = CartStream(
-                reopen(0), reopen, timeouts=transport.timeouts, attempts=transport.retry.attempts,
-                deadline=job.deadline,
-            )
+        while True:
+            stream = CartStream(reopen(0), reopen, timeouts=transport.timeouts, budget=job.budget, name=cart_url,
+                                deadline=job.deadline)
             try:
                 job.tracker("transferring")
                 extract_cart(stream, wanted, tops, job.destination, job.staging, done, received, placed)
             except StreamBroken as err:
-                failures.extend(stream.resumes)
-                failures.append(err.reason)
-                if attempt < transport.retry.attempts:
-                    delay = transport.retry.delay(attempt)
-                    LOGGER.warning(
-                        "cart %s stream broke (%s) with %d of %d files verified; starting over in %.1f s",
-                        redact(cart_url), err.reason, len(done), len(wanted or done), delay,
-                    )
-                    time.sleep(delay)
+                delay = job.budget.spend(err.reason)
+                if delay is None:
+                    raise TransferError(
+                        f"the cart's stream kept breaking; {len(done)} of {len(wanted or done)} files were kept, "
+                        "run again to fetch the rest",
+                        attempts=job.budget.history,
+                        cart_url=cart_url,
+                    ) from None
+                LOGGER.warning(
+                    "cart %s stream broke (%s) with %d of %d files verified; starting over in %.1f s",
+                    redact(cart_url), err.reason, len(done), len(wanted or done), delay,
+                )
+                time.sleep(delay)
                 continue
             finally:
                 stream.close()
@@ -457,12 +463,6 @@ class Downloader:
                 redact(cart_url), len(done), transferred[0], elapsed, transferred[0] / 1e6 / max(elapsed, 1e-6),
             )
             return
-        raise TransferError(
-            f"the cart's stream kept breaking; {len(done)} of {len(wanted or done)} files were kept, "
-            "run again to fetch the rest",
-            attempts=failures,
-            cart_url=cart_url,
-        )
 
     def _delete_quietly(self, cart_url: str, still_staging: bool = False) -> None:
         """Delete the cart (unless ``keep_cart``); a failure is logged, never raised over the download's outcome.
@@ -498,6 +498,7 @@ class _Job:
     deadline: float | None
     tracker: Tracker
     index: VerifiedIndex
+    budget: RetryBudget
 
     def wait_timeout(self) -> float | None:
         """Seconds a cart may stage: the call's ``timeout``, cut short by its ``deadline``."""

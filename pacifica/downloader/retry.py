@@ -15,16 +15,27 @@ for a Cartd behind a proxy on a busy machine:
   other 4xx answers are the caller's mistake and are reported at once.
 * ``respect_retry_after=True``: a 429/503 ``Retry-After`` header (seconds or
   an HTTP date) replaces the computed delay, capped at ``backoff_max``.
+
+A download spends one budget (:class:`RetryBudget`) across every layer: a
+request tried again, a broken stream resumed with ``Range``, a stream
+started over.  ``attempts`` is how many tries may fail in a row, with no
+progress between them (an answered request, or stream bytes never received
+before); so a server that is down, mute or breaks every stream ends the
+download after at most ``attempts`` failed requests since the last progress,
+within ``attempts`` times the longest wait of one try (``Timeouts.connect``
+or ``Timeouts.read``, or ``Timeouts.stall`` for a stream) plus the backoff
+delays between them (0.5 + 1 + 2 + 4 s with the defaults).
 """
 from __future__ import annotations
 
 import dataclasses
 import random
+import threading
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-__all__ = ["Retry"]
+__all__ = ["Retry", "RetryBudget"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +54,10 @@ class Retry:
     jitter: float = 0.5
     statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
     respect_retry_after: bool = True
+    #: Why each failed try failed, in order, over the whole download (urllib3's ``history``).
+    history: tuple[str, ...] = dataclasses.field(default=(), compare=False, repr=False)
+    #: Tries failed since the last progress: the part of ``attempts`` spent.
+    spent: int = dataclasses.field(default=0, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """Refuse values that would make the policy meaningless."""
@@ -56,6 +71,23 @@ class Retry:
         """Return a copy with ``changes`` applied: ``Retry().replace(attempts=10)``."""
         return dataclasses.replace(self, **changes)
 
+    def increment(self, reason: str) -> Retry:
+        """Return this policy with one more failed try spent, ``reason`` added to its history.
+
+        >>> Retry(attempts=2).increment("HTTP 503").increment("reset").exhausted
+        True
+        """
+        return dataclasses.replace(self, history=(*self.history, reason), spent=self.spent + 1)
+
+    def progressed(self) -> Retry:
+        """Return this policy with nothing spent (the server made progress), its history kept."""
+        return dataclasses.replace(self, history=self.history, spent=0)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether every try the policy allows in a row has failed."""
+        return self.spent >= self.attempts
+
     def delay(self, attempt: int, retry_after: str | None = None) -> float:
         """Seconds to wait after failed try number ``attempt`` (1-based).
 
@@ -67,6 +99,61 @@ class Retry:
                 return min(seconds, self.backoff_max)
         base = min(self.backoff * (2.0 ** min(attempt - 1, 64)), self.backoff_max)
         return base * (1 - self.jitter * random.random())
+
+
+class RetryBudget:
+    """The one retry budget of a download, spent by every layer and shared by the threads of its carts.
+
+    It holds the current :class:`Retry` value (which carries the history);
+    :meth:`spend` records a failed try and says how long to wait before the
+    next one, or that none is left.  Progress gives the tries back:
+    :meth:`progressed` for a request the server answered, :meth:`reached` for
+    stream bytes beyond the furthest byte any try of that stream reached (a
+    stream that keeps breaking at the same place makes no progress).
+
+    >>> budget = RetryBudget(Retry(attempts=2, jitter=0))
+    >>> budget.spend("reset"), budget.spend("reset again")
+    (0.5, None)
+    """
+
+    def __init__(self, retry: Retry) -> None:
+        """Start with ``retry``'s tries unspent."""
+        self._retry = retry.progressed()
+        self._furthest: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def retry(self) -> Retry:
+        """The policy as spent so far."""
+        return self._retry
+
+    @property
+    def history(self) -> list[str]:
+        """Why each failed try of the download failed, in order."""
+        return list(self._retry.history)
+
+    def spend(self, reason: str, retry_after: str | None = None) -> float | None:
+        """Record a failed try; return the seconds to wait before the next, or None when the budget is spent."""
+        with self._lock:
+            self._retry = self._retry.increment(reason)
+            if self._retry.exhausted:
+                return None
+            return self._retry.delay(self._retry.spent, retry_after)
+
+    def progressed(self) -> None:
+        """The server answered: the tries spent so far are given back."""
+        with self._lock:
+            if self._retry.spent:
+                self._retry = self._retry.progressed()
+
+    def reached(self, stream: str, position: int) -> None:
+        """Stream ``stream`` delivered bytes up to ``position``: progress if no try had got that far."""
+        with self._lock:
+            if position <= self._furthest.get(stream, 0):
+                return
+            self._furthest[stream] = position
+            if self._retry.spent:
+                self._retry = self._retry.progressed()
 
 
 def _parse_retry_after(value: str) -> float | None:

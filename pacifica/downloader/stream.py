@@ -6,7 +6,9 @@ stream that stalls or trickles fails after ``Timeouts.stall``, the caller's
 deadline is enforced between reads, and a connection that breaks is resumed
 with a ``Range`` request from the last byte received when the server
 supports ranges (Cartd's bundled carts); otherwise :class:`StreamBroken`
-tells the caller to start over.
+tells the caller to start over.  Each resume is a try spent from the
+download's :class:`RetryBudget`, and bytes never received before give the
+tries back.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import requests
 import urllib3
 
 from .config import Timeouts
-from .exceptions import CartTimeoutError, UnsafeArchiveError
+from .exceptions import CartTimeoutError, TransferError, UnsafeArchiveError
+from .retry import RetryBudget
 from .transport import RETRYABLE_ERRORS
 
 __all__ = ["READ_SIZE", "CartStream", "StreamBroken"]
@@ -54,8 +57,9 @@ class CartStream:
     """A forward-only file over the cart's HTTP stream, resumed with ``Range`` when it breaks.
 
     ``reopen(offset)`` opens the stream again from ``offset`` (a ranged GET);
-    ``attempts`` bounds how many times it is tried; ``deadline`` is a
-    :func:`time.monotonic` value the whole read must finish by.
+    ``budget`` is the download's retry budget, each resume a try spent from
+    it, and ``name`` the stream's name in it (the cart's URL); ``deadline``
+    is a :func:`time.monotonic` value the whole read must finish by.
     """
 
     def __init__(
@@ -63,21 +67,22 @@ class CartStream:
         response: requests.Response,
         reopen: Callable[[int], requests.Response],
         timeouts: Timeouts,
-        attempts: int,
+        budget: RetryBudget,
+        name: str = "",
         deadline: float | None = None,
     ) -> None:
         """Read ``response``'s body; see the class docstring for the rest."""
         self._response = response
         self._reopen = reopen
         self._timeouts = timeouts
-        self._attempts = attempts
+        self._budget = budget
+        self._name = name
         self._deadline = deadline
         self._position = 0
         self._buffer = b""
         self._view = memoryview(self._buffer)
         self._offset = 0
         self._eof = False
-        self.resumes: list[str] = []
         self._window_start = time.monotonic()
         self._window_bytes = 0
         self._resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes" and bool(
@@ -176,6 +181,7 @@ class CartStream:
         if self._window_bytes >= self._timeouts.stall_bytes:
             self._window_start = time.monotonic()
             self._window_bytes = 0
+            self._budget.reached(self._name, self._received())
 
     def _check_time(self) -> None:
         now = time.monotonic()
@@ -194,10 +200,15 @@ class CartStream:
         offset = self._received()
         if not self._resumable:
             raise StreamBroken(reason, offset)
-        if len(self.resumes) + 1 >= self._attempts:
-            raise StreamBroken(f"{reason} (after {len(self.resumes)} resumes)", offset)
-        self.resumes.append(reason)
-        LOGGER.warning("cart stream broke at byte %d (%s); resuming with a range request", offset, reason)
+        delay = self._budget.spend(reason)
+        if delay is None:
+            raise TransferError(
+                f"the cart's stream kept breaking, the last time at byte {offset}; run again to fetch the rest",
+                attempts=self._budget.history,
+            )
+        LOGGER.warning("cart stream broke at byte %d (%s); resuming with a range request in %.1f s",
+                       offset, reason, delay)
+        time.sleep(delay)
         try:
             response = self._reopen(offset)
         except Exception as err:  # any failure to reopen ends in a restart

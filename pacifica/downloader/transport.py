@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,7 +19,7 @@ import requests
 
 from .config import Timeouts
 from .exceptions import CartTimeoutError, InvalidInputError, TransferError
-from .retry import Retry
+from .retry import Retry, RetryBudget
 
 __all__ = ["Transport", "redact", "request_kwargs"]
 
@@ -82,7 +83,7 @@ class Transport:
         self.timeouts = timeouts
         self.retry = retry
 
-    def _timeout(self, deadline: float | None, method: str, url: str, failures: list[str]) -> tuple[float, float]:
+    def _timeout(self, deadline: float | None, method: str, url: str, failures: Sequence[str]) -> tuple[float, float]:
         """Connect and read timeouts, shortened so that no socket wait outlasts ``deadline``."""
         if deadline is None:
             return self.timeouts.connect, self.timeouts.read
@@ -104,6 +105,8 @@ class Transport:
         headers: dict[str, str] | None = None,
         deadline: float | None = None,
         is_final: Callable[[requests.Response], bool] = lambda response: False,
+        budget: RetryBudget | None = None,
+        answer_is_progress: bool = True,
         **kwargs: Any,
     ) -> requests.Response:
         """Send a request, retrying transient failures; return the first answer worth keeping.
@@ -111,43 +114,49 @@ class Transport:
         An answer whose status is in the retry policy is retried unless
         ``is_final(response)`` says it is the server's real answer (Cartd's
         HEAD answers 500 for a failed cart).  ``deadline`` is a
-        :func:`time.monotonic` value no retry may sleep past.
+        :func:`time.monotonic` value no retry may sleep past.  ``budget`` is
+        the download's :class:`RetryBudget` (default: a new one, this request
+        alone); a kept answer gives its tries back unless
+        ``answer_is_progress`` is false (a stream's answer: only new bytes are
+        progress).  Raises :class:`TransferError` listing every failed try
+        when the budget is spent.
         """
-        failures: list[str] = []
+        budget = budget if budget is not None else RetryBudget(self.retry)
         merged = dict(self.kwargs)
         if headers:
             merged["headers"] = dict(merged.get("headers") or {}, **headers)
         merged.update(kwargs)
-        for attempt in range(1, self.retry.attempts + 1):
+        while True:
             retry_after: str | None = None
-            merged["timeout"] = kwargs.get("timeout") or self._timeout(deadline, method, url, failures)
-            LOGGER.debug("%s %s (attempt %d)", method, redact(url), attempt)
+            merged["timeout"] = kwargs.get("timeout") or self._timeout(deadline, method, url, budget.history)
+            LOGGER.debug("%s %s (try %d)", method, redact(url), budget.retry.spent + 1)
             try:
                 response = self.session.request(method, url, stream=stream, **merged)
             except RETRYABLE_ERRORS as err:
-                failures.append(f"{type(err).__name__}: {err}")
+                reason = f"{type(err).__name__}: {err}"
             else:
                 if response.status_code not in self.retry.statuses or is_final(response):
+                    if answer_is_progress:
+                        budget.progressed()
                     return response
                 retry_after = response.headers.get("Retry-After")
-                failures.append(f"HTTP {response.status_code} {response.reason}")
+                reason = f"HTTP {response.status_code} {response.reason}"
                 response.close()
-            if attempt == self.retry.attempts:
-                break
-            delay = self.retry.delay(attempt, retry_after)
+            delay = budget.spend(reason, retry_after)
+            if delay is None:
+                raise TransferError(
+                    f"{method} {redact(url)} failed; check that the cart service is up and reachable",
+                    attempts=budget.history,
+                    cart_url=url,
+                )
             if deadline is not None and time.monotonic() + delay > deadline:
-                failures.append("deadline reached before the next try")
                 raise CartTimeoutError(
-                    f"{method} {redact(url)} did not succeed before the deadline: " + "; ".join(failures),
+                    f"{method} {redact(url)} did not succeed before the deadline: "
+                    + "; ".join([*budget.history, "deadline reached before the next try"]),
                     cart_url=url,
                 )
             LOGGER.warning(
                 "%s %s failed (%s); trying again in %.1f s (%d of %d)",
-                method, redact(url), failures[-1], delay, attempt + 1, self.retry.attempts,
+                method, redact(url), reason, delay, budget.retry.spent + 1, self.retry.attempts,
             )
             time.sleep(delay)
-        raise TransferError(
-            f"{method} {redact(url)} failed; check that the cart service is up and reachable",
-            attempts=failures,
-            cart_url=url,
-        )
