@@ -27,14 +27,14 @@ from .exceptions import (
     InvalidInputError,
     TransferError,
 )
-from .extract import extract_cart
-from .hashing import file_digest
+from .extract import CartReceiver
 from .pipeline import Cancelled, CartLimits, Slots, run_carts, split_batches
+from .plan import Plan, plan_download
 from .policy import transaction_records
 from .progress import ProgressCallback, Tracker
 from .records import FileRecord, check_folder_name, entries_callable, validate_records
 from .retry import Retry, RetryBudget
-from .staging import StagingArea, hidden_folder, os_error, safe_folder
+from .staging import StagingArea, hidden_folder, os_error
 from .stream import CartStream, StreamBroken
 from .transport import redact
 from .verified import VerifiedIndex
@@ -225,7 +225,7 @@ class Downloader:
         call_deadline = None if seconds is None else time.monotonic() + seconds
         index = VerifiedIndex(hidden_folder(root))
         try:
-            todo = self._missing(checked, root, folder, index)
+            todo = self._plan(checked, root, folder, index).fetch
             if not todo:
                 LOGGER.info("all %d files already present and verified; no cart created", len(checked))
                 return paths
@@ -281,8 +281,7 @@ class Downloader:
         try:
             done: set[str] = set()
             if records is not None:
-                missing = {record.path for record in self._missing(records, root, folder, index)}
-                done = {record.path for record in records if record.path not in missing}
+                done = {record.path for record in self._plan(records, root, folder, index).present}
             tracker = Tracker(self.progress, records or [])
             staging = StagingArea(root)
             job = _Job(root / folder, folder, staging, None, None, tracker, index,
@@ -334,40 +333,18 @@ class Downloader:
             raise os_error(err, str(root), "create the download directory") from err
         return root
 
-    def _missing(self, records: list[FileRecord], root: Path, folder: str, index: VerifiedIndex) -> list[FileRecord]:
-        """Return the records whose final file is absent or differs; honour ``overwrite``.
-
-        A file recorded as verified and unchanged since is not read again
-        (unless ``trust_verified`` is off); any other existing file is hashed.
-        """
-        todo: list[FileRecord] = []
-        conflicts: list[str] = []
-        confirmed: list[tuple[str, Path, str, str]] = []
-        for record in records:
-            subdir, _, name = record.path.rpartition("/")
-            parent = safe_folder(root, f"{folder}/{subdir}", create=False)
-            final = root / folder / record.path
-            key = f"{folder}/{record.path}"
-            if parent is not None and self.trust_verified and index.is_verified(
-                key, final, record.hashtype, record.hashsum
-            ):
-                continue
-            digest = None if parent is None else file_digest(parent / name, record.hashtype)
-            if digest == record.hashsum:
-                confirmed.append((key, final, record.hashtype, record.hashsum))
-                continue
-            if not self.overwrite and (digest is not None or final.is_symlink()):
-                conflicts.append(str(final))
-            todo.append(record)
-        index.remember(confirmed)
-        if conflicts:
-            shown = ", ".join(conflicts[:5]) + (" ..." if len(conflicts) > 5 else "")
+    def _plan(self, records: list[FileRecord], root: Path, folder: str, index: VerifiedIndex) -> Plan:
+        """Decide what to fetch (see :mod:`.plan`); refuse, before any request, files ``overwrite`` protects."""
+        plan = plan_download(records, root, folder, index, overwrite=self.overwrite,
+                             trust_verified=self.trust_verified)
+        if plan.conflicts:
+            shown = ", ".join(plan.conflicts[:5]) + (" ..." if len(plan.conflicts) > 5 else "")
             raise DestinationError(
-                f"{len(conflicts)} file(s) exist with other content and overwrite=False: {shown}; "
+                f"{len(plan.conflicts)} file(s) exist with other content and overwrite=False: {shown}; "
                 "move them or allow overwrite",
-                path=conflicts[0],
+                path=plan.conflicts[0],
             )
-        return todo
+        return plan
 
     def _fetch(self, records: list[FileRecord], job: _Job, slots: Slots, turn: int) -> None:
         """Make the ``turn``-th cart of the download from ``records``, wait, transfer; always delete it."""
@@ -432,12 +409,14 @@ class Downloader:
             transferred[0] += count
             job.tracker.add_bytes(count)
 
+        receiver = CartReceiver(wanted, tops, job.destination, job.staging, done, received, placed)
+        done = receiver.done
         while True:
             stream = CartStream(reopen(0), reopen, timeouts=transport.timeouts, budget=job.budget, name=cart_url,
                                 deadline=job.deadline)
             try:
                 job.tracker("transferring")
-                extract_cart(stream, wanted, tops, job.destination, job.staging, done, received, placed)
+                receiver.receive(stream)
             except StreamBroken as err:
                 delay = job.budget.spend(err.reason)
                 if delay is None:

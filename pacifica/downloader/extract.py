@@ -1,6 +1,6 @@
 """Read a cart's tar as untrusted input: verify each file while it streams, write only what was asked.
 
-:func:`extract_cart` walks the tar one header at a time with its own
+:class:`CartReceiver` walks the tar one header at a time with its own
 reader (:mod:`.tarheaders`; :mod:`tarfile` is not used: its extraction
 filters have been bypassed, some Pythons have none, and it costs a sixth of
 a many-small-files transfer).  The rules:
@@ -36,7 +36,7 @@ from .staging import StagingArea, os_error, usable_mtime
 from .stream import CartStream, StreamBroken
 from .tarheaders import MalformedTar, TarMember, TarReader
 
-__all__ = ["extract_cart"]
+__all__ = ["CartReceiver"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -56,79 +56,105 @@ def _split_name(member: TarMember, tops: Iterable[str]) -> tuple[str, str]:
     return parts[0], "/".join(parts[1:])
 
 
-def extract_cart(
-    stream: CartStream,
-    wanted: Mapping[str, FileRecord] | None,
-    tops: set[str],
-    destination: Path,
-    staging: StagingArea,
-    done: set[str],
-    on_bytes: Callable[[int], None] = lambda count: None,
-    on_file: Callable[[FileRecord | None, str], None] = lambda record, path: None,
-) -> None:
-    """Stream the cart's tar into ``destination``, verifying every file; add each placed path to ``done``.
+class CartReceiver:
+    """Receives one cart's tar into ``destination``, verifying every file; owns what is placed across tries.
 
-    ``wanted`` maps each requested relative path to its record; ``tops``
-    are the acceptable names of the tar's top folder (the ``filename``
-    asked for, or the cart's id when Cartd bundles); files already in
-    ``done`` (placed by an earlier, broken attempt) are skipped.  Raises
-    :class:`StreamBroken` when the connection broke and the stream must
-    start over, and the library's typed errors for everything else.
-    ``wanted=None`` takes every regular file, unverified (``on_file``
-    then gets None for the record).
+    ``wanted`` maps each requested relative path to its record (None: the
+    cart's files are not known; every regular file is taken, unverified);
+    ``tops`` are the acceptable names of the tar's top folder (the
+    ``filename`` asked for, or the cart's id when Cartd bundles); ``done``
+    the paths already in place, whose bytes are skipped.  ``on_bytes(n)``
+    and ``on_file(record, path)`` report progress (``record`` None for an
+    unverified file).  Call :meth:`receive` with each try's stream: a try
+    that broke leaves in :attr:`done` what it placed, and the next skips it.
+
+    >>> receiver = CartReceiver(wanted, {"data"}, destination, staging)   # doctest: +SKIP
+    >>> receiver.receive(stream)                                          # doctest: +SKIP
     """
-    folders = _folders(wanted)
-    top_seen: str | None = None
-    received: set[str] = set()
-    reader = TarReader(stream)
-    staging.reserve(0 if wanted is None else len(wanted) - len(done))  # files are created ahead while reading
-    try:
-        while True:
-            try:
-                member = reader.next()
-            except MalformedTar as err:
-                if err.first:
-                    lost = sorted(set(wanted or ()) - done)
-                    raise ManifestError(
-                        f"the cart's stream held no tar ({err}); {len(lost) or 'its'} files are missing",
-                        missing=lost,
-                    ) from None
-                raise UnsafeArchiveError(f"the cart's tar is malformed: {err}") from None
-            if member is None:
-                break
-            # Every entry must share the first entry's top folder.
-            top_seen, relative = _split_name(member, {top_seen} if top_seen else tops)
-            if member.isdir:
-                if relative and folders is not None and relative not in folders:
-                    raise ManifestError(
-                        f"the cart holds a folder nobody asked for: {relative!r}", unexpected=[relative]
+
+    def __init__(
+        self,
+        wanted: Mapping[str, FileRecord] | None,
+        tops: set[str],
+        destination: Path,
+        staging: StagingArea,
+        done: Iterable[str] = (),
+        on_bytes: Callable[[int], None] = lambda count: None,
+        on_file: Callable[[FileRecord | None, str], None] = lambda record, path: None,
+    ) -> None:
+        """Prepare to receive the cart; see the class docstring."""
+        self.wanted = wanted
+        self.tops = tops
+        self.destination = destination
+        self.staging = staging
+        self.done: set[str] = set(done)
+        self.on_bytes = on_bytes
+        self.on_file = on_file
+        self._folders = _folders(wanted)
+
+    def receive(self, stream: CartStream) -> None:
+        """Read one try's stream to its end, placing each verified file; raise if the cart is not exactly right.
+
+        Raises :class:`StreamBroken` when the connection broke and the stream
+        must start over, and the library's typed errors for everything else.
+        """
+        wanted, done = self.wanted, self.done
+        top_seen: str | None = None
+        received: set[str] = set()
+        reader = TarReader(stream)
+        self.staging.reserve(0 if wanted is None else len(wanted) - len(done))  # files created ahead while reading
+        try:
+            while True:
+                try:
+                    member = reader.next()
+                except MalformedTar as err:
+                    if err.first:
+                        lost = sorted(set(wanted or ()) - done)
+                        raise ManifestError(
+                            f"the cart's stream held no tar ({err}); {len(lost) or 'its'} files are missing",
+                            missing=lost,
+                        ) from None
+                    raise UnsafeArchiveError(f"the cart's tar is malformed: {err}") from None
+                if member is None:
+                    break
+                # Every entry must share the first entry's top folder.
+                top_seen, relative = _split_name(member, {top_seen} if top_seen else self.tops)
+                if member.isdir:
+                    if relative and self._folders is not None and relative not in self._folders:
+                        raise ManifestError(
+                            f"the cart holds a folder nobody asked for: {relative!r}", unexpected=[relative]
+                        )
+                    continue
+                if not member.isfile:
+                    raise UnsafeArchiveError(
+                        f"the tar entry {member.name!r} is a {member.kind}, not a regular file; refused"
                     )
-                continue
-            if not member.isfile:
-                raise UnsafeArchiveError(
-                    f"the tar entry {member.name!r} is a {member.kind}, not a regular file; refused"
+                record = None if wanted is None else wanted.get(relative)
+                if wanted is not None and record is None:
+                    raise ManifestError(
+                        f"the cart holds a file nobody asked for: {relative!r}", unexpected=[relative]
+                    )
+                if relative in received:
+                    raise ManifestError(f"the cart holds {relative!r} twice", duplicated=[relative])
+                received.add(relative)
+                if relative in done:
+                    continue  # verified and placed by an earlier attempt; the reader skips its bytes
+                final = self._place(stream, member, record or _unlisted(relative), verify=record is not None)
+                done.add(relative)
+                self.on_file(record, final)
+            missing = [] if wanted is None else sorted(set(wanted) - done)
+            if missing:
+                raise ManifestError(
+                    f"the cart's stream ended without {len(missing)} of the {len(wanted or ())} files requested "
+                    f"(first: {missing[0]!r})",
+                    missing=missing,
                 )
-            record = None if wanted is None else wanted.get(relative)
-            if wanted is not None and record is None:
-                raise ManifestError(f"the cart holds a file nobody asked for: {relative!r}", unexpected=[relative])
-            if relative in received:
-                raise ManifestError(f"the cart holds {relative!r} twice", duplicated=[relative])
-            received.add(relative)
-            if relative in done:
-                continue  # verified and placed by an earlier attempt; the reader skips its bytes
-            final = _receive(stream, member, record or _unlisted(relative), destination, staging, on_bytes,
-                             verify=record is not None)
-            done.add(relative)
-            on_file(record, final)
-        missing = [] if wanted is None else sorted(set(wanted) - done)
-        if missing:
-            raise ManifestError(
-                f"the cart's stream ended without {len(missing)} of the {len(wanted or ())} files requested "
-                f"(first: {missing[0]!r})",
-                missing=missing,
-            )
-    finally:
-        staging.unreserve(0 if wanted is None else len(wanted) - len(done))
+        finally:
+            self.staging.unreserve(0 if wanted is None else len(wanted) - len(done))
+
+    def _place(self, stream: CartStream, member: TarMember, record: FileRecord, verify: bool) -> str:
+        """Write one member's bytes to a staging file, hashing them; place it if verified; return its path."""
+        return _receive(stream, member, record, self.destination, self.staging, self.on_bytes, verify=verify)
 
 
 def _folders(wanted: Mapping[str, FileRecord] | None) -> set[str] | None:

@@ -3,7 +3,7 @@
 :mod:`tarfile` builds a full :class:`tarfile.TarInfo` for every header (two
 per file in Cartd's tars, which carry a PAX header for the float mtime),
 about 37 µs per file: a sixth of a 2000 × 64 KiB transfer.  This reader
-decodes only what :func:`~pacifica.downloader.extract.extract_cart` needs,
+decodes only what :class:`~pacifica.downloader.extract.CartReceiver` needs,
 in the formats Python's tarfile and GNU tar write (ustar, GNU, PAX), with
 tarfile's rules for what a header means, and is stricter where tarfile
 would guess:
