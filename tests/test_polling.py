@@ -1,5 +1,6 @@
-"""When CartAPI.wait_for_cart polls: fast at first, gently for long carts, often near the expected moment
-unless nothing waits for it.  A fake clock and a fake server; no time passes."""
+"""When a staging cart is polled (polling.PollSchedule, run by poll_until_ready for CartAPI.wait_for_cart and
+Cart.wait): fast at first, gently for long carts, often near the expected moment unless nothing waits for it.
+A fake clock and a fake server; no time passes."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,9 +8,13 @@ from typing import Any
 import pytest
 from helpers import Clock
 
-from pacifica.downloader import cartapi
-from pacifica.downloader.cartapi import POLL_CAP, POLL_FIRST, POLL_NEAR, CartAPI
+from pacifica.downloader import polling
+from pacifica.downloader.cartapi import CartAPI
 from pacifica.downloader.config import Timeouts
+from pacifica.downloader.polling import PollSchedule, poll_until_ready
+
+POLL_FIRST, POLL_CAP, POLL_NEAR = PollSchedule().first, PollSchedule().cap, PollSchedule().near
+URL = "http://cartd.invalid/c"
 
 
 class Answer:
@@ -34,14 +39,19 @@ class Server:
 @pytest.fixture()
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr(cartapi, "time", clock)
+    monkeypatch.setattr(polling, "time", clock)
     return clock
 
 
-def wait(clock: Clock, ready_at: float, **kwargs: Any) -> Server:
+def wait(clock: Clock, ready_at: float, expect: float | None = None, **kwargs: Any) -> Server:
+    """Poll a cart ready at ``ready_at``: through CartAPI.wait_for_cart, or with an expected time as Cart.wait does."""
     server = Server(clock, ready_at)
     api = CartAPI("http://cartd.invalid", transport=server)  # type: ignore[arg-type]
-    assert api.wait_for_cart("http://cartd.invalid/c", **kwargs) == "http://cartd.invalid/c"
+    if expect is None and not kwargs:
+        assert api.wait_for_cart(URL) == URL
+    else:
+        poll_until_ready(lambda deadline: api.probe(URL, deadline=deadline), PollSchedule(expect=expect),
+                         3600.0, URL, **kwargs)
     return server
 
 

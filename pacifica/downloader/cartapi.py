@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -19,7 +18,8 @@ from typing import Any, Callable
 import requests
 
 from .config import Timeouts, check_seconds, resolve_cart_url
-from .exceptions import CartError, CartFailedError, CartNotFoundError, CartTimeoutError, InvalidInputError
+from .exceptions import CartError, CartFailedError, CartNotFoundError, InvalidInputError
+from .polling import PollSchedule, poll_until_ready
 from .records import FileRecord, validate_records
 from .retry import Retry, RetryBudget
 from .transport import Transport, redact
@@ -28,20 +28,6 @@ __all__ = ["CartAPI"]
 
 LOGGER = logging.getLogger(__name__)
 
-#: Polling starts fast, so a small cart is seen ready within tens of
-#: milliseconds, and slows down to the cap, so a big one is not flooded.
-#: When a similar cart's time is known (``expect``), it starts at the cap:
-#: each HEAD costs Cartd a request and a database connection on the cores
-#: that stage the files (200 × 5 MiB in 9 carts: 11.2–11.6 s instead of
-#: 12.5–13.1 s).
-POLL_FIRST = 0.02
-POLL_GROWTH = 1.25
-POLL_CAP = 0.5
-#: Near the time a similar cart took (from POLL_NEAR_SHARE of it on), polls come this often, unless
-#: nothing waits for that moment (``relaxed``): a HEAD costs the test stack 8.7 ms of CPU (Cartd's
-#: handler and a new PostgreSQL backend), on the cores that stage the files.
-POLL_NEAR = 0.05
-POLL_NEAR_SHARE = 0.85
 #: How many created carts' file lists a CartAPI keeps for :meth:`CartAPI.posted_records` (a cart's list
 #: is dropped when it is deleted; this bounds a caller that creates carts and never fetches them).
 REMEMBERED_CARTS = 1024
@@ -190,89 +176,63 @@ class CartAPI:
         cart_url: str,
         timeout: float | None = None,
         on_poll: Callable[[str], None] | None = None,
-        expect: float | None = None,
-        relaxed: Callable[[], bool] | None = None,
         budget: RetryBudget | None = None,
+        schedule: PollSchedule = PollSchedule(),
     ) -> str:
-        """Poll the cart with ``HEAD`` until it is ready; return ``cart_url``.
+        """Poll the cart with ``HEAD`` (:meth:`probe`) on ``schedule`` until it is ready; return ``cart_url``.
 
         ``timeout`` is the deadline in seconds of wall-clock time (default
         ``Timeouts.wait``, an hour).  The integer the released versions took
         (``wait_for_cart(url, 180)``, which 0.4.1 counted as polls one second
-        apart) means the same number of seconds here.  Raises :class:`CartFailedError` with
-        the server's reason when staging failed, :class:`CartNotFoundError`
-        at once when the cart does not exist, :class:`CartTimeoutError` when
-        the deadline passes.  ``on_poll(status)`` is called after each poll
-        that finds the cart still staging.  ``expect`` is a guess of the
-        seconds staging will take (from a similar cart): polls then come
-        every ``POLL_CAP`` seconds from the start and every ``POLL_NEAR``
-        seconds from 85% of it on, so the moment the cart is ready is seen at
-        once without polling fast all along.  While ``relaxed()`` returns
-        True, nothing waits for that moment (in a split download: the carts
-        that follow are already queued on the server), and polls stay every
-        ``POLL_CAP`` seconds.
+        apart) means the same number of seconds here.  Raises
+        :class:`CartFailedError` with the server's reason when staging
+        failed, :class:`CartNotFoundError` at once when the cart does not
+        exist, :class:`CartTimeoutError` when the deadline passes.
+        ``on_poll(status)`` is called after each poll that finds the cart
+        still staging.
         """
         limit = self.transport.timeouts.wait if timeout is None else check_seconds(timeout, "timeout")
-        started = time.monotonic()
-        deadline = started + limit
-        interval = POLL_FIRST if expect is None else POLL_CAP
-        status = "staging"
+        poll_until_ready(
+            lambda deadline: self.probe(cart_url, deadline=deadline, budget=budget),
+            schedule, limit, cart_url, on_poll=on_poll,
+        )
+        return cart_url
 
-        def timed_out() -> CartTimeoutError:
-            return CartTimeoutError(
-                f"the cart {redact(cart_url)} was still {status!r} after {limit:.0f} s; "
-                "raise the timeout for large carts",
+    def probe(self, cart_url: str, deadline: float | None = None, budget: RetryBudget | None = None) -> str:
+        """Ask once how the cart is doing (one ``HEAD``); return its status, ``"ready"`` or ``"staging"``.
+
+        Raises :class:`CartFailedError` with the server's reason when staging
+        failed, :class:`CartNotFoundError` when the cart does not exist, and
+        :class:`CartError` for any other refusal.
+        """
+        response = self.transport.request("HEAD", cart_url, deadline=deadline, is_final=staging_failed, budget=budget)
+        status = response.headers.get("X-Pacifica-Status", "") or f"HTTP {response.status_code}"
+        message = response.headers.get("X-Pacifica-Message", "")
+        if response.status_code == 204 and status == "ready":
+            return "ready"
+        if response.status_code == 404:
+            raise CartNotFoundError(
+                f"the cart {redact(cart_url)} does not exist on the server (deleted, or never created)",
                 cart_url=cart_url,
+                response=response,
             )
-
-        while True:
-            try:
-                response = self.transport.request(
-                    "HEAD", cart_url, deadline=deadline, is_final=staging_failed, budget=budget
-                )
-            except CartTimeoutError as err:
-                raise timed_out() from err
-            status = response.headers.get("X-Pacifica-Status", "") or f"HTTP {response.status_code}"
-            message = response.headers.get("X-Pacifica-Message", "")
-            if response.status_code == 204 and status == "ready":
-                LOGGER.info("cart %s ready after %.2f s", redact(cart_url), time.monotonic() - started)
-                return cart_url
-            if response.status_code == 404:
-                raise CartNotFoundError(
-                    f"the cart {redact(cart_url)} does not exist on the server (deleted, or never created)",
-                    cart_url=cart_url,
-                    response=response,
-                )
-            if 400 <= response.status_code < 500:
-                raise CartError(
-                    f"Cartd refused to report on the cart {redact(cart_url)} (HTTP {response.status_code} "
-                    f"{response.reason}); check the credentials and the cart URL",
-                    cart_url=cart_url,
-                    response=response,
-                )
-            if status == "error":
-                raise CartFailedError(
-                    f"Cartd could not stage the cart: {summarize(message)}. "
-                    "Check that every file id exists in the archive and that its hash is right",
-                    server_message=message,
-                    cart_url=cart_url,
-                    response=response,
-                )
-            LOGGER.debug("cart %s: HTTP %s status %r", redact(cart_url), response.status_code, status)
-            if on_poll is not None:
-                on_poll(status)
-            remaining = deadline - time.monotonic()
-            if remaining > 0:
-                elapsed = time.monotonic() - started
-                near = None if expect is None or (relaxed is not None and relaxed()) else POLL_NEAR_SHARE * expect
-                if near is not None and elapsed + interval >= near:
-                    pause = POLL_NEAR if elapsed >= near else near - elapsed
-                else:
-                    pause = interval
-                time.sleep(max(0.0, min(pause, remaining)))
-                interval = min(interval * POLL_GROWTH, POLL_CAP)
-            if time.monotonic() >= deadline:
-                raise timed_out()
+        if 400 <= response.status_code < 500:
+            raise CartError(
+                f"Cartd refused to report on the cart {redact(cart_url)} (HTTP {response.status_code} "
+                f"{response.reason}); check the credentials and the cart URL",
+                cart_url=cart_url,
+                response=response,
+            )
+        if status == "error":
+            raise CartFailedError(
+                f"Cartd could not stage the cart: {summarize(message)}. "
+                "Check that every file id exists in the archive and that its hash is right",
+                server_message=message,
+                cart_url=cart_url,
+                response=response,
+            )
+        LOGGER.debug("cart %s: HTTP %s status %r", redact(cart_url), response.status_code, status)
+        return status
 
     def open_cart(self, cart_url: str, filename: str, offset: int = 0, deadline: float | None = None,
                   budget: RetryBudget | None = None) -> requests.Response:

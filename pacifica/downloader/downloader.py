@@ -10,12 +10,12 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union, overload
+from typing import Any, Union, overload
 
 import requests
 
+from .cart import Cart, Delivery
 from .cartapi import CartAPI
 from .cloudevent import event_records
 from .config import Timeouts, check_seconds
@@ -23,19 +23,16 @@ from .exceptions import (
     CartFailedError,
     CartTimeoutError,
     DestinationError,
-    DownloaderError,
     InvalidInputError,
-    TransferError,
 )
-from .extract import CartReceiver
 from .pipeline import Cancelled, CartLimits, Slots, run_carts, split_batches
 from .plan import Plan, plan_download
 from .policy import transaction_records
+from .polling import PollSchedule
 from .progress import ProgressCallback, Tracker
-from .records import FileRecord, check_folder_name, entries_callable, validate_records
+from .records import FileRecord, check_folder_name, validate_records
 from .retry import Retry, RetryBudget
 from .staging import StagingArea, hidden_folder, os_error
-from .stream import CartStream, StreamBroken
 from .transport import redact
 from .verified import VerifiedIndex
 
@@ -45,8 +42,6 @@ LOGGER = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Pauses (seconds) between the checks that a cart deleted while staging stayed deleted.
-RECHECK_DELETED = (0.1, 0.3, 0.6, 1.0, 2.0)
 #: Why a cart may be deleted while Cartd still runs staging tasks for it (a failed cart's other files too).
 ABANDONED = (Cancelled, KeyboardInterrupt, CartTimeoutError, CartFailedError)
 
@@ -233,13 +228,15 @@ class Downloader:
             tracker = Tracker(self.progress, todo)
             tracker("validating")
             staging = StagingArea(root)
-            job = _Job(destination, folder, staging, wait, call_deadline, tracker, index,
-                       RetryBudget(self.cart_api.transport.retry))
+            delivery = Delivery(destination, folder, staging, tracker, index,
+                                RetryBudget(self.cart_api.transport.retry), timeout=wait, deadline=call_deadline)
             try:
                 run_carts(
                     split_batches(todo, self.limits),
-                    lambda batch, slots, turn: self._fetch(batch, job, slots, turn),
+                    lambda batch, slots, turn: self._fetch(Cart(self.cart_api, batch, delivery, keep=self.keep_cart),
+                                                           slots, turn),
                     self.limits.max_staging,
+                    delivery.cancelled,
                 )
             finally:
                 staging.remove()
@@ -278,22 +275,23 @@ class Downloader:
             )
         index = VerifiedIndex(hidden_folder(root))
         staging: StagingArea | None = None
+        cart = Cart(self.cart_api, records, None, keep=self.keep_cart, url=cart_url)
         try:
             done: set[str] = set()
             if records is not None:
                 done = {record.path for record in self._plan(records, root, folder, index).present}
             tracker = Tracker(self.progress, records or [])
             staging = StagingArea(root)
-            job = _Job(root / folder, folder, staging, None, None, tracker, index,
-                       RetryBudget(self.cart_api.transport.retry))
-            self.cart_api.wait_for_cart(cart_url, on_poll=lambda status: tracker("staging"), budget=job.budget)
-            self._transfer(cart_url, records, job, Slots(1), done)
+            cart.delivery = Delivery(root / folder, folder, staging, tracker, index,
+                                     RetryBudget(self.cart_api.transport.retry))
+            cart.wait()  # already ready in the released flow: one HEAD
+            cart.receive(done)
             tracker("done")
         finally:
             if staging is not None:
                 staging.remove()
             index.close()
-            self._delete_quietly(cart_url)
+            cart.delete()
 
     # -- the steps ---------------------------------------------------------------
 
@@ -346,154 +344,28 @@ class Downloader:
             )
         return plan
 
-    def _fetch(self, records: list[FileRecord], job: _Job, slots: Slots, turn: int) -> None:
-        """Make the ``turn``-th cart of the download from ``records``, wait, transfer; always delete it."""
+    def _fetch(self, cart: Cart, slots: Slots, turn: int) -> None:
+        """Run the ``turn``-th cart of the download when the scheduler (``slots``) allows; always delete it."""
         slots.check()
         with slots.staging(turn):
             try:
-                cart_url = self.cart_api.setup_cart(entries_callable(records), budget=job.budget)
-            finally:
-                slots.created(turn)
-            try:
-                job.tracker.cart_created(cart_url)
+                try:
+                    cart.create()
+                finally:
+                    slots.created(turn)
                 slots.wait_to_begin(turn)
-                self.cart_api.wait_for_cart(
-                    cart_url,
-                    timeout=job.wait_timeout(),
-                    on_poll=job.polled(slots),
-                    expect=slots.expected(turn),
-                    relaxed=lambda: slots.followed(turn),
-                    budget=job.budget,
-                )
-            except BaseException as error:
+                cart.wait(PollSchedule(expect=slots.expected(turn)), relaxed=lambda: slots.followed(turn))
+            except BaseException as error:  # a cart whose POST failed has nothing to delete
                 # Deleted while the server may still run tasks for it: make sure it stays deleted.
-                self._delete_quietly(cart_url, still_staging=isinstance(error, ABANDONED))
+                cart.delete(still_staging=isinstance(error, ABANDONED))
                 raise
         slots.wait_for_next_cart(turn)
         try:
-            self._transfer(cart_url, records, job, slots, set())
+            cart.receive()
         except BaseException:
-            self._delete_quietly(cart_url)
+            cart.delete()
             raise
-        slots.delete_between_carts(lambda: self._delete_quietly(cart_url))
-
-    def _transfer(
-        self, cart_url: str, records: list[FileRecord] | None, job: _Job, slots: Slots, done: set[str]
-    ) -> None:
-        """Stream the ready cart into place; start over (skipping verified files) when it breaks.
-
-        ``records`` None: the cart's files are not known, take them unverified.
-        ``done`` holds the paths already in place, whose bytes are skipped.
-        """
-        wanted = None if records is None else {record.path: record for record in records}
-        tops = {job.filename.replace(".tar", ""), cart_url.rsplit("/", 1)[-1]}
-        started = time.monotonic()
-        transport = self.cart_api.transport
-
-        def reopen(offset: int) -> requests.Response:
-            return self.cart_api.open_cart(
-                cart_url, job.filename, offset=offset, deadline=job.deadline, budget=job.budget
-            )
-
-        verified: list[tuple[str, str, str, str]] = []  # recorded in the index once per attempt, not per file
-
-        def placed(record: FileRecord | None, path: str) -> None:
-            if record is not None:  # a file of an unknown cart was not verified: never trust it later
-                verified.append((f"{job.filename}/{record.path}", path, record.hashtype, record.hashsum))
-            job.tracker.file_placed()
-
-        transferred = [0]
-
-        def received(count: int) -> None:
-            slots.check()
-            transferred[0] += count
-            job.tracker.add_bytes(count)
-
-        receiver = CartReceiver(wanted, tops, job.destination, job.staging, done, received, placed)
-        done = receiver.done
-        while True:
-            stream = CartStream(reopen(0), reopen, timeouts=transport.timeouts, budget=job.budget, name=cart_url,
-                                deadline=job.deadline)
-            try:
-                job.tracker("transferring")
-                receiver.receive(stream)
-            except StreamBroken as err:
-                delay = job.budget.spend(err.reason)
-                if delay is None:
-                    raise TransferError(
-                        f"the cart's stream kept breaking; {len(done)} of {len(wanted or done)} files were kept, "
-                        "run again to fetch the rest",
-                        attempts=job.budget.history,
-                        cart_url=cart_url,
-                    ) from None
-                LOGGER.warning(
-                    "cart %s stream broke (%s) with %d of %d files verified; starting over in %.1f s",
-                    redact(cart_url), err.reason, len(done), len(wanted or done), delay,
-                )
-                time.sleep(delay)
-                continue
-            finally:
-                stream.close()
-                job.index.remember(verified)
-                verified.clear()
-            elapsed = time.monotonic() - started
-            LOGGER.info(
-                "cart %s downloaded: %d files, %d bytes verified and placed in %.2f s (%.1f MB/s)",
-                redact(cart_url), len(done), transferred[0], elapsed, transferred[0] / 1e6 / max(elapsed, 1e-6),
-            )
-            return
-
-    def _delete_quietly(self, cart_url: str, still_staging: bool = False) -> None:
-        """Delete the cart (unless ``keep_cart``); a failure is logged, never raised over the download's outcome.
-
-        Cartd has a race: a staging task that loaded the cart before the
-        DELETE saves it again afterwards, and the cart comes back to life and
-        keeps staging.  So a cart deleted while ``still_staging`` (abandoned,
-        or failed while its other files still stage) is looked at again a few
-        times over four seconds, and deleted again if it reappeared.
-        """
-        if self.keep_cart:
-            return
-        try:
-            self.cart_api.delete_cart(cart_url)
-            for pause in RECHECK_DELETED if still_staging else ():
-                time.sleep(pause)
-                if self.cart_api.cart_exists(cart_url):
-                    LOGGER.warning("cart %s came back after its deletion (a Cartd race); deleting it again",
-                                   redact(cart_url))
-                    self.cart_api.delete_cart(cart_url)
-        except (DownloaderError, requests.RequestException) as err:
-            LOGGER.warning("could not delete cart %s: %s", redact(cart_url), err)
-
-
-@dataclass
-class _Job:
-    """What every cart of one download call shares."""
-
-    destination: Path
-    filename: str
-    staging: StagingArea
-    timeout: float | None
-    deadline: float | None
-    tracker: Tracker
-    index: VerifiedIndex
-    budget: RetryBudget
-
-    def wait_timeout(self) -> float | None:
-        """Seconds a cart may stage: the call's ``timeout``, cut short by its ``deadline``."""
-        if self.deadline is None:
-            return self.timeout
-        left = self.deadline - time.monotonic()
-        return left if self.timeout is None else min(float(self.timeout), left)
-
-    def polled(self, slots: Slots) -> Callable[[str], None]:
-        """The callback for each poll of a staging cart: stop if cancelled, report progress."""
-
-        def on_poll(status: str) -> None:
-            slots.check()
-            self.tracker("staging")
-
-        return on_poll
+        slots.delete_between_carts(cart.delete)
 
 
 def _as_path(location: Any) -> Path:

@@ -21,15 +21,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
+from .cart import Cancelled
 from .records import FileRecord
 
 __all__ = ["EDGE_SHARE", "Cancelled", "CartLimits", "Slots", "run_carts", "split_batches"]
 
 LOGGER = logging.getLogger(__name__)
-
-
-class Cancelled(Exception):
-    """Internal: another cart of the same download failed, or the caller interrupted it."""
 
 
 @dataclass(frozen=True)
@@ -201,8 +198,13 @@ class Slots:
     file from then.
     """
 
-    def __init__(self, max_staging: int, sizes: Sequence[int] = (1,)) -> None:
-        """Allow ``max_staging`` carts to stage at once; ``sizes`` are the files of each cart, in order."""
+    def __init__(
+        self, max_staging: int, sizes: Sequence[int] = (1,), cancelled: threading.Event | None = None
+    ) -> None:
+        """Allow ``max_staging`` carts to stage at once; ``sizes`` are the files of each cart, in order.
+
+        ``cancelled`` is the download's flag (set here when a cart fails), which its carts check.
+        """
         self._max = max_staging
         self._sizes = list(sizes)
         self._next_turn = 0
@@ -215,7 +217,7 @@ class Slots:
         self._deletions: list[_Deletion] = []
         self._deleting = 0
         self._changed = threading.Condition()
-        self.cancelled = threading.Event()
+        self.cancelled = cancelled if cancelled is not None else threading.Event()
 
     def check(self) -> None:
         """Raise :class:`Cancelled` once the download is being abandoned."""
@@ -414,6 +416,7 @@ def run_carts(
     batches: list[list[FileRecord]],
     fetch: Callable[[list[FileRecord], Slots, int], None],
     max_staging: int,
+    cancelled: threading.Event | None = None,
 ) -> None:
     """Run ``fetch(batch, slots, turn)`` for every batch, overlapping staging and transfers.
 
@@ -422,7 +425,7 @@ def run_carts(
     On the first failure (or a KeyboardInterrupt) every other cart is
     cancelled, waited for (so each deletes its cart), and the error raised.
     """
-    slots = Slots(max_staging, [len(batch) for batch in batches])
+    slots = Slots(max_staging, [len(batch) for batch in batches], cancelled)
     if len(batches) == 1:
         fetch(batches[0], slots, 0)
         return
