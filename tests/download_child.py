@@ -8,7 +8,7 @@ itself.  The job is one JSON object on stdin::
 The child writes JSON lines to stdout:
 
 * with ``pause_mid_file``, once at least one file is verified and placed and
-  the next file's first bytes are in the staging area:
+  the next file's first bytes are in the incoming area:
   ``{"paused": {"pid": ..., "cart_url": ..., "files_done": ...}}``; it then
   blocks for ever (the parent kills it), so the parent needs no sleep;
 * otherwise, at the end: ``{"result": [paths]}`` or ``{"error": {"type",

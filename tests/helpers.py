@@ -11,13 +11,13 @@ from typing import Any
 
 import urllib3
 
-from pacifica.downloader.staging import STAGING_DIR
+from pacifica.downloader.incoming import HIDDEN_DIR
 from pacifica.downloader.verified import INDEX_NAME
 
 
-def staging_leftovers(location: Path) -> list[str]:
+def incoming_leftovers(location: Path) -> list[str]:
     """What a finished download left in its hidden folder besides the verified-file index: should be nothing."""
-    hidden = location / STAGING_DIR
+    hidden = location / HIDDEN_DIR
     if hidden.is_symlink():
         return [str(hidden)]
     if not hidden.exists():
@@ -27,7 +27,7 @@ def staging_leftovers(location: Path) -> list[str]:
 
 def is_index_file(location: Path, path: Path) -> bool:
     """True for the verified-file index (and its SQLite journal) inside ``location``'s hidden folder."""
-    return path.parent == location / STAGING_DIR and path.name.startswith(INDEX_NAME)
+    return path.parent == location / HIDDEN_DIR and path.name.startswith(INDEX_NAME)
 
 
 class Clock:

@@ -3,7 +3,7 @@
 Two downloaders with the same event and a third with an overlapping but
 different one run together, as threads of one process and as separate
 processes.  Each must finish without error, every file must hold its
-verified content, and no staging folder or partial file may be left.
+verified content, and no incoming folder or partial file may be left.
 
 The downloads are started together with a barrier (threads) or a "go" line
 on stdin (processes), never with sleeps.
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from fault_proxy import Fault, FaultProxy
-from helpers import staging_leftovers
+from helpers import incoming_leftovers
 from test_e2e import assert_tree, make_event
 
 from pacifica.downloader import Downloader, Retry, Timeouts
@@ -53,7 +53,7 @@ def overlapping_events(stack: Any) -> tuple[dict[str, Any], dict[str, Any], dict
 
 def assert_clean(location: Path, files: dict[str, bytes]) -> None:
     assert_tree(location / "data", files)
-    assert staging_leftovers(location) == [], "a staging folder or partial file was left behind"
+    assert incoming_leftovers(location) == [], "a incoming folder or partial file was left behind"
     assert not [path for path in location.rglob("*.part")], "no partial file anywhere"
 
 

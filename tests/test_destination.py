@@ -16,7 +16,7 @@
   EXDEV, see ``test_download_folder_on_another_filesystem``).
 
 Each failure must be a :class:`DestinationError` carrying ``errno`` and a
-message saying what to do, leave no ``.part`` file and no staging folder,
+message saying what to do, leave no ``.part`` file and no incoming folder,
 leave under every final name either nothing or verified content, and leave
 no cart on the server.  Tests that need ``mount`` or ``setpriv`` skip, with
 the reason, where they are not available.
@@ -27,6 +27,7 @@ import errno
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ import pytest
 from test_e2e import RecordingSession, assert_tree, cart_gone, make_event
 
 from pacifica.downloader import DestinationError, Downloader, Progress
-from pacifica.downloader.staging import STAGING_DIR
+from pacifica.downloader.incoming import HIDDEN_DIR, IncomingArea
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -80,30 +81,30 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def assert_no_staging(location: Path) -> None:
-    """No staging folder and no partial file is left in the library's hidden folder.
+    """No incoming folder and no partial file is left in the library's hidden folder.
 
     The hidden folder itself may stay: it also holds the library's own
     bookkeeping (e.g. the index of verified files).
     """
-    hidden = location / STAGING_DIR
+    hidden = location / HIDDEN_DIR
     if not hidden.exists():
         return
-    left = sorted(str(p.relative_to(hidden)) for p in hidden.rglob("*") if p.name.startswith("staging-")
+    left = sorted(str(p.relative_to(hidden)) for p in hidden.rglob("*") if p.name.startswith(("incoming-", "staging-"))
                   or p.name.endswith(".part"))
-    assert left == [], f"staging folders or partial files left behind: {left}"
+    assert left == [], f"incoming folders or partial files left behind: {left}"
 
 
 def assert_only_verified(location: Path, files: dict[str, bytes], folder: str = "data") -> dict[str, bytes]:
     """Everything under ``location`` is a requested file with its verified content; return what is there.
 
-    No ``.part`` file, no staging folder, nothing under a final name that is
+    No ``.part`` file, no incoming folder, nothing under a final name that is
     not exactly the requested content.
     """
     assert_no_staging(location)
     found: dict[str, bytes] = {}
     for path in location.rglob("*"):
         assert not path.name.endswith(".part"), f"partial file left: {path}"
-        if STAGING_DIR in path.relative_to(location).parts:
+        if HIDDEN_DIR in path.relative_to(location).parts:
             continue
         if path.is_file() or path.is_symlink():
             relative = path.relative_to(location / folder).as_posix()
@@ -298,7 +299,7 @@ def test_unwritable_download_directory(cartd_stack: Any, tmp_path: Path, unprivi
 
 def test_unwritable_target_folder(cartd_stack: Any, tmp_path: Path, unprivileged: None) -> None:
     """The download directory is writable but one target folder is not: the files that can land are verified,
-    the failure is DestinationError(EACCES) naming the file, and no partial data or staging folder is left."""
+    the failure is DestinationError(EACCES) naming the file, and no partial data or incoming folder is left."""
     location = tmp_path / "writable"
     locked = location / "data" / "b_locked"
     locked.mkdir(parents=True)
@@ -372,3 +373,19 @@ def test_existing_file_replaced_only_after_verification(cartd_stack: Any, tmp_pa
     assert [is_new for phase, _, is_new in seen if phase in ("verifying", "done")] == [True, True]
     assert_no_staging(tmp_path)
     assert_no_cart_left(session.sent)
+
+
+@pytest.mark.parametrize("prefix", ["incoming", "staging"])
+def test_incoming_folder_of_a_dead_process_is_removed(tmp_path: Path, prefix: str) -> None:
+    """A killed run's incoming folder goes with the next run, also one named as earlier versions did ("staging-")."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    host = socket.gethostname().replace("-", "_")
+    stale = tmp_path / HIDDEN_DIR / f"{prefix}-{host}-{int(dead.stdout)}-0123456789ab"
+    stale.mkdir(parents=True)
+    (stale / "1.part").write_bytes(b"partial")
+    area = IncomingArea(tmp_path)
+    try:
+        assert not stale.exists()
+    finally:
+        area.remove()

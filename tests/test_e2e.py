@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import is_index_file, staging_leftovers
+from helpers import incoming_leftovers, is_index_file
 
 from pacifica.downloader import (
     CartAPI,
@@ -83,14 +83,14 @@ def make_event(stack: Any, files: dict[str, bytes], hashtype: str = "sha1") -> d
 
 
 def assert_tree(root: Path, files: dict[str, bytes]) -> None:
-    """``root`` holds exactly ``files`` and nothing else (no staging folder, no partials)."""
+    """``root`` holds exactly ``files`` and nothing else (no incoming folder, no partials)."""
     found = {
         str(path.relative_to(root)): path.read_bytes()
         for path in root.rglob("*")
         if path.is_file() and not is_index_file(root, path)
     }
     assert found == files
-    assert staging_leftovers(root) == []
+    assert incoming_leftovers(root) == []
 
 
 def cart_gone(url: str) -> bool:
@@ -123,7 +123,7 @@ def test_seed_example_verbatim(cartd_stack: Any, tmp_path: Path, monkeypatch: py
     # ---
     assert_tree(Path(down_path) / "data", SAMPLE)
     assert sorted(written) == sorted(str(Path(down_path) / "data" / path) for path in SAMPLE)
-    assert staging_leftovers(Path(down_path)) == []
+    assert incoming_leftovers(Path(down_path)) == []
 
 
 def test_example_event_shape(cartd_stack: Any, tmp_path: Path) -> None:
@@ -289,7 +289,7 @@ def test_interrupt_deletes_cart_and_leaves_nothing_partial(cartd_stack: Any, tmp
     (cart_url,) = session.carts()
     assert ("DELETE", cart_url) in session.sent
     assert cart_gone(cart_url)
-    assert staging_leftovers(tmp_path) == []
+    assert incoming_leftovers(tmp_path) == []
     on_disk = {str(p.relative_to(tmp_path / "data")): p.read_bytes()
                for p in (tmp_path / "data").rglob("*") if p.is_file()} if (tmp_path / "data").exists() else {}
     assert all(files[path] == content for path, content in on_disk.items()), "only verified files"
@@ -343,7 +343,7 @@ def test_failure_in_one_cart_fails_the_call_and_deletes_every_cart(cartd_stack: 
     assert carts, "carts were created"
     assert sorted(url for method, url in session.sent if method == "DELETE") == sorted(carts)
     assert all(cart_gone(url) for url in carts)
-    assert staging_leftovers(tmp_path) == []
+    assert incoming_leftovers(tmp_path) == []
     for path in (tmp_path / "data").rglob("*") if (tmp_path / "data").exists() else []:
         if path.is_file():
             assert path.read_bytes() == files[str(path.relative_to(tmp_path / "data"))], "only verified files"

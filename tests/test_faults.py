@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import requests
 from fault_proxy import Fault, FaultProxy
-from helpers import FakeBody, FakeResponse, staging_leftovers
+from helpers import FakeBody, FakeResponse, incoming_leftovers
 from stub_cartd import StubCartd
 from test_e2e import assert_tree, make_event
 
@@ -132,7 +132,7 @@ def assert_cart_deleted(cartd_stack: Any, proxy: FaultProxy) -> None:
 
 
 def assert_no_staging(tmp_path: Path) -> None:
-    assert staging_leftovers(tmp_path) == [], "no staging folder or partial file is left behind"
+    assert incoming_leftovers(tmp_path) == [], "no incoming folder or partial file is left behind"
 
 
 class SleepRecorder:

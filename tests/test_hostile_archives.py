@@ -14,8 +14,8 @@ library promises:
 * the sentinel file outside keeps its content and mtime;
 * no file sits under a final name unless its content is verified, nothing but
   regular files and folders exist under the download directory (apart from
-  what the test put there), and no ``.part`` staging file is left;
-* the staging folder ``.pacifica-downloader`` is gone;
+  what the test put there), and no ``.part`` incoming file is left;
+* the incoming folder ``.pacifica-downloader`` is gone;
 * the cart was DELETEd on the server.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import pytest
 import requests
-from helpers import is_index_file, staging_leftovers
+from helpers import incoming_leftovers, is_index_file
 from stub_cartd import StubCartd
 
 from pacifica.downloader import (
@@ -51,7 +51,7 @@ from pacifica.downloader import (
 
 #: Every path outside the download directory gets this mtime before a run.
 FROZEN_NS = 1_000_000_000 * 1_000_000_000
-#: The staging folder the library keeps inside the download directory.
+#: The incoming folder the library keeps inside the download directory.
 STAGING = ".pacifica-downloader"
 #: A PAX/GNU header bigger than the library's 16 MiB cap.
 GIANT = 17 * 1024 * 1024
@@ -246,7 +246,7 @@ class Scene:
         may be absent but, if present, must be verified.
         """
         if STAGING not in self.preexisting:
-            assert staging_leftovers(self.dl) == [], "the staging folder was left behind"
+            assert incoming_leftovers(self.dl) == [], "the incoming folder was left behind"
         wanted = {spec.path: spec for spec in specs}
         for path in _walk(self.dl):
             relative = str(path.relative_to(self.dl))
@@ -255,7 +255,7 @@ class Scene:
             ):
                 continue
             info = os.lstat(path)
-            assert not path.name.endswith(".part"), f"a staging file was left: {relative}"
+            assert not path.name.endswith(".part"), f"a incoming file was left: {relative}"
             if stat.S_ISDIR(info.st_mode):
                 continue
             assert stat.S_ISREG(info.st_mode), f"{relative} is not a regular file or folder ({info.st_mode:o})"
@@ -997,7 +997,7 @@ def test_overwrite_false_refuses_before_any_request(scene: Scene) -> None:
     assert final.read_bytes() == b"old content\n"
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert not (scene.data / LEGIT.path).exists()
-    assert staging_leftovers(scene.dl) == []
+    assert incoming_leftovers(scene.dl) == []
     scene.preexisting.add("data/" + TARGET.path)
     scene.check_outside_untouched()
     scene.check_download_dir(specs)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import make_tar, staging_leftovers
+from helpers import incoming_leftovers, make_tar
 from stub_cartd import StubCartd
 
 from pacifica.downloader import (
@@ -240,7 +240,7 @@ def test_download_from_url_0_4_1_verifies_and_deletes(clean_env: pytest.MonkeyPa
         assert cartd.deleted(url.rsplit("/", 1)[1])
         assert cartd.methods()[-1] == "DELETE"
     assert tree(tmp_path / "data") == FILES
-    assert staging_leftovers(tmp_path) == []
+    assert incoming_leftovers(tmp_path) == []
     assert down.cart_api.posted_records(url) is None, "a deleted cart's records are forgotten"
 
 
@@ -265,7 +265,7 @@ def test_download_from_url_refuses_a_file_that_does_not_match(clean_env: pytest.
         assert raised.value.path == "a/b/foo.txt"
         assert cartd.deleted(url.rsplit("/", 1)[1]), "the cart is deleted when the download fails too"
     assert not (tmp_path / "data" / "a/b/foo.txt").exists()
-    assert staging_leftovers(tmp_path) == []
+    assert incoming_leftovers(tmp_path) == []
 
 
 def test_download_from_url_refuses_files_not_posted(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -315,7 +315,7 @@ def test_download_from_url_of_an_unknown_cart_refuses_unsafe_tars(
     assert [path.name for path in tmp_path.iterdir()] == ["loc"], "nothing is written outside the location"
     assert not [path for path in location.rglob("*") if path.is_symlink()]
     assert set(tree(location)) <= {"data/ok.txt"}, "only the regular file before the refused entry may land"
-    assert staging_leftovers(location) == []
+    assert incoming_leftovers(location) == []
 
 
 def test_posted_records_are_bounded(clean_env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch) -> None:

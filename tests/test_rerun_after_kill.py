@@ -2,13 +2,13 @@
 
 The child process (``download_child.py``) downloads an event of 8 files of
 4 MiB.  Its progress callback, once the first file is verified and placed
-and the next one has started streaming into the staging area, tells the
+and the next one has started streaming into the incoming area, tells the
 parent through its stdout pipe and blocks; the parent then SIGKILLs it.  No
 sleep is involved: the parent waits on the pipe, the child on an event
 nobody sets.
 
 After the kill every final name is absent or holds verified content, and the
-dead process's staging folder (with its partial file) is still there.  A
+dead process's incoming folder (with its partial file) is still there.  A
 second download, in-process, removes that stale folder, fetches only the
 files that are missing (the POSTed cart lists exactly their ids) and ends
 with every file right.
@@ -31,7 +31,7 @@ import requests
 from test_e2e import assert_tree, cart_gone, make_event
 
 from pacifica.downloader import CartAPI, Downloader
-from pacifica.downloader.staging import STAGING_DIR
+from pacifica.downloader.incoming import HIDDEN_DIR
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "download_child.py"
@@ -145,18 +145,18 @@ def test_rerun_after_sigkill_fetches_only_missing_files(cartd_stack: Any, tmp_pa
                 assert final.read_bytes() == content, f"{final} holds unverified content after the kill"
                 present[path] = content
         assert 1 <= len(present) < FILE_COUNT, f"killed after the first file, before the last: {sorted(present)}"
-        # Nothing but final names and the staging area: no partial file next to the finals.
+        # Nothing but final names and the incoming area: no partial file next to the finals.
         stray = [p for p in data.rglob("*") if p.is_file() and p.relative_to(data).as_posix() not in present]
         assert stray == []
         host = socket.gethostname().replace("-", "_")
-        stale = sorted((location / STAGING_DIR).glob("staging-{}-{}-*".format(host, paused["pid"])))
-        hidden = location / STAGING_DIR
+        stale = sorted((location / HIDDEN_DIR).glob("incoming-{}-{}-*".format(host, paused["pid"])))
+        hidden = location / HIDDEN_DIR
         names = sorted(p.name for p in hidden.iterdir()) if hidden.exists() else []
-        assert len(stale) == 1, f"the killed process's staging folder is still there: {names}"
+        assert len(stale) == 1, f"the killed process's incoming folder is still there: {names}"
         # The partial file is there, beside empty ones created ahead of their use (see reserve.py).
         parts = [p for p in stale[0].rglob("*") if p.is_file()]
-        assert {p.suffix for p in parts} == {".part"}, f"unexpected staging entries: {parts}"
-        assert len([p for p in parts if p.stat().st_size]) == 1, "the partial file is in the staging folder"
+        assert {p.suffix for p in parts} == {".part"}, f"unexpected entries in the incoming folder: {parts}"
+        assert len([p for p in parts if p.stat().st_size]) == 1, "the partial file is in the incoming folder"
     finally:
         # The killed process could not delete its cart.
         CartAPI(cartd_stack.cart_url).delete_cart(paused["cart_url"])
@@ -167,10 +167,11 @@ def test_rerun_after_sigkill_fetches_only_missing_files(cartd_stack: Any, tmp_pa
     written = Downloader(location, cartd_stack.cart_url, session=session).cloudevent(event, deadline=60)
     assert sorted(written) == sorted(str(data / path) for path in files)
     assert_tree(data, files)
-    assert not stale[0].exists(), "the dead process's staging folder was removed"
-    hidden = location / STAGING_DIR
-    left = sorted(p.name for p in hidden.iterdir() if p.name.startswith("staging-")) if hidden.exists() else []
-    assert left == [], f"no staging folder is left: {left}"
+    assert not stale[0].exists(), "the dead process's incoming folder was removed"
+    hidden = location / HIDDEN_DIR
+    left = sorted(p.name for p in hidden.iterdir() if p.name.startswith(("incoming-", "staging-"))) \
+        if hidden.exists() else []
+    assert left == [], f"no incoming folder is left: {left}"
     assert [p for p in location.rglob("*.part")] == []
     (posted,) = session.posted()
     cart_url, body = posted
@@ -186,12 +187,12 @@ def test_rerun_after_sigkill_fetches_only_missing_files(cartd_stack: Any, tmp_pa
     assert_tree(data, files)
 
 
-def test_stale_staging_of_a_live_process_is_kept(cartd_stack: Any, tmp_path: Path) -> None:
-    """A staging folder whose process is still alive (a concurrent download) is not touched by another run."""
+def test_incoming_folder_of_a_live_process_is_kept(cartd_stack: Any, tmp_path: Path) -> None:
+    """An incoming folder whose process is still alive (a concurrent download) is not touched by another run."""
     files = {"live/a.txt": b"a" * 100}
     event = make_event(cartd_stack, files)
     host = socket.gethostname().replace("-", "_")
-    other = tmp_path / STAGING_DIR / f"staging-{host}-{os.getppid()}-0123456789ab"
+    other = tmp_path / HIDDEN_DIR / f"incoming-{host}-{os.getppid()}-0123456789ab"
     other.mkdir(parents=True)
     (other / "1.part").write_bytes(b"partial")
     Downloader(tmp_path, cartd_stack.cart_url).cloudevent(event, deadline=60)

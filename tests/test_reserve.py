@@ -1,4 +1,4 @@
-"""FileReserve: staging files created ahead by a thread, only as many as promised, cleaned up on close."""
+"""FileReserve: incoming files created ahead by a thread, only as many as promised, cleaned up on close."""
 from __future__ import annotations
 
 import os

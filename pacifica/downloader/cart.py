@@ -22,11 +22,11 @@ import requests
 from .cartapi import CartAPI
 from .exceptions import DownloaderError, TransferError
 from .extract import CartReceiver
+from .incoming import IncomingArea
 from .polling import PollSchedule, poll_until_ready
 from .progress import Tracker
 from .records import FileRecord, entries_callable
 from .retry import RetryBudget
-from .staging import StagingArea
 from .stream import CartStream, StreamBroken
 from .transport import redact
 from .verified import VerifiedIndex
@@ -54,7 +54,7 @@ class Delivery:
 
     destination: Path
     filename: str
-    staging: StagingArea
+    incoming: IncomingArea
     tracker: Tracker
     index: VerifiedIndex
     budget: RetryBudget
@@ -149,7 +149,7 @@ class Cart:
             return self.api.open_cart(url, delivery.filename, offset=offset, deadline=delivery.deadline,
                                       budget=delivery.budget)
 
-        receiver = CartReceiver(wanted, tops, delivery.destination, delivery.staging, done or (), received, placed)
+        receiver = CartReceiver(wanted, tops, delivery.destination, delivery.incoming, done or (), received, placed)
         started = time.monotonic()
         while True:
             stream = CartStream(reopen(0), reopen, timeouts=self.api.transport.timeouts, budget=delivery.budget,

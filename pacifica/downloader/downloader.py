@@ -25,6 +25,7 @@ from .exceptions import (
     DestinationError,
     InvalidInputError,
 )
+from .incoming import IncomingArea, hidden_folder, os_error
 from .pipeline import Cancelled, CartLimits, Slots, run_carts, split_batches
 from .plan import Plan, plan_download
 from .policy import transaction_records
@@ -32,7 +33,6 @@ from .polling import PollSchedule
 from .progress import ProgressCallback, Tracker
 from .records import FileRecord, check_folder_name, validate_records
 from .retry import Retry, RetryBudget
-from .staging import StagingArea, hidden_folder, os_error
 from .transport import redact
 from .verified import VerifiedIndex
 
@@ -227,8 +227,8 @@ class Downloader:
             LOGGER.info("%d of %d files to fetch into %s", len(todo), len(checked), destination)
             tracker = Tracker(self.progress, todo)
             tracker("validating")
-            staging = StagingArea(root)
-            delivery = Delivery(destination, folder, staging, tracker, index,
+            incoming = IncomingArea(root)
+            delivery = Delivery(destination, folder, incoming, tracker, index,
                                 RetryBudget(self.cart_api.transport.retry), timeout=wait, deadline=call_deadline)
             try:
                 run_carts(
@@ -239,7 +239,7 @@ class Downloader:
                     delivery.cancelled,
                 )
             finally:
-                staging.remove()
+                incoming.remove()
             tracker("done")
             return paths
         finally:
@@ -274,22 +274,22 @@ class Downloader:
                 "only against the rules of a safe archive", redact(cart_url),
             )
         index = VerifiedIndex(hidden_folder(root))
-        staging: StagingArea | None = None
+        incoming: IncomingArea | None = None
         cart = Cart(self.cart_api, records, None, keep=self.keep_cart, url=cart_url)
         try:
             done: set[str] = set()
             if records is not None:
                 done = {record.path for record in self._plan(records, root, folder, index).present}
             tracker = Tracker(self.progress, records or [])
-            staging = StagingArea(root)
-            cart.delivery = Delivery(root / folder, folder, staging, tracker, index,
+            incoming = IncomingArea(root)
+            cart.delivery = Delivery(root / folder, folder, incoming, tracker, index,
                                      RetryBudget(self.cart_api.transport.retry))
             cart.wait()  # already ready in the released flow: one HEAD
             cart.receive(done)
             tracker("done")
         finally:
-            if staging is not None:
-                staging.remove()
+            if incoming is not None:
+                incoming.remove()
             index.close()
             cart.delete()
 

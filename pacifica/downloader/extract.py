@@ -9,7 +9,7 @@ a many-small-files transfer).  The rules:
   sparse files are refused with :class:`UnsafeArchiveError`;
 * a name must be the cart's top folder followed by a requested path; an
   absolute name, a ``..`` part or a NUL is refused;
-* a requested file's bytes are hashed while they are written to the staging
+* a requested file's bytes are hashed while they are written to the incoming
   area, and only a file whose digest matches is moved to its final name; a
   file that is not requested, or comes twice, is a :class:`ManifestError`;
 * file modes from the archive are ignored: files get the process's default
@@ -31,8 +31,8 @@ from typing import Callable
 
 from .exceptions import IntegrityError, ManifestError, UnsafeArchiveError
 from .hashing import new_hash
+from .incoming import IncomingArea, os_error, usable_mtime
 from .records import FileRecord, join_path
-from .staging import StagingArea, os_error, usable_mtime
 from .stream import CartStream, StreamBroken
 from .tarheaders import MalformedTar, TarMember, TarReader
 
@@ -68,7 +68,7 @@ class CartReceiver:
     unverified file).  Call :meth:`receive` with each try's stream: a try
     that broke leaves in :attr:`done` what it placed, and the next skips it.
 
-    >>> receiver = CartReceiver(wanted, {"data"}, destination, staging)   # doctest: +SKIP
+    >>> receiver = CartReceiver(wanted, {"data"}, destination, incoming)   # doctest: +SKIP
     >>> receiver.receive(stream)                                          # doctest: +SKIP
     """
 
@@ -77,7 +77,7 @@ class CartReceiver:
         wanted: Mapping[str, FileRecord] | None,
         tops: set[str],
         destination: Path,
-        staging: StagingArea,
+        incoming: IncomingArea,
         done: Iterable[str] = (),
         on_bytes: Callable[[int], None] = lambda count: None,
         on_file: Callable[[FileRecord | None, str], None] = lambda record, path: None,
@@ -86,7 +86,7 @@ class CartReceiver:
         self.wanted = wanted
         self.tops = tops
         self.destination = destination
-        self.staging = staging
+        self.incoming = incoming
         self.done: set[str] = set(done)
         self.on_bytes = on_bytes
         self.on_file = on_file
@@ -102,7 +102,7 @@ class CartReceiver:
         top_seen: str | None = None
         received: set[str] = set()
         reader = TarReader(stream)
-        self.staging.reserve(0 if wanted is None else len(wanted) - len(done))  # files created ahead while reading
+        self.incoming.reserve(0 if wanted is None else len(wanted) - len(done))  # files created ahead while reading
         try:
             while True:
                 try:
@@ -150,11 +150,11 @@ class CartReceiver:
                     missing=missing,
                 )
         finally:
-            self.staging.unreserve(0 if wanted is None else len(wanted) - len(done))
+            self.incoming.unreserve(0 if wanted is None else len(wanted) - len(done))
 
     def _place(self, stream: CartStream, member: TarMember, record: FileRecord, verify: bool) -> str:
-        """Write one member's bytes to a staging file, hashing them; place it if verified; return its path."""
-        return _receive(stream, member, record, self.destination, self.staging, self.on_bytes, verify=verify)
+        """Write one member's bytes to an incoming file, hashing them; place it if verified; return its path."""
+        return _receive(stream, member, record, self.destination, self.incoming, self.on_bytes, verify=verify)
 
 
 def _folders(wanted: Mapping[str, FileRecord] | None) -> set[str] | None:
@@ -184,11 +184,11 @@ def _receive(
     member: TarMember,
     record: FileRecord,
     destination: Path,
-    staging: StagingArea,
+    incoming: IncomingArea,
     on_bytes: Callable[[int], None],
     verify: bool = True,
 ) -> str:
-    """Copy one member into a staging file while hashing it; place it if the digest matches; return its path.
+    """Copy one member into an incoming file while hashing it; place it if the digest matches; return its path.
 
     The member's bytes are read straight from the stream, as views of the
     received chunks, and go to the hash and to the file without a copy;
@@ -196,8 +196,8 @@ def _receive(
     ``verify=False`` nothing is hashed: no digest is known to compare with.
     """
     digest = new_hash(record.hashtype) if verify else None
-    target = staging.prepare(destination, record.path)
-    staged, fd = staging.create_file(target)
+    target = incoming.prepare(destination, record.path)
+    pending, fd = incoming.create_file(target)
     final = os.path.join(target.folder, record.path.rpartition("/")[2])
     received = 0
     try:
@@ -226,10 +226,10 @@ def _receive(
                 expected=record.hashsum,
                 actual=actual,
             )
-        staging.place(staged, final, mtime=usable_mtime(member.mtime))
+        incoming.place(pending, final, mtime=usable_mtime(member.mtime))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(staged)
+            os.unlink(pending)
         raise
     return final
 

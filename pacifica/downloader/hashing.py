@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .staging import os_error
+from .incoming import os_error
 
 __all__ = ["HASH_CHUNK", "check_hashtype", "file_digest", "hex_length", "new_hash"]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .hashing import file_digest
+from .incoming import safe_folder
 from .records import FileRecord
-from .staging import safe_folder
 from .verified import VerifiedIndex
 
 __all__ = ["Plan", "plan_download"]

@@ -1,4 +1,4 @@
-"""Empty staging files created ahead of their use, by a background thread.
+"""Empty incoming files created ahead of their use, by a background thread.
 
 Creating a file is the dearest step of writing a small one on common
 filesystems: on this project's ext4 test machine the ``open(O_CREAT)`` alone
@@ -9,7 +9,7 @@ and writes overlaps the two (2000 × 64 KiB from one cart: 1.32× the time of
 ``curl | tar -x`` without it, 1.06× with it).
 
 Only files that were promised are created, at most ``ahead`` before they are
-taken; a file created but never taken stays empty in the staging area and
+taken; a file created but never taken stays empty in the incoming area and
 goes when the area is removed.
 
 Creating a file and moving one out of a folder both lock that folder: with
@@ -101,7 +101,7 @@ class FileReserve:
                     os.makedirs(subfolder, exist_ok=True)
                 fd = os.open(path, self._flags, self._mode)
             except OSError as err:
-                LOGGER.debug("stopped creating staging files ahead: %s", err)
+                LOGGER.debug("stopped creating incoming files ahead: %s", err)
                 return
             with self._changed:
                 if self._closed:

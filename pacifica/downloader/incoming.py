@@ -1,6 +1,6 @@
 """Where files are written before they are verified, and how they are put in place.
 
-A :class:`StagingArea` is a private folder inside the download directory
+An :class:`IncomingArea` is a private folder inside the download directory
 (so on the same filesystem): each file streams into it, is hashed on the
 way, and only once verified is moved to its final name with
 :func:`os.replace`, which is atomic.  A final name therefore holds either
@@ -27,13 +27,15 @@ from typing import Any, NamedTuple
 from .exceptions import DestinationError, UnsafeArchiveError
 from .reserve import FileReserve
 
-__all__ = ["STAGING_DIR", "StagingArea", "hidden_folder", "safe_folder", "usable_mtime"]
+__all__ = ["HIDDEN_DIR", "IncomingArea", "hidden_folder", "safe_folder", "usable_mtime"]
 
 LOGGER = logging.getLogger(__name__)
 
-#: The hidden folder, inside the download directory, that holds staging areas.
-STAGING_DIR = ".pacifica-downloader"
-#: A new staging file: write-only, never an existing name, not inherited by child processes.
+#: The hidden folder, inside the download directory, that holds incoming areas.
+HIDDEN_DIR = ".pacifica-downloader"
+#: The first word of the name of an incoming folder left by a killed process: earlier versions said "staging".
+LEFTOVER_PREFIXES = ("incoming", "staging")
+#: A new incoming file: write-only, never an existing name, not inherited by child processes.
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
@@ -103,7 +105,7 @@ def usable_mtime(value: Any) -> float | None:
 
 def hidden_folder(location: Path) -> Path:
     """Return ``location``'s hidden bookkeeping folder, created when needed; refuse one that is a link or a file."""
-    root = location / STAGING_DIR
+    root = location / HIDDEN_DIR
     try:
         root.mkdir(exist_ok=True)
         info = os.lstat(root)
@@ -127,16 +129,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 class Target(NamedTuple):
-    """Where a file lands (``folder``) and the staging folder on the same filesystem (``area``)."""
+    """Where a file lands (``folder``) and the incoming folder on the same filesystem (``area``)."""
 
     folder: str
     area: str
 
 
-class StagingArea:
+class IncomingArea:
     """Private folders for files not yet verified, one per filesystem the download writes to.
 
-    The main one is ``location/.pacifica-downloader/staging-<host>-<pid>-<id>``.
+    The main one is ``location/.pacifica-downloader/incoming-<host>-<pid>-<id>``.
     A folder below ``location`` that is another filesystem (a mount point)
     gets its own, in the same hidden folder at that mount's top, so that
     every verified file is moved into place by a same-filesystem rename.
@@ -147,7 +149,7 @@ class StagingArea:
         self.location = location
         self.root = hidden_folder(location)
         self._host = socket.gethostname().replace("-", "_")
-        self._name = f"staging-{self._host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._name = f"incoming-{self._host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._areas: dict[int, Path] = {}
         self._lock = threading.Lock()
         self._numbers = itertools.count(1)
@@ -156,7 +158,7 @@ class StagingArea:
         self.path = self._area_for(location)
 
     def _area_for(self, folder: Path) -> Path:
-        """The staging folder on ``folder``'s filesystem, created on first use."""
+        """The incoming folder on ``folder``'s filesystem, created on first use."""
         try:
             device = os.stat(folder).st_dev
             with self._lock:
@@ -170,7 +172,7 @@ class StagingArea:
                     self._areas[device] = area
                 return self._areas[device]
         except OSError as err:
-            raise os_error(err, str(folder), "create a staging folder for") from err
+            raise os_error(err, str(folder), "create an incoming folder for") from err
 
     def _mount_top(self, folder: Path, device: int) -> Path:
         """The highest folder between ``location`` and ``folder`` on ``device``."""
@@ -182,14 +184,14 @@ class StagingArea:
     def _remove_stale(self, hidden: Path) -> None:
         for entry in hidden.iterdir():
             parts = entry.name.split("-")
-            if len(parts) != 4 or parts[0] != "staging" or parts[1] != self._host or not parts[2].isdigit():
+            if len(parts) != 4 or parts[0] not in LEFTOVER_PREFIXES or parts[1] != self._host or not parts[2].isdigit():
                 continue
             if not _pid_alive(int(parts[2])):
-                LOGGER.info("removing the staging folder %s left by a process that is gone", entry)
+                LOGGER.info("removing the incoming folder %s left by a process that is gone", entry)
                 shutil.rmtree(entry, ignore_errors=True)
 
     def prepare(self, destination: Path, relative: str) -> Target:
-        """Create (safely) the folder ``destination/relative`` lands in; return it with its staging folder.
+        """Create (safely) the folder ``destination/relative`` lands in; return it with its incoming folder.
 
         Each folder is checked and created once per download: the carts of
         a large event put thousands of files in the same few folders.
@@ -217,7 +219,7 @@ class StagingArea:
             self._reserve.withdraw(count)
 
     def create_file(self, target: Target) -> tuple[str, int]:
-        """Create a new, empty staging file on ``target``'s filesystem; return its path and a raw descriptor."""
+        """Create a new, empty incoming file on ``target``'s filesystem; return its path and a raw descriptor."""
         if self._reserve is not None and target.area == self._reserve.folder:
             made = self._reserve.take()
             if made is not None:
@@ -226,14 +228,14 @@ class StagingArea:
         try:
             return path, os.open(path, _CREATE_FLAGS, 0o666)
         except OSError as err:
-            raise os_error(err, path, "create the staging file") from err
+            raise os_error(err, path, "create the incoming file") from err
 
-    def place(self, staged: str, final: str, mtime: float | None = None) -> None:
-        """Move the verified ``staged`` file to ``final`` (in a folder from :meth:`prepare`) atomically."""
+    def place(self, pending: str, final: str, mtime: float | None = None) -> None:
+        """Move the verified ``pending`` file to ``final`` (in a folder from :meth:`prepare`) atomically."""
         try:
             if mtime is not None:
-                os.utime(staged, (mtime, mtime))
-            os.replace(staged, final)
+                os.utime(pending, (mtime, mtime))
+            os.replace(pending, final)
         except IsADirectoryError as err:
             raise DestinationError(
                 f"{final} is a folder, the cart has a file there; move it or choose another location", path=final
