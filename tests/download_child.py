@@ -23,19 +23,9 @@ import sys
 import threading
 from typing import Any
 
-import requests
+from support.sessions import RecordingSession
 
 from pacifica.downloader import DestinationError, Downloader, DownloaderError, Progress
-
-
-class _Recorder(requests.Session):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[list[str]] = []
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        self.sent.append([method.upper(), url])
-        return super().request(method, url, *args, **kwargs)
 
 
 def _say(obj: Any) -> None:
@@ -45,7 +35,7 @@ def _say(obj: Any) -> None:
 
 def main() -> int:
     job = json.load(sys.stdin)
-    session = _Recorder()
+    session = RecordingSession()
     pause = bool(job.get("pause_mid_file"))
 
     def progress(report: Progress) -> None:

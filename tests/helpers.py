@@ -1,14 +1,13 @@
 """Small helpers shared by the test modules."""
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import requests
 import urllib3
 
 from pacifica.downloader.incoming import HIDDEN_DIR
@@ -76,19 +75,19 @@ def fake_response(body: bytes, chunk: int = 1 << 20, **kwargs: Any) -> FakeRespo
     return FakeResponse(FakeBody(body, chunk), **kwargs)
 
 
-def make_tar(top: str, files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
-    """A tar as Cartd sends it: ``files`` ({"a/b.txt": bytes}) below the folder ``top``; ``links`` adds symlinks."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, content in files.items():
-            info = tarfile.TarInfo(f"{top}/{path}")
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-        for path, target in (links or {}).items():
-            info = tarfile.TarInfo(f"{top}/{path}")
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tar.addfile(info)
-    return out.getvalue()
+def assert_tree(root: Path, files: dict[str, bytes]) -> None:
+    """``root`` holds exactly ``files`` and nothing else (no incoming folder, no partials)."""
+    found = {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in root.rglob("*")
+        if path.is_file() and not is_index_file(root, path)
+    }
+    assert found == files
+    assert incoming_leftovers(root) == []
+
+
+def cart_gone(url: str) -> bool:
+    return requests.head(url, timeout=10).status_code == 404
 
 
 class JsonServer:

@@ -19,7 +19,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tarfile
 import termios
 import threading
 import time
@@ -32,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from helpers import is_index_file
+from support.tars import make_tar
 
 from pacifica.downloader import PolicyError, cli
 from pacifica.downloader.cli import (
@@ -158,17 +158,10 @@ class CartdStub:
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def tar(self, top: str, fileids: list[dict[str, str]]) -> bytes:
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-            for entry in fileids:
-                data = self.archive[entry["id"]]
-                if self.corrupt and data:
-                    data = bytes([data[0] ^ 0xFF]) + data[1:]
-                info = tarfile.TarInfo("{}/{}".format(top, entry["path"]))
-                info.size = len(data)
-                info.mtime = 1_600_000_000
-                archive.addfile(info, io.BytesIO(data))
-        return buffer.getvalue()
+        def content(data: bytes) -> bytes:
+            return bytes([data[0] ^ 0xFF]) + data[1:] if self.corrupt and data else data
+
+        return make_tar(top, {entry["path"]: content(self.archive[entry["id"]]) for entry in fileids})
 
     def methods(self) -> list[str]:
         with self.lock:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -17,43 +16,23 @@ from typing import Any
 
 import pytest
 from helpers import is_index_file
+from support.events import archive, event_with, fresh_id
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 180  # seconds for one command, cart staging included
 
 
-def unique_ids(count: int) -> list[int]:
-    """File ids no other test uses: random, from a range the stack's other tests do not touch."""
-    return random.sample(range(3_000_000_000, 4_000_000_000), count)
-
-
-def put(stack: Any, files: dict[int, tuple[str, str, bytes]]) -> list[dict[str, Any]]:
-    """Store each ``{id: (subdir, name, data)}`` in the archive; return their ``Files`` metadata objects."""
-    objects = []
-    for file_id, (subdir, name, data) in files.items():
-        stack.put_file(file_id, data)
-        objects.append({
-            "destinationTable": "Files", "_id": file_id, "name": name, "subdir": subdir, "size": len(data),
-            "hashtype": "sha1", "hashsum": hashlib.sha1(data).hexdigest(),
-        })
-    return objects
-
-
-def some_files() -> dict[int, tuple[str, str, bytes]]:
-    first, second, third = unique_ids(3)
+def some_files() -> dict[str, bytes]:
     return {
-        first: ("proposal/run1", "readme.txt", b"pacifica end to end\n"),
-        second: ("proposal/run1", "data.bin", os.urandom(200_000)),
-        third: ("", "empty.txt", b""),
+        "proposal/run1/readme.txt": b"pacifica end to end\n",
+        "proposal/run1/data.bin": os.urandom(200_000),
+        "empty.txt": b"",
     }
 
 
 def event(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "specversion": "1.0", "id": f"stack-{unique_ids(1)[0]}", "source": "/pacifica/metadata/ingest",
-        "type": "org.pacifica.metadata.ingest",
-        "data": [{"destinationTable": "Transactions._id", "value": 1}] + objects,
-    }
+    """A CloudEvents 1.0 structured event: the command reads both forms."""
+    return event_with(objects, spec="1.0")
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
@@ -70,10 +49,10 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
     )
 
 
-def check_manifest(stdout: str, files: dict[int, tuple[str, str, bytes]], root: Path, ordered: bool = True) -> None:
+def check_manifest(stdout: str, files: dict[str, bytes], root: Path, ordered: bool = True) -> None:
     """The --json manifest lists every file (in input order if ``ordered``), and each file holds its content."""
     entries = json.loads(stdout)
-    expected = [(str((root / subdir / name).resolve()), data) for subdir, name, data in files.values()]
+    expected = [(str((root / path).resolve()), data) for path, data in files.items()]
     if not ordered:
         entries.sort(key=lambda entry: entry["path"])
         expected.sort()
@@ -88,7 +67,7 @@ def check_manifest(stdout: str, files: dict[int, tuple[str, str, bytes]], root: 
 def test_cloudevent_json_manifest(cartd_stack: Any, tmp_path: Path, server: str) -> None:
     files = some_files()
     event_file = tmp_path / "event.json"
-    event_file.write_text(json.dumps(event(put(cartd_stack, files))))
+    event_file.write_text(json.dumps(event(archive(cartd_stack, files))))
     cart_url = cartd_stack.bundle_cart_url if server == "bundle" else cartd_stack.cart_url
     out = tmp_path / "out"
     carts_before = cartd_stack.cart_count_on_disk()
@@ -110,7 +89,7 @@ def test_cloudevent_json_manifest(cartd_stack: Any, tmp_path: Path, server: str)
 def test_cloudevent_from_stdin_with_filename(cartd_stack: Any, tmp_path: Path) -> None:
     files = some_files()
     result = run_cli("cloudevent", "-", "-d", str(tmp_path), "--cart-url", cartd_stack.cart_url,
-                     "--filename", "incoming", "--json", "-q", stdin=json.dumps(event(put(cartd_stack, files))))
+                     "--filename", "incoming", "--json", "-q", stdin=json.dumps(event(archive(cartd_stack, files))))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     check_manifest(result.stdout, files, tmp_path / "incoming")
@@ -118,7 +97,7 @@ def test_cloudevent_from_stdin_with_filename(cartd_stack: Any, tmp_path: Path) -
 
 def test_wrong_hash_exits_3_and_writes_nothing(cartd_stack: Any, tmp_path: Path) -> None:
     files = some_files()
-    objects = put(cartd_stack, files)
+    objects = archive(cartd_stack, files)
     objects[1]["hashsum"] = hashlib.sha1(b"something else").hexdigest()
     event_file = tmp_path / "event.json"
     event_file.write_text(json.dumps(event(objects)))
@@ -137,7 +116,7 @@ def test_wrong_hash_exits_3_and_writes_nothing(cartd_stack: Any, tmp_path: Path)
 
 def test_transactioninfo_document(cartd_stack: Any, tmp_path: Path) -> None:
     files = some_files()
-    objects = put(cartd_stack, files)
+    objects = archive(cartd_stack, files)
     document = {"files": {str(obj["_id"]): {k: v for k, v in obj.items() if k != "destinationTable"}
                           for obj in objects}}
     doc_file = tmp_path / "transaction.json"
@@ -152,7 +131,7 @@ def test_transactioninfo_document(cartd_stack: Any, tmp_path: Path) -> None:
 
 def test_missing_file_id_exits_3(cartd_stack: Any, tmp_path: Path) -> None:
     """A file id the archive does not hold makes Cartd fail the cart: a server error, exit 3."""
-    (missing,) = unique_ids(1)
+    missing = fresh_id()
     obj = {"destinationTable": "Files", "_id": missing, "name": "ghost.txt", "subdir": "",
            "hashtype": "sha1", "hashsum": hashlib.sha1(b"ghost").hexdigest()}
     event_file = tmp_path / "event.json"

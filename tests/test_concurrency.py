@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 from fault_proxy import Fault, FaultProxy
-from helpers import incoming_leftovers
-from test_e2e import assert_tree, make_event
+from helpers import assert_tree, incoming_leftovers
+from support.events import make_event
 
 from pacifica.downloader import Downloader, Retry, Timeouts
 

@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_e2e import RecordingSession, assert_tree, cart_gone, make_event
+from helpers import assert_tree, cart_gone
+from support.events import make_event
+from support.sessions import RecordingSession
 
 from pacifica.downloader import DestinationError, Downloader, Progress
 from pacifica.downloader.incoming import HIDDEN_DIR, IncomingArea

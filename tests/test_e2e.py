@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-from helpers import incoming_leftovers, is_index_file
+from helpers import assert_tree, cart_gone, incoming_leftovers
+from support.events import fresh_id, make_event
+from support.sessions import RecordingSession
 
 from pacifica.downloader import (
     CartAPI,
@@ -27,76 +26,6 @@ from pacifica.downloader import (
 
 #: A real Notifications event (a copy of shared/examples/notifications-events.json).
 EXAMPLE_EVENT = Path(__file__).resolve().parent / "data" / "notifications-events.json"
-_IDS = itertools.count(random.randrange(10**6, 10**9, 10**4))
-
-
-class RecordingSession(requests.Session):
-    """A session that remembers every request it sent: (method, url), and each POST's number of files."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[tuple[str, str]] = []
-        self.posted: list[int] = []
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        self.sent.append((method.upper(), url))
-        if method.upper() == "POST":
-            self.posted.append(len(json.loads(kwargs["data"])["fileids"]))
-        return super().request(method, url, *args, **kwargs)
-
-    def carts(self) -> list[str]:
-        return [url for method, url in self.sent if method == "POST"]
-
-
-def files_record(file_id: int, name: str, subdir: str, data: bytes, hashtype: str = "sha1") -> dict[str, Any]:
-    return {
-        "destinationTable": "Files",
-        "_id": file_id,
-        "name": name,
-        "subdir": subdir,
-        "hashtype": hashtype,
-        "hashsum": hashlib.new(hashtype, data).hexdigest(),
-        "size": len(data),
-        "mimetype": "application/octet-stream",
-    }
-
-
-def make_event(stack: Any, files: dict[str, bytes], hashtype: str = "sha1") -> dict[str, Any]:
-    """Archive ``files`` ({"sub/dir/name": bytes}) under fresh ids; return a Notifications-shaped event."""
-    data: list[dict[str, Any]] = [
-        {"destinationTable": "Transactions._id", "value": next(_IDS)},
-        {"destinationTable": "TransactionKeyValue", "key": "Tag", "value": "e2e"},
-    ]
-    for path, content in files.items():
-        file_id = next(_IDS)
-        stack.put_file(file_id, content)
-        subdir, _, name = path.rpartition("/")
-        data.append(files_record(file_id, name, subdir, content, hashtype))
-    return {
-        "cloudEventsVersion": "0.1",
-        "eventType": "org.pacifica.metadata.ingest",
-        "eventID": f"e2e-{next(_IDS)}",
-        "source": "/pacifica/metadata/ingest",
-        "contentType": "application/json",
-        "data": data,
-    }
-
-
-def assert_tree(root: Path, files: dict[str, bytes]) -> None:
-    """``root`` holds exactly ``files`` and nothing else (no incoming folder, no partials)."""
-    found = {
-        str(path.relative_to(root)): path.read_bytes()
-        for path in root.rglob("*")
-        if path.is_file() and not is_index_file(root, path)
-    }
-    assert found == files
-    assert incoming_leftovers(root) == []
-
-
-def cart_gone(url: str) -> bool:
-    return requests.head(url, timeout=10).status_code == 404
-
-
 SAMPLE = {
     "a/b/foo.txt": b"foo\n" * 32,
     "a/b/bar.txt": b"bar" * 15 + b"\n",
@@ -133,8 +62,8 @@ def test_example_event_shape(cartd_stack: Any, tmp_path: Path) -> None:
     for obj in event["data"]:
         if obj.get("destinationTable") != "Files":
             continue
-        obj.setdefault("_id", next(_IDS))
-        obj["_id"] = next(_IDS)  # unique in this archive
+        obj.setdefault("_id", fresh_id())
+        obj["_id"] = fresh_id()  # unique in this archive
         content = "{} {}\n".format(obj["subdir"], obj["name"]).encode() * 3
         cartd_stack.put_file(obj["_id"], content)
         obj["hashsum"] = hashlib.sha1(content).hexdigest()
@@ -221,7 +150,7 @@ def test_failed_cart(cartd_stack: Any, tmp_path: Path, fault: str) -> None:
     if fault == "wrong-hash":
         bad["hashsum"] = hashlib.sha1(b"something else").hexdigest()
     else:
-        bad["_id"] = next(_IDS)  # never archived
+        bad["_id"] = fresh_id()  # never archived
     session = RecordingSession()
     with pytest.raises(CartFailedError) as raised:
         Downloader(tmp_path, cartd_stack.cart_url, session=session).cloudevent(event)
@@ -265,7 +194,7 @@ def test_rerun_fetches_only_what_is_missing(cartd_stack: Any, tmp_path: Path) ->
     again.cloudevent(event)
     assert_tree(tmp_path / "data", files)
     assert len(session.carts()) == 1
-    session.sent.clear()
+    session.clear()
     again.cloudevent(event)
     assert session.sent == [], "nothing missing: no cart"
 
@@ -334,7 +263,7 @@ def test_split_by_bytes(cartd_stack: Any, tmp_path: Path) -> None:
 def test_failure_in_one_cart_fails_the_call_and_deletes_every_cart(cartd_stack: Any, tmp_path: Path) -> None:
     files = {f"f/{index:02d}.bin": os.urandom(500) for index in range(12)}
     event = make_event(cartd_stack, files)
-    event["data"][-1]["_id"] = next(_IDS)  # never archived: the last cart fails at once
+    event["data"][-1]["_id"] = fresh_id()  # never archived: the last cart fails at once
     session = RecordingSession()
     limits = CartLimits(max_files=4, max_staging=2)
     with pytest.raises(CartFailedError):

@@ -27,9 +27,10 @@ from typing import Any
 import pytest
 import requests
 from fault_proxy import Fault, FaultProxy
-from helpers import FakeBody, FakeResponse, incoming_leftovers
+from helpers import FakeBody, FakeResponse, assert_tree, incoming_leftovers
 from stub_cartd import StubCartd
-from test_e2e import assert_tree, make_event
+from support.events import make_event
+from support.sessions import RecordingSession
 
 from pacifica.downloader import (
     CartAPI,
@@ -146,18 +147,6 @@ class SleepRecorder:
 
     def sleep(self, seconds: float) -> None:
         self.delays.append(seconds)
-
-
-class TimeoutRecordingSession(requests.Session):
-    """Remembers (method, timeout) of every request sent."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[tuple[str, Any]] = []
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        self.sent.append((method.upper(), kwargs.get("timeout")))
-        return super().request(method, url, *args, **kwargs)
 
 
 def _expect_success(
@@ -392,15 +381,15 @@ def test_deadline_bounds_a_silent_socket(cartd_stack: Any, proxied: Any, tmp_pat
     """Headers then silence, with a read timeout (8 s) longer than the caller's deadline (2 s): no request
     may wait on its socket past the deadline, and the call ends in CartTimeoutError."""
     proxy = proxied([Fault("GET", "silent", count=None)])
-    session = TimeoutRecordingSession()
+    session = RecordingSession()
     patient = TIMEOUTS.replace(stall=60.0, read=8.0)
     deadline = 2.0
     with pytest.raises(CartTimeoutError):
         downloader(proxy.url, tmp_path, timeouts=patient, session=session).cloudevent(
             make_event(cartd_stack, sample_files(2)), deadline=deadline
         )
-    gets = [timeout for method, timeout in session.sent if method == "GET"]
-    assert gets, session.sent
+    gets = [timeout for method, timeout in session.timeouts if method == "GET"]
+    assert gets, session.timeouts
     read_timeouts = [timeout[1] if isinstance(timeout, tuple) else timeout for timeout in gets]
     assert all(value is not None and value <= deadline for value in read_timeouts), (
         f"a GET waited on its socket up to {read_timeouts} s although the call's deadline was {deadline} s"

@@ -36,6 +36,8 @@ import pytest
 import requests
 from helpers import incoming_leftovers, is_index_file
 from stub_cartd import StubCartd
+from support.events import event_for
+from support.tars import Member, build_tar, reg, special
 
 from pacifica.downloader import (
     DestinationError,
@@ -58,7 +60,6 @@ GIANT = 17 * 1024 * 1024
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
 FORMATS = {"gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
-Member = tuple[tarfile.TarInfo, bytes]
 
 
 # -- the files an event asks for ---------------------------------------------------
@@ -81,65 +82,7 @@ class Spec:
         return hashlib.sha1(self.content).hexdigest()
 
 
-def event_for(specs: Sequence[Spec]) -> dict[str, Any]:
-    """A Pacifica Notifications CloudEvent asking for ``specs``."""
-    return {
-        "data": [
-            {"destinationTable": "Transactions", "_id": 67},
-        ]
-        + [
-            {
-                "destinationTable": "Files",
-                "_id": index + 1,
-                "name": spec.name,
-                "subdir": spec.subdir,
-                "hashtype": "sha1",
-                "hashsum": spec.sha1,
-            }
-            for index, spec in enumerate(specs)
-        ]
-    }
-
-
 # -- building tars ---------------------------------------------------------------------
-
-
-def reg(
-    name: str, data: bytes, *, mode: int = 0o644, mtime: float = 1_600_000_000, pax: dict[str, str] | None = None
-) -> Member:
-    """A regular-file member; ``pax`` records are written in the PAX format only."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = mode
-    info.mtime = mtime
-    if pax:
-        info.pax_headers = dict(pax)
-    return info, data
-
-
-def special(name: str, kind: bytes, linkname: str = "", pax: dict[str, str] | None = None) -> Member:
-    """A member that is not a regular file: a link, device, FIFO, folder ..."""
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = linkname
-    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
-    info.mtime = 1_600_000_000
-    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
-        info.devmajor, info.devminor = 1, 3  # /dev/null's numbers
-    if pax:
-        info.pax_headers = dict(pax)
-    return info, b""
-
-
-def build_tar(members: Sequence[Member], fmt: int, *, end_blocks: bool = True) -> bytes:
-    """The tar of ``members`` in ``fmt``; without the end-of-archive blocks when ``end_blocks`` is False."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as archive:
-        for info, data in members:
-            archive.addfile(info, io.BytesIO(data) if info.isreg() else None)
-        unterminated = buffer.tell()
-    raw = buffer.getvalue()
-    return raw if end_blocks else raw[:unterminated]
 
 
 def raw_header(name: str, kind: bytes, size: int) -> bytes:
@@ -295,9 +238,10 @@ def run(
     scene.freeze()
     error: BaseException | None = None
     result: list[str] | None = None
+    event = event_for({spec.path: spec.content for spec in specs})
     with StubCartd(body=body, **stub_kwargs) as cartd:
         try:
-            result = scene.downloader(cartd.url, **(downloader_kwargs or {})).cloudevent(event_for(specs))
+            result = scene.downloader(cartd.url, **(downloader_kwargs or {})).cloudevent(event)
         except Exception as err:  # the test decides what was acceptable
             error = err
     assert not cartd.errors, "the test's tar builder failed:\n" + "\n".join(cartd.errors)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import requests
-from test_e2e import make_event
+from support.events import make_event
 
 from pacifica.downloader import Downloader
 

@@ -18,8 +18,11 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import incoming_leftovers, make_tar
+from helpers import incoming_leftovers
 from stub_cartd import StubCartd
+from support.events import event_for
+from support.sessions import RecordingSession
+from support.tars import make_tar
 
 from pacifica.downloader import (
     CartAPI,
@@ -37,17 +40,9 @@ FILES = {"a/b/foo.txt": b"foo\n" * 8, "a/b/\u00e9/bar\u00e9.txt": "bar\u00e9\n".
 CARTD_VARS = ("CARTD_CART_API_URL", "CARTD_PROTO", "CARTD_ADDR", "CARTD_PORT")
 
 
-def event_for(files: dict[str, bytes], first_id: int = 103) -> dict[str, Any]:
-    data: list[dict[str, Any]] = [{"destinationTable": "Transactions._id", "value": 7}]
-    for number, (path, content) in enumerate(files.items(), first_id):
-        subdir, _, name = path.rpartition("/")
-        data.append({"destinationTable": "Files", "_id": number, "name": name, "subdir": subdir,
-                     "hashtype": "sha1", "hashsum": hashlib.sha1(content).hexdigest(), "size": len(content)})
-    return {"cloudEventsVersion": "0.1", "eventID": "released-1", "data": data}
-
-
 def document_for(files: dict[str, bytes]) -> dict[str, Any]:
-    return {"files": {str(obj["_id"]): obj for obj in event_for(files)["data"][1:]}}
+    objects = [obj for obj in event_for(files)["data"] if obj.get("destinationTable") == "Files"]
+    return {"files": {str(obj["_id"]): obj for obj in objects}}
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -193,21 +188,11 @@ def test_0_4_timeout_as_released_callers_pass_it(clean_env: pytest.MonkeyPatch, 
 )
 def test_bad_call_arguments_are_invalid_input(tmp_path: Path, call: Any, problem: str) -> None:
     """Never a TypeError or ValueError from deep inside, and no request sent."""
-    session = _NoNetwork()
+    session = RecordingSession(refuse=True)
     down = Downloader(cart_api_url="http://127.0.0.1:9", session=session)
     with pytest.raises(InvalidInputError, match=problem):
         call(down, str(tmp_path))
     assert session.sent == []
-
-
-class _NoNetwork(requests.Session):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[str] = []
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        self.sent.append(method)
-        raise AssertionError("no request may be sent")
 
 
 # -- the released pieces: setup_cart, wait_for_cart, _download_from_url --------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import requests
 from helpers import JsonServer
 from released_programs import DISPATCHER_TEST, ReleasedPrograms, ensure_released_programs
+from support.events import archive, event_with
 
 #: Seconds any one released program may take here; they finish in a few.
 BOUND = 120
@@ -33,22 +33,6 @@ FILES = {
 @pytest.fixture(scope="session")
 def released() -> ReleasedPrograms:
     return ensure_released_programs()
-
-
-def fresh_ids(count: int) -> list[int]:
-    """Archive ids no other test uses."""
-    return random.sample(range(5_000_000_000, 6_000_000_000), count)
-
-
-def archive(stack: Any, files: dict[str, bytes]) -> list[dict[str, Any]]:
-    """Store ``files`` in the stack's archive; return their Pacifica ``Files`` metadata objects."""
-    objects = []
-    for file_id, (path, content) in zip(fresh_ids(len(files)), files.items()):
-        stack.put_file(file_id, content)
-        subdir, _, name = path.rpartition("/")
-        objects.append({"destinationTable": "Files", "_id": file_id, "name": name, "subdir": subdir,
-                        "hashtype": "sha1", "hashsum": hashlib.sha1(content).hexdigest(), "size": len(content)})
-    return objects
 
 
 def program_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -91,7 +75,7 @@ def run_cli(released: ReleasedPrograms, args: list[str], env: dict[str, str]) ->
 def test_pacifica_cli_downloads_a_cloudevent_and_exits_0(
     released: ReleasedPrograms, cartd_stack: Any, tmp_path: Path
 ) -> None:
-    event = {"cloudEventsVersion": "0.1", "eventID": "cli-1", "data": archive(cartd_stack, FILES)}
+    event = event_with(archive(cartd_stack, FILES))
     (tmp_path / "event.json").write_text(json.dumps(event))
     result = run_cli(released, ["--cloudevent", str(tmp_path / "event.json"), "--destination", str(tmp_path / "d")],
                      program_env(tmp_path, DOWNLOAD_URL=cartd_stack.cart_url))

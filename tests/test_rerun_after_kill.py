@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-from test_e2e import assert_tree, cart_gone, make_event
+from helpers import assert_tree, cart_gone
+from support.events import make_event
+from support.sessions import RecordingSession
 
 from pacifica.downloader import CartAPI, Downloader
 from pacifica.downloader.incoming import HIDDEN_DIR
@@ -39,30 +40,6 @@ CHILD = HERE / "download_child.py"
 CHILD_WAIT = 60.0
 FILE_COUNT = 8
 FILE_SIZE = 4 * 1024 * 1024
-
-
-class BodyRecordingSession(requests.Session):
-    """A session that remembers every request it sent: (method, url, body)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[tuple[str, str, Any]] = []
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        body = kwargs.get("data")
-        if body is None and kwargs.get("json") is not None:
-            body = json.dumps(kwargs["json"])
-        self.sent.append((method.upper(), url, body))
-        return super().request(method, url, *args, **kwargs)
-
-    def posted(self) -> list[tuple[str, dict[str, Any]]]:
-        """Each POST's URL and JSON body."""
-        result = []
-        for method, url, body in self.sent:
-            if method == "POST":
-                text = body.decode("utf-8") if isinstance(body, bytes) else body
-                result.append((url, json.loads(text)))
-        return result
 
 
 def file_ids(event: dict[str, Any]) -> dict[str, str]:
@@ -163,7 +140,7 @@ def test_rerun_after_sigkill_fetches_only_missing_files(cartd_stack: Any, tmp_pa
 
     # 2. Run again, in-process: only the missing files are asked for, the stale folder goes.
     missing = sorted(set(files) - set(present))
-    session = BodyRecordingSession()
+    session = RecordingSession()
     written = Downloader(location, cartd_stack.cart_url, session=session).cloudevent(event, deadline=60)
     assert sorted(written) == sorted(str(data / path) for path in files)
     assert_tree(data, files)
@@ -173,15 +150,15 @@ def test_rerun_after_sigkill_fetches_only_missing_files(cartd_stack: Any, tmp_pa
         if hidden.exists() else []
     assert left == [], f"no incoming folder is left: {left}"
     assert [p for p in location.rglob("*.part")] == []
-    (posted,) = session.posted()
+    (posted,) = session.posts()
     cart_url, body = posted
     assert sorted(entry["id"] for entry in body["fileids"]) == sorted(ids[path] for path in missing)
     assert sorted(entry["path"] for entry in body["fileids"]) == missing
-    assert ("DELETE", cart_url) in [(method, url) for method, url, _ in session.sent]
+    assert ("DELETE", cart_url) in session.sent
     assert cart_gone(cart_url)
 
     # 3. Once more: nothing is missing, no request at all.
-    session = BodyRecordingSession()
+    session = RecordingSession()
     Downloader(location, cartd_stack.cart_url, session=session).cloudevent(event, deadline=60)
     assert session.sent == []
     assert_tree(data, files)

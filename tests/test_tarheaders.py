@@ -15,6 +15,7 @@ import pytest
 from helpers import fake_response
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support.tars import build_tar, reg, special
 
 from pacifica.downloader.config import Timeouts
 from pacifica.downloader.exceptions import UnsafeArchiveError
@@ -58,18 +59,11 @@ def reference(body: bytes) -> list[tuple[str, bytes, int, float, bytes]]:
 
 def build(members: list[tuple[str, bytes | None, float]], fmt: int, global_pax: dict[str, str] | None = None) -> bytes:
     """A tar of (name, content or None for a folder, mtime) members."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=fmt, pax_headers=global_pax or {}) as archive:
-        for name, content, mtime in members:
-            info = tarfile.TarInfo(name)
-            info.mtime = mtime  # type: ignore[assignment]  # tarfile takes floats
-            if content is None:
-                info.type = tarfile.DIRTYPE
-                archive.addfile(info)
-            else:
-                info.size = len(content)
-                archive.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
+    return build_tar(
+        [special(name, tarfile.DIRTYPE, mtime=mtime) if content is None else reg(name, content, mtime=mtime)
+         for name, content, mtime in members],
+        fmt, global_pax=global_pax,
+    )
 
 
 def header(name: bytes, kind: bytes, size: int, size_field: bytes | None = None) -> bytes:
