@@ -108,8 +108,8 @@ class RetryBudget:
     :meth:`spend` records a failed try and says how long to wait before the
     next one, or that none is left.  Progress gives the tries back:
     :meth:`progressed` for a request the server answered, :meth:`reached` for
-    stream bytes beyond the furthest byte any try of that stream reached (a
-    stream that keeps breaking at the same place makes no progress).
+    stream bytes well beyond the furthest byte any try of that stream reached
+    (a stream that keeps breaking at about the same place makes no progress).
 
     >>> budget = RetryBudget(Retry(attempts=2, jitter=0))
     >>> budget.spend("reset"), budget.spend("reset again")
@@ -146,10 +146,11 @@ class RetryBudget:
             if self._retry.spent:
                 self._retry = self._retry.progressed()
 
-    def reached(self, stream: str, position: int) -> None:
-        """Stream ``stream`` delivered bytes up to ``position``: progress if no try had got that far."""
+    def reached(self, stream: str, position: int, step: int = 1) -> None:
+        """Stream ``stream`` delivered bytes up to ``position``: progress once that is ``step`` bytes or more
+        past the furthest any try got (a try that breaks a few bytes further than the last is no progress)."""
         with self._lock:
-            if position <= self._furthest.get(stream, 0):
+            if position < self._furthest.get(stream, 0) + step:
                 return
             self._furthest[stream] = position
             if self._retry.spent:

@@ -181,7 +181,7 @@ class CartStream:
         if self._window_bytes >= self._timeouts.stall_bytes:
             self._window_start = time.monotonic()
             self._window_bytes = 0
-            self._budget.reached(self._name, self._received())
+            self._budget.reached(self._name, self._received(), self._timeouts.stall_bytes)
 
     def _check_time(self) -> None:
         now = time.monotonic()
