@@ -9,7 +9,9 @@
 * ``GET {base}/{uid}?filename=NAME`` -> 200 and the body the test supplies
   (``body(uid, filename)``), optionally without ``Content-Length``, with
   ``Accept-Ranges: bytes`` and ``Range`` support, or cut short after N bytes;
-* ``DELETE {base}/{uid}`` -> 200 (404 if unknown).
+* ``DELETE {base}/{uid}`` -> 200 (404 if unknown);
+* any other ``GET`` the test's ``pages(path)`` answers (a Policy service's
+  ``/transactioninfo/<id>``, say) -> that answer.
 
 Every request is recorded (:attr:`StubCartd.requests`) *before* it is
 answered, so once a client call has returned a test can assert what the
@@ -33,6 +35,7 @@ import os
 import re
 import socket
 import struct
+import sys
 import threading
 import traceback
 from collections.abc import Mapping, Sequence
@@ -42,12 +45,14 @@ from types import TracebackType
 from typing import Any, Callable, Union
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["READY", "STAGING", "BodySource", "StubCartd", "StubRequest"]
+__all__ = ["READY", "STAGING", "BodySource", "PageAnswer", "StubCartd", "StubRequest"]
 
 #: What a test gives as the GET body: fixed bytes, or ``body(uid, filename)``.
 BodySource = Union[bytes, Callable[[str, str], bytes]]
 #: A HEAD answer: status code and headers.
 HeadAnswer = tuple[int, Mapping[str, str]]
+#: An answer to a GET that is not a cart's: status code and JSON body.
+PageAnswer = tuple[int, bytes]
 
 #: Cartd's answer to HEAD on a cart ready to download.
 READY: HeadAnswer = (204, {"X-Pacifica-Status": "ready"})
@@ -167,6 +172,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Send the cart's tar as configured: whole, ranged, or cut short."""
         request = self._record()
         stub = self.server.stub
+        page = stub.pages(urlsplit(request.path).path) if stub.pages is not None else None
+        if page is not None:
+            self._simple(page[0], {"Content-Type": "application/json"}, page[1])
+            return
         if request.uid not in stub._carts:
             self._simple(404)
             return
@@ -238,6 +247,12 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     stub: StubCartd
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (reset, broken pipe) is normal here; any other error is kept in ``errors``."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        self.stub._error(traceback.format_exc())
+
 
 @dataclass
 class StubCartd:
@@ -246,7 +261,9 @@ class StubCartd:
     ``body``: the GET body, bytes or ``body(uid, filename)`` (``filename`` is
     the ``filename`` query parameter, the uid when absent).
     ``head``: the HEAD answers in order, the last one repeated (default
-    :data:`READY`).
+    :data:`READY`), or a callable giving each answer when it is asked for.
+    ``pages``: ``pages(path)`` answers a GET of ``path`` (no query) that is
+    not a cart's, or returns None to let it be one.
     ``post_status``, ``get_status``, ``delete_status``: the status of those
     answers (a non-201 POST creates no cart).
     ``content_length``: send ``Content-Length`` on GET (else the body ends
@@ -266,7 +283,8 @@ class StubCartd:
     """
 
     body: BodySource = b""
-    head: Sequence[HeadAnswer] = (READY,)
+    head: Sequence[HeadAnswer] | Callable[[], HeadAnswer] = (READY,)
+    pages: Callable[[str], PageAnswer | None] | None = None
     post_status: int = 201
     get_status: int = 200
     delete_status: int = 200
@@ -290,7 +308,7 @@ class StubCartd:
         """Start listening; return ``self``.  Prefer the ``with`` statement."""
         if self._server is not None:
             raise RuntimeError("the stub Cartd is already running")
-        if not self.head:
+        if not callable(self.head) and not self.head:
             raise ValueError("head needs at least one answer")
         server = _Server(("127.0.0.1", 0), _Handler)
         server.stub = self
@@ -362,6 +380,12 @@ class StubCartd:
         """The uids of the carts POSTed, in order."""
         return [request.uid for request in self.requests_for("POST")]
 
+    def live_carts(self) -> dict[str, Any]:
+        """The carts that exist now (posted, not deleted), each with the ``fileids`` it was posted with."""
+        with self._lock:
+            live = set(self._carts)
+        return {request.uid: request.json()["fileids"] for request in self.requests_for("POST") if request.uid in live}
+
     def deleted(self, uid: str | None = None) -> bool:
         """Whether a DELETE was received for ``uid`` (default: for every POSTed cart, and there was one)."""
         deleted = {request.uid for request in self.requests_for("DELETE")}
@@ -381,6 +405,8 @@ class StubCartd:
             self._errors.append(text)
 
     def _next_head(self) -> HeadAnswer:
+        if callable(self.head):
+            return self.head()
         with self._lock:
             index = self._counters.head
             self._counters.head += 1

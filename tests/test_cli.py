@@ -23,14 +23,15 @@ import termios
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 from helpers import is_index_file
+from stub_cartd import StubCartd
+from support.events import files_object
 from support.tars import make_tar
 
 from pacifica.downloader import PolicyError, cli
@@ -69,125 +70,80 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET_PASSWORD = "pw-Sup3rS3cret-91"
 SECRET_TOKEN = "tok-Sup3rS3cret-77"
 
-# -- a Cartd stub -----------------------------------------------------------------------
+# -- an archive behind the stub Cartd ----------------------------------------------------------
 
 
 class CartdStub:
-    """Cartd's four verbs plus Policy's ``GET /transactioninfo/<id>``, in memory.
+    """An archive served by the one stub Cartd (stub_cartd.StubCartd), plus Policy's ``GET /transactioninfo/<id>``.
 
-    POST stores the cart's ``fileids`` (201); HEAD answers per ``status``
-    (``ready``: 204 ready, ``staging``: 204 staging, ``error``: 500 error);
-    GET sends a tar whose top folder is the ``filename`` query value holding
-    the requested files (``corrupt`` flips a byte of each); DELETE forgets
-    the cart (200).  Every request is recorded with its headers.
+    POST stores the cart; HEAD answers per ``status`` (``ready``: 204 ready,
+    ``staging``: 204 staging, ``error``: 500 error); GET sends a tar whose top
+    folder is the ``filename`` query value holding the files the cart was
+    posted with, from ``archive`` (``corrupt`` flips a byte of each); DELETE
+    forgets the cart.  ``polled`` is set by the first HEAD.
     """
 
     def __init__(self) -> None:
         self.archive: dict[str, bytes] = {}
         self.transactions: dict[str, Any] = {}
-        self.carts: dict[str, list[dict[str, str]]] = {}
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.status = "ready"
         self.corrupt = False
-        self.polled = threading.Event()  # set by the first HEAD
-        self.lock = threading.Lock()
-        stub = self
+        self.polled = threading.Event()
+        self.server = StubCartd(body=self._tar, head=self._head, pages=self._page)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # keep the test output clean
-                pass
+    @property
+    def url(self) -> str:
+        return self.server.url
 
-            def _record(self) -> tuple[str, dict[str, list[str]]]:
-                parts = urlsplit(self.path)
-                with stub.lock:
-                    stub.requests.append((self.command, parts.path, dict(self.headers.items())))
-                return parts.path.strip("/"), parse_qs(parts.query)
+    @property
+    def requests(self) -> list[tuple[str, str, dict[str, str]]]:
+        """(method, path, headers) of every request, in order."""
+        return [(request.method, urlsplit(request.path).path, request.headers) for request in self.server.requests]
 
-            def _send(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-                self.send_response(code)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                if code != 204:
-                    self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if body and self.command != "HEAD":
-                    self.wfile.write(body)
+    @property
+    def carts(self) -> dict[str, Any]:
+        """The carts that exist now, with the ``fileids`` each was posted with."""
+        return self.server.live_carts()
 
-            def do_POST(self) -> None:
-                cart, _ = self._record()
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                with stub.lock:
-                    stub.carts[cart] = body["fileids"]
-                self._send(201, b'{"message": "Pulling data"}')
+    def methods(self) -> list[str]:
+        return self.server.methods()
 
-            def do_HEAD(self) -> None:
-                cart, _ = self._record()
-                stub.polled.set()
-                if cart not in stub.carts:
-                    self._send(404)
-                elif stub.status == "error":
-                    self._send(500, headers={"X-Pacifica-Status": "error",
-                                             "X-Pacifica-Message": "the file hash did not match"})
-                else:
-                    self._send(204, headers={"X-Pacifica-Status": stub.status, "X-Pacifica-Message": ""})
+    def _head(self) -> tuple[int, dict[str, str]]:
+        self.polled.set()
+        if self.status == "error":
+            return 500, {"X-Pacifica-Status": "error", "X-Pacifica-Message": "the file hash did not match"}
+        return 204, {"X-Pacifica-Status": self.status, "X-Pacifica-Message": ""}
 
-            def do_GET(self) -> None:
-                path, query = self._record()
-                if path.startswith("transactioninfo/"):
-                    document = stub.transactions.get(path.split("/", 1)[1])
-                    if document is None:
-                        self._send(404, b'{"message": "not found"}')
-                    else:
-                        self._send(200, json.dumps(document).encode())
-                    return
-                if path not in stub.carts:
-                    self._send(404)
-                    return
-                top = query.get("filename", ["data"])[0].replace(".tar", "")
-                self._send(200, stub.tar(top, stub.carts[path]), {"Content-Type": "application/octet-stream"})
+    def _page(self, path: str) -> tuple[int, bytes] | None:
+        if not path.startswith("/transactioninfo/"):
+            return None
+        document = self.transactions.get(path.split("/", 2)[2])
+        return (404, b'{"message": "not found"}') if document is None else (200, json.dumps(document).encode())
 
-            def do_DELETE(self) -> None:
-                cart, _ = self._record()
-                with stub.lock:
-                    found = stub.carts.pop(cart, None) is not None
-                self._send(200 if found else 404)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def tar(self, top: str, fileids: list[dict[str, str]]) -> bytes:
+    def _tar(self, uid: str, filename: str) -> bytes:
         def content(data: bytes) -> bytes:
             return bytes([data[0] ^ 0xFF]) + data[1:] if self.corrupt and data else data
 
-        return make_tar(top, {entry["path"]: content(self.archive[entry["id"]]) for entry in fileids})
-
-    def methods(self) -> list[str]:
-        with self.lock:
-            return [method for method, _, _ in self.requests]
+        fileids = self.server.live_carts()[uid]
+        return make_tar(filename.replace(".tar", ""), {entry["path"]: content(self.archive[entry["id"]])
+                                                       for entry in fileids})
 
     def add(self, file_id: str, subdir: str, name: str, data: bytes, with_size: bool = True) -> dict[str, Any]:
         """Store ``data`` and return its ``Files`` metadata object."""
         self.archive[file_id] = data
-        obj: dict[str, Any] = {
-            "destinationTable": "Files", "_id": int(file_id), "name": name, "subdir": subdir,
-            "hashtype": "sha1", "hashsum": hashlib.sha1(data).hexdigest(),
-        }
-        if with_size:
-            obj["size"] = len(data)
+        path = f"{subdir}/{name}" if subdir else name
+        obj = files_object(int(file_id), path, data)
+        del obj["mimetype"]
+        if not with_size:
+            del obj["size"]
         return obj
 
 
 @pytest.fixture
 def stub() -> Iterator[CartdStub]:
-    server = CartdStub()
-    server.thread.start()
-    try:
-        yield server
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
+    archive = CartdStub()
+    with archive.server:
+        yield archive
 
 
 FILES = {
