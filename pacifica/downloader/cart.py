@@ -195,9 +195,11 @@ class Cart:
 
         Cartd has a race: a staging task that loaded the cart before the
         DELETE saves it again afterwards, and the cart comes back to life and
-        keeps staging.  So a cart deleted while ``still_staging`` (abandoned,
-        or failed while its other files still stage) is looked at again a few
-        times over four seconds, and deleted again if it reappeared.
+        keeps staging.  So a cart deleted while ``still_staging`` (given up
+        before it was ready, or failed while its other files still stage) is
+        looked at again a few times over four seconds, and deleted again if it
+        reappeared, or if the server cannot say (a second DELETE of a cart
+        that is gone is answered 404 and costs nothing).
         """
         if self.keep or self.url is None or self.state == "deleted":
             return
@@ -206,10 +208,13 @@ class Cart:
             self.state = "deleted"
             for pause in RECHECK_DELETED if still_staging else ():
                 time.sleep(pause)
-                if self.api.cart_exists(self.url):
-                    LOGGER.warning("cart %s came back after its deletion (a Cartd race); deleting it again",
+                try:
+                    back = self.api.cart_exists(self.url)
+                except (DownloaderError, requests.RequestException):
+                    back = True
+                if back and self.api.delete_cart(self.url):
+                    LOGGER.warning("cart %s came back after its deletion (a Cartd race); deleted it again",
                                    redact(self.url))
-                    self.api.delete_cart(self.url)
         except (DownloaderError, requests.RequestException) as err:
             LOGGER.warning("could not delete cart %s: %s", redact(self.url), err)
 

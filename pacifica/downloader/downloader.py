@@ -15,18 +15,13 @@ from typing import Any, Union, overload
 
 import requests
 
-from .cart import Cart, Delivery
+from .cart import Cancelled, Cart, Delivery
 from .cartapi import CartAPI
 from .cloudevent import event_records
 from .config import Timeouts, check_seconds
-from .exceptions import (
-    CartFailedError,
-    CartTimeoutError,
-    DestinationError,
-    InvalidInputError,
-)
+from .exceptions import CartFailedError, CartTimeoutError, DestinationError, InvalidInputError, TransferError
 from .incoming import IncomingArea, hidden_folder, os_error
-from .pipeline import Cancelled, CartLimits, Slots, run_carts, split_batches
+from .pipeline import CartLimits, Slots, run_carts, split_batches
 from .plan import Plan, plan_download
 from .policy import transaction_records
 from .polling import PollSchedule
@@ -40,10 +35,12 @@ __all__ = ["Downloader"]
 
 LOGGER = logging.getLogger(__name__)
 
+#: Why a cart may be deleted while Cartd still runs staging tasks for it: given up (cancelled, Ctrl-C, timed
+#: out, or the server stopped answering) or failed while its other files still stage.
+ABANDONED = (Cancelled, KeyboardInterrupt, CartTimeoutError, CartFailedError, TransferError)
+
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Why a cart may be deleted while Cartd still runs staging tasks for it (a failed cart's other files too).
-ABANDONED = (Cancelled, KeyboardInterrupt, CartTimeoutError, CartFailedError)
 
 
 class Downloader:
@@ -356,7 +353,7 @@ class Downloader:
                 slots.wait_to_begin(turn)
                 cart.wait(PollSchedule(expect=slots.expected(turn)), relaxed=lambda: slots.followed(turn))
             except BaseException as error:  # a cart whose POST failed has nothing to delete
-                # Deleted while the server may still run tasks for it: make sure it stays deleted.
+                # Given up while the server may still run tasks for it: make sure it stays deleted.
                 cart.delete(still_staging=isinstance(error, ABANDONED))
                 raise
         slots.wait_for_next_cart(turn)
