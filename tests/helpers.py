@@ -1,9 +1,6 @@
 """Small helpers shared by the test modules."""
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -88,41 +85,3 @@ def assert_tree(root: Path, files: dict[str, bytes]) -> None:
 
 def cart_gone(url: str) -> bool:
     return requests.head(url, timeout=10).status_code == 404
-
-
-class JsonServer:
-    """Serves fixed JSON documents by path on loopback (a Policy service stand-in); a context manager.
-
-    ``JsonServer({"/status/transactions/by_id/67": {...}})``: a GET of a listed
-    path answers 200 with its document, any other 404.  ``url`` is the base URL.
-    The mapping is read at each request: a test may fill it once the server runs.
-    """
-
-    def __init__(self, documents: dict[str, Any]) -> None:
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                found = self.path in documents
-                body = json.dumps(documents[self.path] if found else {"error": "not found"}).encode()
-                self.send_response(200 if found else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> JsonServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)

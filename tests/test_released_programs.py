@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import JsonServer
 from released_programs import DISPATCHER_TEST, ReleasedPrograms, ensure_released_programs
+from stub_cartd import StubCartd
 from support.events import archive, event_with
 
 #: Seconds any one released program may take here; they finish in a few.
@@ -57,10 +57,15 @@ def cart_gone(url: str) -> bool:
 
 
 @pytest.fixture
-def policy() -> Iterator[tuple[JsonServer, dict[str, Any]]]:
-    """A Policy stand-in: ``GET /status/transactions/by_id/<id>`` answers the transaction document."""
+def policy() -> Iterator[tuple[StubCartd, dict[str, Any]]]:
+    """A Policy stand-in (the stub's ``pages``): ``GET <path>`` answers the document filed under that path."""
     documents: dict[str, Any] = {}
-    with JsonServer(documents) as server:
+
+    def page(path: str) -> tuple[int, bytes]:
+        found = path in documents
+        return (200 if found else 404), json.dumps(documents[path] if found else {"error": "not found"}).encode()
+
+    with StubCartd(pages=page) as server:
         yield server, documents
 
 
@@ -92,7 +97,7 @@ def test_pacifica_cli_event_without_files_exits_0(released: ReleasedPrograms, ca
 
 
 def test_pacifica_cli_downloads_a_transaction_by_id(
-    released: ReleasedPrograms, cartd_stack: Any, tmp_path: Path, policy: tuple[JsonServer, dict[str, Any]]
+    released: ReleasedPrograms, cartd_stack: Any, tmp_path: Path, policy: tuple[StubCartd, dict[str, Any]]
 ) -> None:
     server, documents = policy
     objects = archive(cartd_stack, FILES)

@@ -139,7 +139,8 @@ class CartReceiver:
                 received.add(relative)
                 if relative in done:
                     continue  # verified and placed by an earlier attempt; the reader skips its bytes
-                final = self._place(stream, member, record or _unlisted(relative), verify=record is not None)
+                final = _receive(stream, member, record or _unlisted(relative), self.destination, self.incoming,
+                                 self.on_bytes, verify=record is not None)
                 done.add(relative)
                 self.on_file(record, final)
             missing = [] if wanted is None else sorted(set(wanted) - done)
@@ -151,10 +152,6 @@ class CartReceiver:
                 )
         finally:
             self.incoming.unreserve(0 if wanted is None else len(wanted) - len(done))
-
-    def _place(self, stream: CartStream, member: TarMember, record: FileRecord, verify: bool) -> str:
-        """Write one member's bytes to an incoming file, hashing them; place it if verified; return its path."""
-        return _receive(stream, member, record, self.destination, self.incoming, self.on_bytes, verify=verify)
 
 
 def _folders(wanted: Mapping[str, FileRecord] | None) -> set[str] | None:

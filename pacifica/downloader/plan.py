@@ -27,18 +27,13 @@ class Plan:
     one is verified); ``present``: already in place with the right content;
     ``conflicts``: final paths with other content that may not be replaced.
 
-    >>> Plan(fetch=[], present=[], conflicts=[]).nothing_to_fetch
-    True
+    >>> Plan(fetch=[], present=[], conflicts=[]).fetch
+    []
     """
 
     fetch: list[FileRecord]
     present: list[FileRecord]
     conflicts: list[str]
-
-    @property
-    def nothing_to_fetch(self) -> bool:
-        """Every file is already in place: no cart is needed."""
-        return not self.fetch
 
 
 def plan_download(
