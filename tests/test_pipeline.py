@@ -1,5 +1,5 @@
-"""Staging slots: carts take them in batch order, at most ``max_staging`` at once, cancelling frees waiters,
-and the DELETE of a downloaded cart waits until it cannot hit the start of the cart that stages."""
+"""The scheduler: carts take staging slots in batch order, at most ``max_staging`` at once, cancelling frees
+waiters, and the DELETE of a downloaded cart waits until it cannot hit the start of the cart that stages."""
 from __future__ import annotations
 
 import threading
@@ -7,8 +7,9 @@ import threading
 import pytest
 from helpers import Clock
 
-from pacifica.downloader import pipeline
-from pacifica.downloader.pipeline import Cancelled, Slots
+from pacifica.downloader import pace, scheduler
+from pacifica.downloader.cart import Cancelled
+from pacifica.downloader.scheduler import Scheduler as Slots
 
 
 class WatchedSlots(Slots):
@@ -92,7 +93,7 @@ class WaitingDeletion(Slots):
 
 def test_a_deletion_runs_at_once_when_no_cart_stages() -> None:
     ran: list[str] = []
-    Slots(1, [1, 1]).delete_between_carts(lambda: ran.append(threading.current_thread().name))
+    Slots(1, [1, 1]).delete_when_safe(lambda: ran.append(threading.current_thread().name))
     assert ran == [threading.current_thread().name]
 
 
@@ -101,7 +102,7 @@ def test_a_deletion_waits_while_a_cart_is_being_created_and_runs_when_it_is_read
     ran: list[str] = []
     with slots.staging(0):
         record = lambda: ran.append(threading.current_thread().name)  # noqa: E731
-        thread = threading.Thread(target=slots.delete_between_carts, args=(record,), daemon=True)
+        thread = threading.Thread(target=slots.delete_when_safe, args=(record,), daemon=True)
         thread.start()
         assert slots.deletion_waits.wait(10)
         assert ran == [], "deleted while the next cart's POST had not returned"
@@ -117,7 +118,7 @@ def test_after_the_last_cart_a_waiting_deletion_runs_in_its_own_thread_not_befor
     with slots.staging(1):  # the last cart
         slots.created(1)
         thread = threading.Thread(
-            target=slots.delete_between_carts,
+            target=slots.delete_when_safe,
             args=(lambda: ran.append(threading.current_thread().name),),
             name="deleter",
             daemon=True,
@@ -130,13 +131,13 @@ def test_after_the_last_cart_a_waiting_deletion_runs_in_its_own_thread_not_befor
 
 
 def test_a_deletion_runs_once_the_staging_cart_is_past_its_first_task(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "SAFE_AFTER", 0.0)
-    monkeypatch.setattr(pipeline, "SAFE_PER_FILE", 0.0)
+    monkeypatch.setattr(pace, "SAFE_AFTER", 0.0)
+    monkeypatch.setattr(pace, "SAFE_PER_FILE", 0.0)
     slots = Slots(1, [5, 5])
     ran: list[bool] = []
     with slots.staging(0):
         slots.created(0)
-        slots.delete_between_carts(lambda: ran.append(True))  # returns once it ran, the cart still staging
+        slots.delete_when_safe(lambda: ran.append(True))  # returns once it ran, the cart still staging
         assert ran == [True]
 
 
@@ -144,17 +145,17 @@ def test_the_deletions_left_run_at_the_end() -> None:
     slots = WaitingDeletion(1, [5])
     ran: list[bool] = []
     with slots.staging(0):
-        thread = threading.Thread(target=slots.delete_between_carts, args=(lambda: ran.append(True),), daemon=True)
+        thread = threading.Thread(target=slots.delete_when_safe, args=(lambda: ran.append(True),), daemon=True)
         thread.start()
         assert slots.deletion_waits.wait(10)
-        slots.run_deletions()
+        slots.run_pending_deletions()
         assert ran == [True]
     thread.join(10)
     assert ran == [True], "run once only"
 
 
 def test_a_ready_cart_waits_for_the_next_post(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "NEXT_CART_WAIT", 1000.0)
+    monkeypatch.setattr(scheduler, "NEXT_CART_WAIT", 1000.0)
     slots = Slots(1, [5, 5, 5])
     slots.created(0)
     thread = threading.Thread(target=slots.wait_for_next_cart, args=(0,), daemon=True)
@@ -174,9 +175,9 @@ def test_a_ready_cart_waits_for_the_next_post(monkeypatch: pytest.MonkeyPatch) -
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     """The slots' clock, moved by hand (their waits still wake every 0.1 s of real time)."""
     clock = Clock()
-    monkeypatch.setattr(pipeline, "time", clock)
-    monkeypatch.setattr(pipeline, "SAFE_AFTER", 1.0)
-    monkeypatch.setattr(pipeline, "SAFE_PER_FILE", 0.0)
+    monkeypatch.setattr(scheduler, "time", clock)
+    monkeypatch.setattr(pace, "SAFE_AFTER", 1.0)
+    monkeypatch.setattr(pace, "SAFE_PER_FILE", 0.0)
     return clock
 
 
@@ -235,7 +236,7 @@ def test_a_cart_in_its_last_wave_lets_the_next_one_be_created(clock: Clock) -> N
     with slots.staging(1):
         slots.created(1)  # begins at once: cart 0 is ready; expected to take 10 s
         thread = take_slot(slots, 2, got, release)
-        clock.now += pipeline.PREPOST_SHARE * 10.0 - 0.5
+        clock.now += pace.PREPOST_SHARE * 10.0 - 0.5
         for _ in range(3):
             assert slots.looked.acquire(timeout=10)
         assert not got.is_set(), "cart 2 was created before cart 1 reached its last wave"
@@ -288,7 +289,7 @@ def test_a_deletion_waits_for_the_first_task_of_a_cart_posted_ahead(clock: Clock
     second = take_slot(slots, 2, got, release)
     assert got.wait(10), "cart 2 was not posted ahead"
     ran: list[float] = []
-    deleter = threading.Thread(target=slots.delete_between_carts, args=(lambda: ran.append(clock.now),), daemon=True)
+    deleter = threading.Thread(target=slots.delete_when_safe, args=(lambda: ran.append(clock.now),), daemon=True)
     deleter.start()
     assert slots.deletion_waits.wait(10)
     ready.set()  # cart 1 is ready: Cartd starts on cart 2 now, its first task may run for SAFE_AFTER
@@ -307,7 +308,8 @@ def test_a_cart_is_followed_once_the_carts_that_take_its_place_are_created() -> 
     slots = Slots(2, [5, 5, 5, 5])
     slots.created(0)
     slots.created(1)
-    assert not slots.followed(0), "with two staging at once, cart 2 takes cart 0's place on the server"
+    zero = slots.followed(0)
+    assert not zero.is_set(), "with two staging at once, cart 2 takes cart 0's place on the server"
     slots.created(2)
-    assert slots.followed(0)
-    assert not slots.followed(1)
+    assert zero.is_set() and slots.followed(0).is_set()
+    assert not slots.followed(1).is_set()

@@ -27,11 +27,11 @@ from .exceptions import (
     TransferError,
     UnsafeArchiveError,
 )
-from .pipeline import CartLimits
 from .policy import TransactionInfo
 from .progress import Progress
 from .records import FileRecord
 from .retry import Retry, RetryBudget
+from .split import CartLimits
 
 __version__ = "1.0.0"
 

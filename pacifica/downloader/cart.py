@@ -6,7 +6,7 @@ polls on a :class:`PollSchedule`), is received (the tar streamed through a
 :class:`RetryBudget`) and is deleted, with the recheck that a cart Cartd
 resurrects needs.  Its :attr:`Cart.state` says where it is.  It knows
 nothing of the other carts of its download: whoever drives it (the
-:mod:`.pipeline`'s scheduler) decides when each step may run.
+:mod:`.pipeline`, asking its :mod:`.scheduler`) decides when each step may run.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import requests
 
@@ -110,8 +109,11 @@ class Cart:
         delivery.tracker.cart_created(self.url)
         return self.url
 
-    def wait(self, schedule: PollSchedule = PollSchedule(), relaxed: Callable[[], bool] | None = None) -> None:
-        """Poll until Cartd has staged the cart (see :mod:`.polling`); raise its typed error if staging fails."""
+    def wait(self, schedule: PollSchedule = PollSchedule(), relaxed: threading.Event | None = None) -> None:
+        """Poll until Cartd has staged the cart (see :mod:`.polling`); raise its typed error if staging fails.
+
+        ``relaxed``, once set, says nothing waits for the moment it is ready (no near-polls).
+        """
         url, delivery = self._url(), self._delivery()
 
         def polled(status: str) -> None:

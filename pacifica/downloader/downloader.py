@@ -7,41 +7,33 @@ verifies it into place, and deletes the cart on the server whatever happens.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Union, overload
+from typing import Any, overload
 
 import requests
 
-from .cart import Cancelled, Cart, Delivery
+from .calls import PathLike, as_path, call_style, url_call_style
+from .cart import Cart, Delivery
 from .cartapi import CartAPI
 from .cloudevent import event_records
 from .config import Timeouts, check_seconds
-from .exceptions import CartFailedError, CartTimeoutError, DestinationError, InvalidInputError, TransferError
+from .exceptions import DestinationError, InvalidInputError
 from .incoming import IncomingArea, hidden_folder, os_error
-from .pipeline import CartLimits, Slots, run_carts, split_batches
+from .pipeline import run_carts
 from .plan import Plan, plan_download
 from .policy import transaction_records
-from .polling import PollSchedule
 from .progress import ProgressCallback, Tracker
 from .records import FileRecord, check_folder_name, validate_records
 from .retry import Retry, RetryBudget
+from .split import CartLimits, split_batches
 from .transport import redact
 from .verified import VerifiedIndex
 
 __all__ = ["Downloader"]
 
 LOGGER = logging.getLogger(__name__)
-
-#: Why a cart may be deleted while Cartd still runs staging tasks for it: given up (cancelled, Ctrl-C, timed
-#: out, or the server stopped answering) or failed while its other files still stage.
-ABANDONED = (Cancelled, KeyboardInterrupt, CartTimeoutError, CartFailedError, TransferError)
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-
 
 class Downloader:
     """Downloads the files of Pacifica events and documents through a Cartd cart.
@@ -112,7 +104,7 @@ class Downloader:
             problems.append(f"progress must be a callable, not {type(progress).__name__}")
         if problems:
             raise InvalidInputError("the downloader cannot be built", problems)
-        self.location = None if location is None else _as_path(location)
+        self.location = None if location is None else as_path(location)
         self.cart_api = CartAPI(
             cart_api_url, proto=proto, addr=addr, port=port, auth=auth, session=session, extra_args=extra_args,
             timeouts=timeouts, retry=retry,
@@ -147,7 +139,7 @@ class Downloader:
         the cart, default an hour), ``deadline`` (seconds for the whole
         call).  Files land in ``location/filename/<subdir>/<name>``.
         """
-        location, event, options = self._call_style(args, kwargs, "cloudevent")
+        location, event, options = call_style(args, kwargs, "cloudevent")
         paths = self._download(event_records(event), location, **options)
         return None if location is not None else paths
 
@@ -169,7 +161,7 @@ class Downloader:
         ``down.transactioninfo(location, doc)`` returns None, as 0.4.1 did;
         keywords as :meth:`cloudevent`.
         """
-        location, document, options = self._call_style(args, kwargs, "transinfo")
+        location, document, options = call_style(args, kwargs, "transinfo")
         paths = self._download(transaction_records(document), location, **options)
         return None if location is not None else paths
 
@@ -228,13 +220,9 @@ class Downloader:
             delivery = Delivery(destination, folder, incoming, tracker, index,
                                 RetryBudget(self.cart_api.transport.retry), timeout=wait, deadline=call_deadline)
             try:
-                run_carts(
-                    split_batches(todo, self.limits),
-                    lambda batch, slots, turn: self._fetch(Cart(self.cart_api, batch, delivery, keep=self.keep_cart),
-                                                           slots, turn),
-                    self.limits.max_staging,
-                    delivery.cancelled,
-                )
+                carts = [Cart(self.cart_api, batch, delivery, keep=self.keep_cart)
+                         for batch in split_batches(todo, self.limits)]
+                run_carts(carts, self.limits.max_staging, delivery.cancelled)
             finally:
                 incoming.remove()
             tracker("done")
@@ -259,7 +247,7 @@ class Downloader:
         no hashes to check (a warning says so) and any regular file below
         the cart's folder is taken, under the same rules of safety.
         """
-        location, cart_url, filename = _url_call_style(args, kwargs)
+        location, cart_url, filename = url_call_style(args, kwargs)
         folder = check_folder_name(filename)
         if not isinstance(cart_url, str) or not cart_url.startswith(("http://", "https://")):
             raise InvalidInputError(f"cart_url must be an http:// or https:// URL, got {cart_url!r}")
@@ -292,34 +280,8 @@ class Downloader:
 
     # -- the steps ---------------------------------------------------------------
 
-    def _call_style(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], name: str
-    ) -> tuple[PathLike | None, Any, dict[str, Any]]:
-        """Sort out ``(event)``, ``(location, event)`` and keyword calls; the location is None in the first."""
-        location = kwargs.pop("location", None)
-        if len(args) == 2 and location is None:
-            location, document = args
-        elif len(args) == 1 and name in kwargs:
-            location, document = args[0], kwargs.pop(name)
-        elif len(args) == 1:
-            document = args[0]
-        elif not args and name in kwargs:
-            document = kwargs.pop(name)
-        else:
-            raise InvalidInputError(
-                f"{name}() takes the {name} and optionally the location before it",
-                [f"{len(args)} positional arguments, keywords: {sorted(kwargs) or 'none'}"],
-            )
-        unknown = sorted(set(kwargs) - {"filename", "timeout", "deadline"})
-        if unknown:
-            raise InvalidInputError(
-                f"{name}() takes only the keywords filename, timeout and deadline",
-                [f"unexpected keyword {key!r}" for key in unknown],
-            )
-        return location, document, kwargs
-
     def _location(self, location: PathLike | None) -> Path:
-        root = _as_path(location) if location is not None else self.location
+        root = as_path(location) if location is not None else self.location
         if root is None:
             raise InvalidInputError("no download location: pass it to Downloader() or to the download method")
         try:
@@ -340,52 +302,3 @@ class Downloader:
                 path=plan.conflicts[0],
             )
         return plan
-
-    def _fetch(self, cart: Cart, slots: Slots, turn: int) -> None:
-        """Run the ``turn``-th cart of the download when the scheduler (``slots``) allows; always delete it."""
-        slots.check()
-        with slots.staging(turn):
-            try:
-                try:
-                    cart.create()
-                finally:
-                    slots.created(turn)
-                slots.wait_to_begin(turn)
-                cart.wait(PollSchedule(expect=slots.expected(turn)), relaxed=lambda: slots.followed(turn))
-            except BaseException as error:  # a cart whose POST failed has nothing to delete
-                # Given up while the server may still run tasks for it: make sure it stays deleted.
-                cart.delete(still_staging=isinstance(error, ABANDONED))
-                raise
-        slots.wait_for_next_cart(turn)
-        try:
-            cart.receive()
-        except BaseException:
-            cart.delete()
-            raise
-        slots.delete_between_carts(cart.delete)
-
-
-def _as_path(location: Any) -> Path:
-    """The download directory given as a string or path; anything else is refused."""
-    if isinstance(location, bytes) or not isinstance(location, (str, os.PathLike)):
-        raise InvalidInputError(f"the location must be a path (str or os.PathLike), not {type(location).__name__}")
-    return Path(location)
-
-
-def _url_call_style(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """``(location, cart_url, filename)`` from 0.4.1's three arguments or 0.3.0's ``(cart_url, filename)``."""
-    three = len(args) + len(kwargs) >= 3 or "location" in kwargs
-    names = ("location", "cart_url", "filename") if three else ("cart_url", "filename")
-    given = dict(zip(names, args))
-    problems = [f"{len(args)} positional arguments, at most {len(names)}"] if len(args) > len(names) else []
-    problems += [f"{key!r} given twice" for key in kwargs if key in given]
-    problems += [f"unexpected keyword {key!r}" for key in kwargs if key not in names]
-    given.update(kwargs)
-    if "cart_url" not in given:
-        problems.append("no cart_url")
-    if problems:
-        raise InvalidInputError(
-            "_download_from_url() takes (location, cart_url, filename), or (cart_url, filename) "
-            "on a downloader built with its location", problems,
-        )
-    return given.get("location"), given["cart_url"], given.get("filename", "data")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from typing import Any, Callable
 
@@ -71,15 +72,15 @@ def poll_until_ready(
     cart_url: str,
     *,
     on_poll: Callable[[str], None] | None = None,
-    relaxed: Callable[[], bool] | None = None,
+    relaxed: threading.Event | None = None,
 ) -> float:
     """Call ``probe(deadline)`` on ``schedule`` until it answers ``"ready"``; return the seconds it took.
 
     ``probe`` makes one status request (no later than the monotonic
     ``deadline``) and returns the cart's status, raising for a final one
     (failed, unknown).  ``on_poll(status)`` is called after each poll that
-    finds the cart still staging; ``relaxed()`` says whether anything waits
-    for the moment it is ready (see :meth:`PollSchedule.pause`).  Raises
+    finds the cart still staging; ``relaxed``, once set, says that nothing
+    waits for the moment it is ready any more (see :meth:`PollSchedule.pause`).  Raises
     :class:`CartTimeoutError` once ``limit`` seconds pass.
     """
     started = time.monotonic()
@@ -107,7 +108,7 @@ def poll_until_ready(
         remaining = deadline - time.monotonic()
         if remaining > 0:
             elapsed = time.monotonic() - started
-            pause = schedule.pause(elapsed, interval, relaxed is not None and relaxed())
+            pause = schedule.pause(elapsed, interval, relaxed is not None and relaxed.is_set())
             time.sleep(max(0.0, min(pause, remaining)))
             interval = schedule.next_interval(interval)
         if time.monotonic() >= deadline:
