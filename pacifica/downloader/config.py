@@ -97,9 +97,8 @@ class Timeouts:
     * ``read=60``: the longest silence tolerated on a socket; Cartd answers
       HEAD/POST at once and streams steadily, so a minute of silence is a hang.
     * ``wait=3600``: the deadline for a cart to become ready, in wall-clock
-      time.  One Celery worker stages about 10 files a second, so an hour
-      covers a healthy cart of tens of thousands of files; 2000 files need
-      about 200 s.  The ``timeout`` argument of the download methods sets it
+      time.  An hour covers a healthy cart of tens of thousands of files at
+      the pace of one Celery worker.  The ``timeout`` argument of the download methods sets it
       per call.
     * ``stall=60``: during a transfer, the longest time allowed without
       ``stall_bytes`` (64 KiB) arriving; this catches a trickle that keeps a

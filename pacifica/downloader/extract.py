@@ -2,7 +2,7 @@
 
 :class:`CartReceiver` walks the tar one header at a time with its own
 reader (:mod:`.tarheaders`; :mod:`tarfile` is not used: its extraction
-filters have been bypassed, some Pythons have none, and it costs a sixth of
+filters have been bypassed, some Pythons have none, and it costs a large share of
 a many-small-files transfer).  The rules:
 
 * only regular files and folders are accepted; links, devices, FIFOs and

@@ -1,20 +1,17 @@
 """Empty incoming files created ahead of their use, by a background thread.
 
 Creating a file is the dearest step of writing a small one on common
-filesystems: on this project's ext4 test machine the ``open(O_CREAT)`` alone
-takes about 0.2 ms of kernel time, ten times the cost of writing 64 KiB into
-it.  The kernel does that work without holding the GIL, so a thread that
-creates the next files while the extracting thread parses headers, hashes
-and writes overlaps the two (2000 × 64 KiB from one cart: 1.32× the time of
-``curl | tar -x`` without it, 1.06× with it).
+filesystems: the ``open(O_CREAT)`` alone can cost more kernel time than
+writing 64 KiB into it (see ``benchmarks/README.md``).  The kernel does that
+work without holding the GIL, so a thread that creates the next files while
+the extracting thread parses headers, hashes and writes overlaps the two.
 
 Only files that were promised are created, at most ``ahead`` before they are
 taken; a file created but never taken stays empty in the incoming area and
 goes when the area is removed.
 
 Creating a file and moving one out of a folder both lock that folder: with
-one folder, each move of a verified file waited for the creation under way
-(a rename took 140 µs instead of 10 µs).  So files are made in turn in
+one folder, each move of a verified file waited for the creation under way.  So files are made in turn in
 ``ahead // block + 1`` subfolders, ``block`` at a time: the file being moved
 out and the one being made ``ahead`` later are never in the same folder.
 """

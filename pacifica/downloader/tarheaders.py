@@ -1,8 +1,8 @@
 """Read a tar's headers from a forward-only stream: the member's name, type, size and mtime, nothing more.
 
 :mod:`tarfile` builds a full :class:`tarfile.TarInfo` for every header (two
-per file in Cartd's tars, which carry a PAX header for the float mtime),
-about 37 µs per file: a sixth of a 2000 × 64 KiB transfer.  This reader
+per file in Cartd's tars, which carry a PAX header for the float mtime), a
+large share of a many-small-files transfer (see ``benchmarks/README.md``).  This reader
 decodes only what :class:`~pacifica.downloader.extract.CartReceiver` needs,
 in the formats Python's tarfile and GNU tar write (ustar, GNU, PAX), with
 tarfile's rules for what a header means, and is stricter where tarfile
