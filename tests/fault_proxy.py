@@ -25,7 +25,13 @@ of a method it misbehaves in one of these ways:
     the cart), then close the client's connection without a reply;
 ``mute``
     read the request and never answer, holding the connection open: a server
-    that accepts connections and says nothing.
+    that accepts connections and says nothing;
+``trickle_head``
+    relay the whole answer, its status line and headers included, one byte
+    every ``interval`` seconds;
+``late``
+    forward the request, and relay Cartd's answer only ``interval`` seconds
+    later (a busy server that answers slowly but does answer).
 
 Keep-alive is not supported: ``Connection: close`` is forced on every
 forwarded request and every relayed answer, so each request is its own
@@ -58,7 +64,7 @@ from types import TracebackType
 __all__ = ["ACTIONS", "Fault", "FaultProxy", "ProxyRequest"]
 
 #: The things a fault can do; see the module docstring.
-ACTIONS = ("reset", "truncate", "trickle", "silent", "respond", "drop_reply", "mute")
+ACTIONS = ("reset", "truncate", "trickle", "silent", "respond", "drop_reply", "mute", "trickle_head", "late")
 
 _LOOPBACK = "127.0.0.1"
 _MAX_HEAD = 64 * 1024
@@ -78,7 +84,7 @@ class Fault:
     ``count=None`` means every request of ``method`` from ``first`` on.
     ``after``: body bytes relayed before a ``reset``/``truncate``/``silent``/
     ``trickle`` starts (raw bytes on the wire, chunk framing included).
-    ``interval``: seconds between trickled bytes.  ``status``, ``headers``,
+    ``interval``: seconds between trickled bytes, or of a ``late`` answer's delay.  ``status``, ``headers``,
     ``body``: the answer of a ``respond`` fault.
     """
 
@@ -125,6 +131,10 @@ class ProxyRequest:
     body: bytes = b""
     status: int | None = None
     body_bytes: int = 0
+    #: The client hung up while a fault still held the connection (it gave up; the proxy did not end it).
+    client_gave_up: bool = False
+    #: Set once the proxy is done with this request (its fault, if any, has ended).
+    finished: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (case-insensitive), or None."""
@@ -313,6 +323,7 @@ class FaultProxy:
 
     def _serve(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
+        request: ProxyRequest | None = None
         reset = False
         try:
             head, rest = _read_head(client, b"")
@@ -328,7 +339,7 @@ class FaultProxy:
             request.body = body[:length]
             fault = self._match(request)
             if fault is not None and fault.action == "mute":
-                self._hold(client)
+                self._hold(client, request)
                 return
             if fault is not None and fault.action == "respond":
                 request.status = fault.status
@@ -352,8 +363,14 @@ class FaultProxy:
                 return  # the client's connection closes unanswered
             head, body = _read_head(upstream, b"")
             request.status = _status_of(head)
+            if fault is not None and fault.action == "late" and self._stop.wait(fault.interval):
+                return
+            if fault is not None and fault.action == "trickle_head":
+                self._trickle(client, upstream, _response_head(head) + body, request, fault)
+                return
             _send(client, _response_head(head))
-            reset = self._relay(client, upstream, body, request, fault)
+            late = fault is not None and fault.action == "late"  # late, but then whole
+            reset = self._relay(client, upstream, body, request, None if late else fault)
         except _Closed:
             pass
         except Exception as err:  # noqa: BLE001 - never let a proxy thread die silently
@@ -361,6 +378,8 @@ class FaultProxy:
         finally:
             self._forget(upstream)
             self._forget(client, reset=reset)
+            if request is not None:
+                request.finished.set()
 
     def _parse_request(self, head: bytes) -> ProxyRequest:
         lines = head.decode("latin-1").split("\r\n")
@@ -417,30 +436,44 @@ class FaultProxy:
             if fault.action == "truncate":
                 client.shutdown(socket.SHUT_WR)
             return fault.action == "reset"
-        held_until = time.monotonic() + self.max_hold
         if fault.action == "silent":
-            self._hold(client)
+            self._hold(client, request)
             return False
-        # trickle: one byte per interval, for as long as there is something to send
+        self._trickle(client, upstream if upstream_open else None, pending, request, fault)
+        return False
+
+    def _trickle(
+        self, client: socket.socket, upstream: socket.socket | None, pending: bytes, request: ProxyRequest,
+        fault: Fault,
+    ) -> None:
+        """Send ``pending`` and then the rest of ``upstream`` one byte per interval, for at most ``max_hold``."""
+        held_until = time.monotonic() + self.max_hold
         while time.monotonic() < held_until and not self._stop.wait(fault.interval):
+            if _peer_closed(client, 0):
+                request.client_gave_up = True
+                return
             if not pending:
-                if not upstream_open:
-                    break
+                if upstream is None:
+                    return
                 try:
                     pending = _recv(upstream)
                 except _Closed:
-                    upstream_open = False
+                    upstream = None
                     continue
-            _send(client, pending[:1])
+            try:
+                _send(client, pending[:1])
+            except _Closed:
+                request.client_gave_up = True
+                return
             request.body_bytes += 1
             pending = pending[1:]
-        return False
 
-    def _hold(self, client: socket.socket) -> None:
+    def _hold(self, client: socket.socket, request: ProxyRequest) -> None:
         """Say nothing more on ``client`` until it hangs up, the proxy closes, or ``max_hold`` passes."""
         held_until = time.monotonic() + self.max_hold
         while time.monotonic() < held_until and not self._stop.is_set():
             if _peer_closed(client, 0.05):
+                request.client_gave_up = True
                 break
 
     def _drain(self, sock: socket.socket) -> None:

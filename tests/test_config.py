@@ -261,16 +261,19 @@ def test_retry_after_ignored_when_not_respected() -> None:
 
 def test_timeouts_defaults_and_replace() -> None:
     limits = Timeouts()
-    assert (limits.connect, limits.read, limits.wait, limits.stall, limits.stall_bytes) == (
-        10.0, 60.0, 3600.0, 60.0, 64 * 1024,
+    assert (limits.connect, limits.read, limits.wait, limits.stall, limits.stall_bytes, limits.progress) == (
+        10.0, 60.0, 3600.0, 30.0, 64 * 1024, 60.0,
     )
+    assert (limits.lost, limits.lost_factor, limits.lost_floor, limits.reposts) == (600.0, 4.0, 60.0, 2)
     changed = limits.replace(wait=600)
     assert changed.wait == 600 and limits.wait == 3600.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         limits.wait = 1  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("field", ["connect", "read", "wait", "stall", "stall_bytes"])
+@pytest.mark.parametrize(
+    "field", ["connect", "read", "wait", "stall", "stall_bytes", "progress", "lost", "lost_factor", "lost_floor"]
+)
 @pytest.mark.parametrize("value", [0, -1, -0.5, True, "10", None])
 def test_timeouts_validation(field: str, value: Any) -> None:
     with pytest.raises(ValueError, match=field):
@@ -279,7 +282,22 @@ def test_timeouts_validation(field: str, value: Any) -> None:
         Timeouts().replace(**{field: value})
 
 
-@pytest.mark.parametrize("field", ["connect", "read", "wait", "stall"])
+@pytest.mark.parametrize("value", [-1, 1.5, True, "2", None])
+def test_timeouts_reposts_is_a_count(value: Any) -> None:
+    assert Timeouts(reposts=0).reposts == 0, "0 means never re-post"
+    with pytest.raises(ValueError, match="reposts"):
+        Timeouts(reposts=value)
+
+
+def test_lost_after_doubles_with_each_repost_and_keeps_its_floor() -> None:
+    limits = Timeouts(lost=100.0, lost_factor=3.0, lost_floor=20.0)
+    assert limits.lost_after(None, 0) == 100.0, "nothing measured: the generous floor"
+    assert limits.lost_after(2.0, 0) == 20.0, "a fast server's carts: never sooner than lost_floor"
+    assert limits.lost_after(50.0, 0) == 150.0
+    assert [limits.lost_after(50.0, n) for n in (1, 2)] == [300.0, 600.0]
+
+
+@pytest.mark.parametrize("field", ["connect", "read", "wait", "stall", "progress", "lost"])
 def test_timeouts_refuse_nan(field: str) -> None:
     with pytest.raises(ValueError):
         Timeouts(**{field: math.nan})

@@ -18,22 +18,27 @@ for a Cartd behind a proxy on a busy machine:
 
 A download spends one budget (:class:`RetryBudget`) across every layer: a
 request tried again, a broken stream resumed with ``Range``, a stream
-started over.  ``attempts`` is how many tries may fail in a row, with no
-progress between them (an answered request, or stream bytes never received
-before); so a server that is down, mute or breaks every stream ends the
-download after at most ``attempts`` failed requests since the last progress,
-within ``attempts`` times the longest wait of one try (``Timeouts.connect``
-or ``Timeouts.read``, or ``Timeouts.stall`` for a stream) plus the backoff
-delays between them (0.5 + 1 + 2 + 4 s with the defaults).
+started over.  It ends the download at the first of:
+
+* ``attempts`` tries failed in a row, with no progress between them (an
+  answered request, or stream bytes never received before);
+* its ``patience`` (``Timeouts.progress``, 60 s) passed since the last
+  progress, or since the download began: no try starts, and no request
+  waits for its answer, past that moment.
+
+So a server that is down, mute, or breaks or trickles every stream is
+reported within ``Timeouts.progress`` of its last progress, after at most
+``attempts`` failed requests.
 """
 from __future__ import annotations
 
 import dataclasses
 import random
 import threading
+import time
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["Retry", "RetryBudget"]
 
@@ -106,19 +111,29 @@ class RetryBudget:
 
     It holds the current :class:`Retry` value (which carries the history);
     :meth:`spend` records a failed try and says how long to wait before the
-    next one, or that none is left.  Progress gives the tries back:
-    :meth:`progressed` for a request the server answered, :meth:`reached` for
-    stream bytes well beyond the furthest byte any try of that stream reached
-    (a stream that keeps breaking at about the same place makes no progress).
+    next one, or that none is left.  Progress gives the tries back and
+    restarts the ``patience`` clock: :meth:`progressed` for a request the
+    server answered, :meth:`reached` for stream bytes well beyond the
+    furthest byte any try of that stream reached (a stream that keeps
+    breaking at about the same place makes no progress).  ``patience`` is
+    seconds without progress after which no try may start or go on (None:
+    no such limit); ``clock`` gives monotonic seconds (a test passes a fake
+    one).
 
     >>> budget = RetryBudget(Retry(attempts=2, jitter=0))
     >>> budget.spend("reset"), budget.spend("reset again")
     (0.5, None)
     """
 
-    def __init__(self, retry: Retry) -> None:
-        """Start with ``retry``'s tries unspent."""
+    def __init__(
+        self, retry: Retry, patience: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """Start with ``retry``'s tries unspent and the patience clock running from now."""
         self._retry = retry.progressed()
+        self.patience = patience
+        self._clock = clock
+        self._last_progress = clock()
+        self._impatient = False  # the last spend() ended the budget for want of progress
         self._furthest: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -132,17 +147,38 @@ class RetryBudget:
         """Why each failed try of the download failed, in order."""
         return list(self._retry.history)
 
+    @property
+    def quiet_deadline(self) -> float | None:
+        """The monotonic moment the patience runs out, unless progress comes first (None: no patience)."""
+        with self._lock:
+            return None if self.patience is None else self._last_progress + self.patience
+
+    def out_of_patience(self, delay: float = 0.0) -> bool:
+        """Whether a try started ``delay`` seconds from now would start after the patience ran out."""
+        deadline = self.quiet_deadline
+        return deadline is not None and self._clock() + delay >= deadline
+
+    def why_spent(self) -> str:
+        """Why the budget ended (or would end) the download, for the error message."""
+        if self.patience is not None and (self._impatient or self.out_of_patience()):
+            return f"no sign of progress from the server for {self.patience:g} s"
+        return f"{self._retry.spent} tries failed in a row"
+
     def spend(self, reason: str, retry_after: str | None = None) -> float | None:
-        """Record a failed try; return the seconds to wait before the next, or None when the budget is spent."""
+        """Record a failed try; return the seconds to wait before the next, or None when the budget is spent
+        (``attempts`` failed in a row, or the next try would start after the patience ran out)."""
         with self._lock:
             self._retry = self._retry.increment(reason)
             if self._retry.exhausted:
                 return None
-            return self._retry.delay(self._retry.spent, retry_after)
+            delay = self._retry.delay(self._retry.spent, retry_after)
+            self._impatient = self.patience is not None and self._clock() + delay >= self._last_progress + self.patience
+            return None if self._impatient else delay
 
     def progressed(self) -> None:
-        """The server answered: the tries spent so far are given back."""
+        """The server answered: the tries spent so far are given back, the patience clock starts again."""
         with self._lock:
+            self._last_progress = self._clock()
             if self._retry.spent:
                 self._retry = self._retry.progressed()
 
@@ -153,6 +189,7 @@ class RetryBudget:
             if position < self._furthest.get(stream, 0) + step:
                 return
             self._furthest[stream] = position
+            self._last_progress = self._clock()
             if self._retry.spent:
                 self._retry = self._retry.progressed()
 

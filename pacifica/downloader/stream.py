@@ -187,6 +187,14 @@ class CartStream:
         now = time.monotonic()
         if self._deadline is not None and now > self._deadline:
             raise CartTimeoutError("the download did not finish before the deadline")
+        if self._budget.out_of_patience():
+            self._response.close()
+            raise TransferError(
+                f"the cart's stream stopped making progress at byte {self._received()} "
+                f"({self._budget.why_spent()}); run again to fetch the rest",
+                attempts=[*self._budget.history, f"stalled at byte {self._received()}"],
+                cart_url=self._name or None,
+            )
         if now - self._window_start > self._timeouts.stall:
             self._response.close()
             raise StreamBroken(
@@ -203,8 +211,10 @@ class CartStream:
         delay = self._budget.spend(reason)
         if delay is None:
             raise TransferError(
-                f"the cart's stream kept breaking, the last time at byte {offset}; run again to fetch the rest",
+                f"the cart's stream kept breaking, the last time at byte {offset} ({self._budget.why_spent()}); "
+                "run again to fetch the rest",
                 attempts=self._budget.history,
+                cart_url=self._name or None,
             )
         LOGGER.warning("cart stream broke at byte %d (%s); resuming with a range request in %.1f s",
                        offset, reason, delay)

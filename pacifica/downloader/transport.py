@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,6 +19,7 @@ import requests
 from .config import Timeouts
 from .exceptions import CartTimeoutError, InvalidInputError, TransferError
 from .retry import Retry, RetryBudget
+from .watchdog import Watch, watch_session
 
 __all__ = ["Transport", "redact", "request_kwargs"]
 
@@ -27,6 +27,8 @@ LOGGER = logging.getLogger(__name__)
 
 #: The requests keyword arguments an ``auth`` dict may carry.
 AUTH_KEYS = frozenset({"auth", "cert", "verify", "headers", "proxies"})
+#: Why a try failed when the watchdog cut it off.
+CUT_OFF = "no complete answer by the deadline or within Timeouts.progress of the last progress; cut off"
 #: Errors after which a request is worth sending again.
 RETRYABLE_ERRORS = (
     requests.exceptions.ConnectionError,
@@ -83,18 +85,41 @@ class Transport:
         self.timeouts = timeouts
         self.retry = retry
 
-    def _timeout(self, deadline: float | None, method: str, url: str, failures: Sequence[str]) -> tuple[float, float]:
-        """Connect and read timeouts, shortened so that no socket wait outlasts ``deadline``."""
-        if deadline is None:
-            return self.timeouts.connect, self.timeouts.read
-        left = deadline - time.monotonic()
-        if left <= 0:
+    @property
+    def session(self) -> requests.Session:
+        """The requests session every request goes through (its default adapters are watched)."""
+        return self._session
+
+    @session.setter
+    def session(self, session: requests.Session) -> None:
+        self._session = watch_session(session)
+
+    def _timeout(self, deadline: float | None, budget: RetryBudget, method: str, url: str) -> tuple[float, float]:
+        """Connect and read timeouts, shortened so that no socket wait outlasts ``deadline`` or the patience."""
+        quiet = budget.quiet_deadline
+        now = time.monotonic()
+        if deadline is not None and deadline - now <= 0:
             raise CartTimeoutError(
                 f"{method} {redact(url)} not sent: the deadline has passed"
-                + ("; earlier tries: " + "; ".join(failures) if failures else ""),
+                + ("; earlier tries: " + "; ".join(budget.history) if budget.history else ""),
                 cart_url=url,
             )
-        return min(self.timeouts.connect, left), min(self.timeouts.read, left)
+        if quiet is not None and quiet - now <= 0:
+            raise self._gave_up(method, url, budget)
+        left = min(limit - now for limit in (deadline, quiet, now + self.timeouts.read) if limit is not None)
+        return min(self.timeouts.connect, left), left
+
+    def new_budget(self) -> RetryBudget:
+        """A fresh retry budget for one download: this transport's ``retry``, ``Timeouts.progress`` of patience."""
+        return RetryBudget(self.retry, self.timeouts.progress)
+
+    @staticmethod
+    def _gave_up(method: str, url: str, budget: RetryBudget) -> TransferError:
+        return TransferError(
+            f"{method} {redact(url)} failed ({budget.why_spent()}); check that the cart service is up and reachable",
+            attempts=budget.history,
+            cart_url=url,
+        )
 
     def request(
         self,
@@ -121,34 +146,37 @@ class Transport:
         progress).  Raises :class:`TransferError` listing every failed try
         when the budget is spent.
         """
-        budget = budget if budget is not None else RetryBudget(self.retry)
+        budget = budget if budget is not None else self.new_budget()
         merged = dict(self.kwargs)
         if headers:
             merged["headers"] = dict(merged.get("headers") or {}, **headers)
         merged.update(kwargs)
         while True:
             retry_after: str | None = None
-            merged["timeout"] = kwargs.get("timeout") or self._timeout(deadline, method, url, budget.history)
+            merged["timeout"] = kwargs.get("timeout") or self._timeout(deadline, budget, method, url)
             LOGGER.debug("%s %s (try %d)", method, redact(url), budget.retry.spent + 1)
+            cut_at = min((limit for limit in (deadline, budget.quiet_deadline) if limit is not None), default=None)
+            watch = Watch(cut_at)
             try:
-                response = self.session.request(method, url, stream=stream, **merged)
+                with watch:
+                    response = self.session.request(method, url, stream=stream, **merged)
             except RETRYABLE_ERRORS as err:
-                reason = f"{type(err).__name__}: {err}"
+                reason = CUT_OFF if watch.fired else f"{type(err).__name__}: {err}"
             else:
-                if response.status_code not in self.retry.statuses or is_final(response):
+                if watch.fired:  # what came before the cut may parse as an answer; it is not one
+                    response.close()
+                    reason = CUT_OFF
+                elif response.status_code not in self.retry.statuses or is_final(response):
                     if answer_is_progress:
                         budget.progressed()
                     return response
-                retry_after = response.headers.get("Retry-After")
-                reason = f"HTTP {response.status_code} {response.reason}"
-                response.close()
+                else:
+                    retry_after = response.headers.get("Retry-After")
+                    reason = f"HTTP {response.status_code} {response.reason}"
+                    response.close()
             delay = budget.spend(reason, retry_after)
             if delay is None:
-                raise TransferError(
-                    f"{method} {redact(url)} failed; check that the cart service is up and reachable",
-                    attempts=budget.history,
-                    cart_url=url,
-                )
+                raise self._gave_up(method, url, budget)
             if deadline is not None and time.monotonic() + delay > deadline:
                 raise CartTimeoutError(
                     f"{method} {redact(url)} did not succeed before the deadline: "
