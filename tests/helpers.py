@@ -8,17 +8,23 @@ import requests
 import urllib3
 
 from pacifica.downloader.incoming import HIDDEN_DIR
+from pacifica.downloader.ledger import LEDGER_DIR
 from pacifica.downloader.verified import INDEX_NAME
 
 
 def incoming_leftovers(location: Path) -> list[str]:
-    """What a finished download left in its hidden folder besides the verified-file index: should be nothing."""
+    """What a finished download left in its hidden folder besides the verified-file index and an empty cart
+    ledger folder: should be nothing (a ledger file left means a cart left on the server)."""
     hidden = location / HIDDEN_DIR
     if hidden.is_symlink():
         return [str(hidden)]
     if not hidden.exists():
         return []
-    return sorted(path.name for path in hidden.iterdir() if not path.name.startswith(INDEX_NAME))
+    left = [path.name for path in hidden.iterdir() if not path.name.startswith(INDEX_NAME) and path.name != LEDGER_DIR]
+    ledgers = hidden / LEDGER_DIR
+    if ledgers.is_dir():
+        left += [f"{LEDGER_DIR}/{path.name}" for path in ledgers.iterdir()]
+    return sorted(left)
 
 
 def is_index_file(location: Path, path: Path) -> bool:

@@ -681,6 +681,17 @@ def test_line_display_at_most_one_line_a_second() -> None:
     ]
 
 
+def test_line_display_shows_a_lost_cart_posted_again() -> None:
+    terminal = FakeTerminal()
+    display = LineDisplay(terminal)
+    display(Progress("staging", files_total=3, elapsed=0.0))
+    display(Progress("staging", files_total=3, elapsed=61.0, reposts=1))
+    display(Progress("staging", files_total=3, elapsed=200.0, reposts=2))
+    assert terminal.getvalue().splitlines() == [
+        "staging... 0.0 s", "staging... 61.0 s (posted again 1 time)", "staging... 200.0 s (posted again 2 times)",
+    ]
+
+
 def test_line_display_without_sizes() -> None:
     terminal = FakeTerminal()
     display = LineDisplay(terminal)

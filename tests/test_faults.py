@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 import pytest
 import requests
 from fault_proxy import Fault, FaultProxy
-from helpers import FakeBody, FakeResponse, assert_tree, incoming_leftovers
+from helpers import Clock, FakeBody, FakeResponse, assert_tree, incoming_leftovers
 from stub_cartd import StubCartd
 from support.events import make_event
 from support.sessions import RecordingSession
@@ -44,7 +45,10 @@ from pacifica.downloader import (
     Timeouts,
     TransferError,
 )
+from pacifica.downloader import stream as stream_module
 from pacifica.downloader import transport as transport_module
+from pacifica.downloader.incoming import HIDDEN_DIR
+from pacifica.downloader.ledger import LEDGER_DIR
 from pacifica.downloader.stream import CartStream
 
 #: Small limits so a failing scenario gives up in seconds: a silent socket
@@ -74,8 +78,8 @@ def proxied(cartd_stack: Any) -> Iterator[Any]:
     """``proxied(faults)`` starts a FaultProxy in front of the plain Cartd; all are closed after the test."""
     proxies: list[FaultProxy] = []
 
-    def start(faults: Sequence[Fault] = ()) -> FaultProxy:
-        proxy = FaultProxy.for_url(cartd_stack.cart_url, faults, timeout=10.0, max_hold=15.0).start()
+    def start(faults: Sequence[Fault] = (), max_hold: float = 15.0) -> FaultProxy:
+        proxy = FaultProxy.for_url(cartd_stack.cart_url, faults, timeout=10.0, max_hold=max_hold).start()
         proxies.append(proxy)
         return proxy
 
@@ -362,6 +366,124 @@ def test_budget_is_spent_once_across_layers() -> None:
     assert budget.history == ["HTTP 503", "reset at byte 10", "reset at byte 10", "HTTP 503"]
 
 
+# -- patience: counted from the server's last progress, not per try --------------------------
+
+#: Longer than any fault below may last, so that only the client's own bound can end it early.
+HOLD = 150.0
+
+
+def test_with_defaults_a_server_that_stops_making_progress_is_reported_within_the_window(
+    cartd_stack: Any, proxied: Any, tmp_path: Path
+) -> None:
+    """Every default: silence after the tar's headers, a tar answer trickled from its first header byte, a
+    server that never answers at all, each ends in TransferError naming the 60 s window, cut off by the client
+    (the proxy would have gone on for 150 s); a server that answers every request 30 s late still succeeds.
+
+    The four run at once (each holds a connection for a minute, so one after the other would take four).
+    """
+    window = Timeouts().progress
+    scenarios = {
+        "silent after headers": [Fault("GET", "silent", count=None)],
+        "trickled headers": [Fault("GET", "trickle_head", interval=0.3, count=None)],
+        "never answers": [Fault(method, "mute", count=None) for method in ("POST", "HEAD", "GET", "DELETE")],
+        "answers 30 s late": [Fault(method, "late", interval=30.0, count=None)
+                              for method in ("POST", "HEAD", "GET", "DELETE")],
+    }
+    files = sample_files(2)
+    outcomes: dict[str, BaseException | None] = {}
+    proxies = {name: proxied(faults, max_hold=HOLD) for name, faults in scenarios.items()}
+
+    def run(name: str) -> None:
+        try:
+            Downloader(tmp_path / name, proxies[name].url).cloudevent(make_event(cartd_stack, files))
+            outcomes[name] = None
+        except BaseException as err:  # noqa: BLE001 - kept for the assertions below
+            outcomes[name] = err
+
+    threads = [threading.Thread(target=run, args=(name,), daemon=True) for name in scenarios]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(HOLD + 60)
+    assert not any(thread.is_alive() for thread in threads), "a download outlived every bound"
+    for name in ("silent after headers", "trickled headers", "never answers"):
+        error = outcomes[name]
+        assert isinstance(error, TransferError), f"{name}: {error!r}"
+        assert f"no sign of progress from the server for {window:g} s" in str(error), f"{name}: {error}"
+        assert error.attempts, f"{name}: every attempt is listed"
+        held = [request for request in proxies[name].requests if request.fault is not None]
+        assert held and held[-1].finished.wait(30), f"{name}: the proxy still holds the last try"
+        assert held[-1].client_gave_up, f"{name}: the proxy, not the client, ended the last try"
+    assert outcomes["answers 30 s late"] is None, outcomes["answers 30 s late"]
+    assert_tree(tmp_path / "answers 30 s late" / "data", files)
+
+
+def test_patience_is_spent_across_tries_and_given_back_by_progress() -> None:
+    """A fake clock: the budget ends a download once the next try would start past the window."""
+    clock = Clock()
+    budget = RetryBudget(Retry(attempts=10, backoff=1.0, jitter=0), patience=60.0, clock=clock.monotonic)
+    assert budget.quiet_deadline == 60.0
+    clock.now = 50.0
+    assert budget.spend("timed out") == 1.0
+    budget.progressed()  # an answer: the window starts again
+    assert budget.quiet_deadline == 110.0
+    clock.now = 100.0
+    budget.reached("cart", 10, step=64)  # a few bytes: no progress
+    assert budget.quiet_deadline == 110.0
+    budget.reached("cart", 100, step=64)
+    assert budget.quiet_deadline == 160.0
+    clock.now = 159.5
+    assert budget.spend("reset") is None, "the next try, 1 s after 159.5, would start past the window (160)"
+    assert "no sign of progress from the server for 60 s" in budget.why_spent()
+    assert budget.history == ["timed out", "reset"]
+    once = RetryBudget(Retry(attempts=1), patience=60.0, clock=clock.monotonic)
+    assert once.spend("refused") is None
+    assert once.why_spent() == "1 tries failed in a row", "the budget, not the window, ended it"
+
+
+class TimedBody(FakeBody):
+    """A body that arrives at ``rate`` bytes per second of the fake clock, one chunk per read."""
+
+    def __init__(self, size: int, clock: Clock, rate: float, chunk: int = 1 << 20) -> None:
+        super().__init__(b"", chunk)
+        self.size, self.clock, self.rate = size, clock, rate
+        self.piece = bytes(chunk)
+
+    def read1(self, size: int) -> bytes:
+        take = min(size, self.chunk, self.size - self.pos)
+        self.clock.now += take / self.rate
+        self.pos += take
+        return self.piece[:take]
+
+
+def test_a_steady_slow_stream_is_never_out_of_patience(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 MiB/s for 300 s of the fake clock, five times the 60 s window with the default Timeouts: each
+    stall_bytes of new bytes is progress, so the stream is read to its end (a 10 GB cart is the same rule)."""
+    clock = Clock()
+    monkeypatch.setattr(stream_module, "time", clock)
+    size = 300 * (1 << 20)
+    budget = RetryBudget(Retry(), patience=Timeouts().progress, clock=clock.monotonic)
+    body = TimedBody(size, clock, rate=float(1 << 20))
+    stream = CartStream(FakeResponse(body), lambda offset: pytest.fail("resumed"), timeouts=Timeouts(), budget=budget)
+    received = sum(len(piece) for piece in stream.pieces(size))
+    assert received == size and clock.now == pytest.approx(300.0)
+    assert budget.history == []
+
+
+def test_a_trickling_stream_is_out_of_patience_within_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """10 bytes/s, always under stall_bytes: TransferError naming the window, at 60 s of the fake clock."""
+    clock = Clock()
+    monkeypatch.setattr(stream_module, "time", clock)
+    budget = RetryBudget(Retry(), patience=Timeouts().progress, clock=clock.monotonic)
+    body = TimedBody(10**6, clock, rate=10.0, chunk=1)
+    stream = CartStream(FakeResponse(body), lambda offset: pytest.fail("resumed"),
+                        timeouts=Timeouts().replace(stall=1000.0), budget=budget)
+    with pytest.raises(TransferError, match="no sign of progress from the server for 60 s"):
+        for _ in stream.pieces(10**6):
+            pass
+    assert clock.now == pytest.approx(Timeouts().progress, abs=0.2)
+
+
 # -- the caller's deadline ---------------------------------------------------------------
 
 
@@ -499,9 +621,11 @@ def test_lost_post_answer_on_every_try_gives_up(cartd_stack: Any, proxied: Any, 
     assert proxy.count("POST") == RETRY.attempts
     assert len(raised.value.attempts) == RETRY.attempts
     assert all("ConnectionError" in reason for reason in raised.value.attempts), raised.value.attempts
-    # The carts were made under one uid; remove them so the stack stays tidy.
+    # The carts were made under one uid, which this run could not know: its ledger keeps it for the next run.
     uid = cart_uid(proxy)
-    requests.delete(f"{cartd_stack.cart_url}/{uid}", timeout=10)
+    ledgers = list((tmp_path / HIDDEN_DIR / LEDGER_DIR).glob("run-*"))
+    assert len(ledgers) == 1 and uid in ledgers[0].read_text(), "the cart is left for the next run to delete"
+    requests.delete(f"{cartd_stack.cart_url}/{uid}", timeout=10)  # the stack stays tidy
 
 
 # -- errors that must not be retried ---------------------------------------------------------------

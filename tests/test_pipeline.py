@@ -93,7 +93,7 @@ class WaitingDeletion(Slots):
 
 def test_a_deletion_runs_at_once_when_no_cart_stages() -> None:
     ran: list[str] = []
-    Slots(1, [1, 1]).delete_when_safe(lambda: ran.append(threading.current_thread().name))
+    Slots(1, [1, 1]).write_when_safe(lambda: ran.append(threading.current_thread().name))
     assert ran == [threading.current_thread().name]
 
 
@@ -102,7 +102,7 @@ def test_a_deletion_waits_while_a_cart_is_being_created_and_runs_when_it_is_read
     ran: list[str] = []
     with slots.staging(0):
         record = lambda: ran.append(threading.current_thread().name)  # noqa: E731
-        thread = threading.Thread(target=slots.delete_when_safe, args=(record,), daemon=True)
+        thread = threading.Thread(target=slots.write_when_safe, args=(record,), daemon=True)
         thread.start()
         assert slots.deletion_waits.wait(10)
         assert ran == [], "deleted while the next cart's POST had not returned"
@@ -118,7 +118,7 @@ def test_after_the_last_cart_a_waiting_deletion_runs_in_its_own_thread_not_befor
     with slots.staging(1):  # the last cart
         slots.created(1)
         thread = threading.Thread(
-            target=slots.delete_when_safe,
+            target=slots.write_when_safe,
             args=(lambda: ran.append(threading.current_thread().name),),
             name="deleter",
             daemon=True,
@@ -137,7 +137,7 @@ def test_a_deletion_runs_once_the_staging_cart_is_past_its_first_task(monkeypatc
     ran: list[bool] = []
     with slots.staging(0):
         slots.created(0)
-        slots.delete_when_safe(lambda: ran.append(True))  # returns once it ran, the cart still staging
+        slots.write_when_safe(lambda: ran.append(True))  # returns once it ran, the cart still staging
         assert ran == [True]
 
 
@@ -145,7 +145,7 @@ def test_the_deletions_left_run_at_the_end() -> None:
     slots = WaitingDeletion(1, [5])
     ran: list[bool] = []
     with slots.staging(0):
-        thread = threading.Thread(target=slots.delete_when_safe, args=(lambda: ran.append(True),), daemon=True)
+        thread = threading.Thread(target=slots.write_when_safe, args=(lambda: ran.append(True),), daemon=True)
         thread.start()
         assert slots.deletion_waits.wait(10)
         slots.run_pending_deletions()
@@ -289,7 +289,7 @@ def test_a_deletion_waits_for_the_first_task_of_a_cart_posted_ahead(clock: Clock
     second = take_slot(slots, 2, got, release)
     assert got.wait(10), "cart 2 was not posted ahead"
     ran: list[float] = []
-    deleter = threading.Thread(target=slots.delete_when_safe, args=(lambda: ran.append(clock.now),), daemon=True)
+    deleter = threading.Thread(target=slots.write_when_safe, args=(lambda: ran.append(clock.now),), daemon=True)
     deleter.start()
     assert slots.deletion_waits.wait(10)
     ready.set()  # cart 1 is ready: Cartd starts on cart 2 now, its first task may run for SAFE_AFTER

@@ -25,6 +25,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pacifica.downloader import CartLimits, CloudEvent, Downloader, InvalidInputError, TransactionInfo
+from pacifica.downloader.incoming import HIDDEN_DIR
+from pacifica.downloader.ledger import LEDGER_DIR
 
 SETTINGS = settings(
     max_examples=300,
@@ -336,6 +338,9 @@ def _download(download_dir: Path, method: str, value: Any) -> Any:
         calls.append({"method": method, "url": url, "kwargs": kwargs})
         raise NetworkReached(method)
 
+    # Each example is a run of its own: a cart ledger an earlier example left (its POST "failed", so its cart
+    # may exist) would make this run DELETE that cart first, which is not this property's concern.
+    shutil.rmtree(download_dir / HIDDEN_DIR / LEDGER_DIR, ignore_errors=True)
     down = Downloader(download_dir, UNREACHABLE, limits=CartLimits(max_files=10**6, max_bytes=2**62))  # one cart
     with mock.patch.object(requests.Session, "request", fake_request):
         try:

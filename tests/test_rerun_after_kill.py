@@ -7,11 +7,12 @@ parent through its stdout pipe and blocks; the parent then SIGKILLs it.  No
 sleep is involved: the parent waits on the pipe, the child on an event
 nobody sets.
 
-After the kill every final name is absent or holds verified content, and the
-dead process's incoming folder (with its partial file) is still there.  A
-second download, in-process, removes that stale folder, fetches only the
-files that are missing (the POSTed cart lists exactly their ids) and ends
-with every file right.
+After the kill every final name is absent or holds verified content, the
+dead process's incoming folder (with its partial file) is still there, and
+so is its cart, on the server and in its ledger.  A second download,
+in-process, first deletes that cart, removes the stale folder, fetches only
+the files that are missing (the POSTed cart lists exactly their ids) and
+ends with every file right and no cart of either run left on the server.
 """
 from __future__ import annotations
 
@@ -27,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_tree, cart_gone
+from helpers import assert_tree, cart_gone, incoming_leftovers
 from support.events import make_event
 from support.sessions import RecordingSession
 
 from pacifica.downloader import CartAPI, Downloader
 from pacifica.downloader.incoming import HIDDEN_DIR
+from pacifica.downloader.ledger import LEDGER_DIR
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "download_child.py"
@@ -134,9 +136,12 @@ def test_rerun_after_sigkill_fetches_only_missing_files(cartd_stack: Any, tmp_pa
         parts = [p for p in stale[0].rglob("*") if p.is_file()]
         assert {p.suffix for p in parts} == {".part"}, f"unexpected entries in the incoming folder: {parts}"
         assert len([p for p in parts if p.stat().st_size]) == 1, "the partial file is in the incoming folder"
-    finally:
-        # The killed process could not delete its cart.
-        CartAPI(cartd_stack.cart_url).delete_cart(paused["cart_url"])
+        assert not cart_gone(paused["cart_url"]), "the killed process could not delete its cart"
+        (ledger,) = (hidden / LEDGER_DIR).glob("run-{}-{}-*".format(host, paused["pid"]))
+        assert f"+ {paused['cart_url']}" in ledger.read_text(), "its cart was written down before its POST"
+    except BaseException:
+        CartAPI(cartd_stack.cart_url).delete_cart(paused["cart_url"])  # leave the shared stack clean
+        raise
 
     # 2. Run again, in-process: only the missing files are asked for, the stale folder goes.
     missing = sorted(set(files) - set(present))
@@ -150,6 +155,9 @@ def test_rerun_after_sigkill_fetches_only_missing_files(cartd_stack: Any, tmp_pa
         if hidden.exists() else []
     assert left == [], f"no incoming folder is left: {left}"
     assert [p for p in location.rglob("*.part")] == []
+    assert incoming_leftovers(location) == [], "the dead run's ledger is gone, and this run's too"
+    assert session.sent[0] == ("DELETE", paused["cart_url"]), "the dead run's cart is deleted before any POST"
+    assert cart_gone(paused["cart_url"])
     (posted,) = session.posts()
     cart_url, body = posted
     assert sorted(entry["id"] for entry in body["fileids"]) == sorted(ids[path] for path in missing)

@@ -19,12 +19,13 @@ from pathlib import Path
 import requests
 
 from .cartapi import CartAPI
-from .exceptions import DownloaderError, TransferError
+from .exceptions import CartError, CartTimeoutError, DownloaderError, TransferError
 from .extract import CartReceiver
 from .incoming import IncomingArea
-from .polling import PollSchedule, poll_until_ready
+from .ledger import CartLedger
+from .polling import CartLost, PollSchedule, poll_until_ready
 from .progress import Tracker
-from .records import FileRecord, entries_callable
+from .records import FileRecord
 from .retry import RetryBudget
 from .stream import CartStream, StreamBroken
 from .transport import redact
@@ -48,7 +49,9 @@ class Delivery:
 
     ``timeout``: seconds a cart may stage; ``deadline``: the monotonic time
     the whole call must end by; ``cancelled``: set when the download is
-    abandoned, which every cart checks between its steps and its chunks.
+    abandoned, which every cart checks between its steps and its chunks;
+    ``ledger``: where the carts are written down before their POST (None:
+    nowhere).
     """
 
     destination: Path
@@ -60,6 +63,7 @@ class Delivery:
     timeout: float | None = None
     deadline: float | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    ledger: CartLedger | None = None
 
     def check(self) -> None:
         """Raise :class:`Cancelled` once the download is being abandoned."""
@@ -75,9 +79,11 @@ class Delivery:
 class Cart:
     """One cart of a download: ``new`` -> ``created`` -> ``ready`` -> ``received`` -> ``deleted``.
 
-    ``records`` are the files it holds (None for a cart created elsewhere,
-    whose files are not known: they are received unverified).  ``keep``
-    leaves it on the server at the end.
+    A cart that stages far longer than it should is ``lost`` (see
+    ``Timeouts``), and ``created`` again once :meth:`repost` has posted it
+    again; :attr:`reposts` counts those.  ``records`` are the files it holds
+    (None for a cart created elsewhere, whose files are not known: they are
+    received unverified).  ``keep`` leaves it on the server at the end.
 
     >>> cart = Cart(api, records, delivery)       # doctest: +SKIP
     >>> cart.create(); cart.wait(); cart.receive(); cart.delete()    # doctest: +SKIP
@@ -97,6 +103,9 @@ class Cart:
         self.keep = keep
         self.url = url
         self.state = "new" if url is None else "created"
+        self.reposts = 0
+        self._waiting_since: float | None = None  # the first wait's start: re-posts do not extend the limit
+        self._wait_ends = 0.0
 
     def create(self) -> str:
         """POST the cart; return its URL."""
@@ -104,27 +113,81 @@ class Cart:
             raise ValueError("a cart of unknown files cannot be created")
         delivery = self._delivery()
         delivery.check()
-        self.url = self.api.setup_cart(entries_callable(self.records), budget=delivery.budget)
+        url = self.api.new_cart_url()
+        ledger = None if self.keep else delivery.ledger
+        if ledger is not None:
+            ledger.add(url)  # before the POST: a run killed during it still leaves a record
+        self.url = url
+        try:
+            self.api.post_cart(url, self.records, budget=delivery.budget)
+        except CartError:
+            if ledger is not None:
+                ledger.remove(url)  # Cartd answered and refused: no cart was made
+            raise
+        # Any other failure leaves it unknown whether the cart was made: it stays in the ledger (the next run
+        # deletes it if it exists), and state "new" means this run sends no DELETE for it.
         self.state = "created"
         delivery.tracker.cart_created(self.url)
         return self.url
 
-    def wait(self, schedule: PollSchedule = PollSchedule(), relaxed: threading.Event | None = None) -> None:
+    def wait(
+        self, schedule: PollSchedule = PollSchedule(), relaxed: threading.Event | None = None,
+        expected: float | None = None,
+    ) -> None:
         """Poll until Cartd has staged the cart (see :mod:`.polling`); raise its typed error if staging fails.
 
-        ``relaxed``, once set, says nothing waits for the moment it is ready (no near-polls).
+        ``relaxed``, once set, says nothing waits for the moment it is ready
+        (no near-polls).  ``expected``: seconds the download's earlier carts
+        say this one should take (None: none was ready yet); from it and
+        ``Timeouts`` comes the moment it is suspected lost, when
+        :class:`CartLost` is raised for the driver to :meth:`repost` it, or,
+        once ``Timeouts.reposts`` re-posts are spent, :class:`CartTimeoutError`.
+        The wait limit (``timeout``, ``Timeouts.wait``) counts from the first
+        wait, re-posts included.
         """
         url, delivery = self._url(), self._delivery()
+        timeouts = self.api.transport.timeouts
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+            self._wait_ends = now + delivery.wait_limit(timeouts.wait)
+        limit = self._wait_ends - now
 
         def polled(status: str) -> None:
             delivery.check()
             delivery.tracker("staging")
 
-        poll_until_ready(
-            lambda deadline: self.api.probe(url, deadline=deadline, budget=delivery.budget),
-            schedule, delivery.wait_limit(self.api.transport.timeouts.wait), url, on_poll=polled, relaxed=relaxed,
-        )
+        try:
+            poll_until_ready(
+                lambda deadline: self.api.probe(url, deadline=deadline, budget=delivery.budget),
+                schedule, max(limit, 0.0), url, on_poll=polled, relaxed=relaxed,
+                lost_after=timeouts.lost_after(expected, self.reposts),
+            )
+        except CartLost as lost:
+            waited = time.monotonic() - self._waiting_since
+            if self.reposts >= timeouts.reposts:
+                raise CartTimeoutError(
+                    f"the cart {redact(url)} was still staging after {waited:.0f} s and {self.reposts} re-post(s): "
+                    "Cartd seems to lose its tasks (look for errors in its Celery worker's log, such as "
+                    "'database is locked' on SQLite), or stages far slower than before; raise Timeouts.lost "
+                    "for a slow archive",
+                    cart_url=url,
+                ) from None
+            self.state = "lost"
+            LOGGER.warning("%s; posting it again (%d of %d)", lost, self.reposts + 1, timeouts.reposts)
+            raise
         self.state = "ready"
+
+    def repost(self) -> None:
+        """POST a lost cart again under the same id (Cartd then answers for the new one; see :mod:`.cartapi`)."""
+        url, delivery = self._url(), self._delivery()
+        if self.records is None:
+            raise ValueError("a cart of unknown files cannot be posted again")
+        delivery.check()
+        self.api.post_cart(url, self.records, budget=delivery.budget)
+        self.reposts += 1
+        self.state = "created"
+        delivery.tracker.cart_reposted(url)
 
     def receive(self, done: set[str] | None = None) -> None:
         """Stream the ready cart into place; start over (skipping verified files) when it breaks.
@@ -181,8 +244,8 @@ class Cart:
         delay = budget.spend(reason)
         if delay is None:
             raise TransferError(
-                f"the cart's stream kept breaking; {len(receiver.done)} of {total} files were kept, "
-                "run again to fetch the rest",
+                f"the cart's stream kept breaking ({budget.why_spent()}); {len(receiver.done)} of {total} files "
+                "were kept, run again to fetch the rest",
                 attempts=budget.history,
                 cart_url=self.url,
             ) from None
@@ -192,8 +255,8 @@ class Cart:
         )
         time.sleep(delay)
 
-    def delete(self, still_staging: bool = False) -> None:
-        """Delete the cart (unless ``keep``); a failure is logged, never raised over the download's outcome.
+    def delete(self, still_staging: bool = False) -> bool:
+        """Delete the cart (unless ``keep``); return whether it is gone.  A failure is logged, never raised.
 
         Cartd has a race: a staging task that loaded the cart before the
         DELETE saves it again afterwards, and the cart comes back to life and
@@ -203,22 +266,28 @@ class Cart:
         reappeared, or if the server cannot say (a second DELETE of a cart
         that is gone is answered 404 and costs nothing).
         """
-        if self.keep or self.url is None or self.state == "deleted":
-            return
+        if self.keep or self.url is None or self.state in ("new", "deleted"):
+            return self.state == "deleted"
+        # The download's budget: a server that stopped answering is not waited for again (the ledger keeps
+        # the cart for the next run), so the download's error comes within its bound.
+        budget = None if self.delivery is None else self.delivery.budget
         try:
-            self.api.delete_cart(self.url)
+            self.api.delete_cart(self.url, budget=budget)
             self.state = "deleted"
+            if self.delivery is not None and self.delivery.ledger is not None:
+                self.delivery.ledger.remove(self.url)
             for pause in RECHECK_DELETED if still_staging else ():
                 time.sleep(pause)
                 try:
-                    back = self.api.cart_exists(self.url)
+                    back = self.api.cart_exists(self.url, budget=budget)
                 except (DownloaderError, requests.RequestException):
                     back = True
-                if back and self.api.delete_cart(self.url):
+                if back and self.api.delete_cart(self.url, budget=budget):
                     LOGGER.warning("cart %s came back after its deletion (a Cartd race); deleted it again",
                                    redact(self.url))
         except (DownloaderError, requests.RequestException) as err:
             LOGGER.warning("could not delete cart %s: %s", redact(self.url), err)
+        return self.state == "deleted"
 
     def _delivery(self) -> Delivery:
         if self.delivery is None:

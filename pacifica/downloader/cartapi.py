@@ -156,7 +156,21 @@ class CartAPI:
         )
         if not records:
             raise InvalidInputError("a cart needs at least one file; Cartd leaves an empty cart staging forever")
-        cart_url = f"{self.cart_api_url}/{uuid.uuid4().hex}"
+        cart_url = self.new_cart_url()
+        self.post_cart(cart_url, records, budget=budget)
+        return cart_url
+
+    def new_cart_url(self) -> str:
+        """A URL for a new cart: the cart's id is chosen by the client, so it can be recorded before the POST."""
+        return f"{self.cart_api_url}/{uuid.uuid4().hex}"
+
+    def post_cart(self, cart_url: str, records: list[FileRecord], *, budget: RetryBudget | None = None) -> None:
+        """POST ``records`` (already validated) as the cart at ``cart_url``.
+
+        Posting an existing cart's URL again makes Cartd add a new cart under
+        the same id, with new tasks, and answer for the newest from then on;
+        the old one's tasks are not revoked, and a DELETE removes both.
+        """
         body = dict(self.extra_args, fileids=[record.cart_entry() for record in records])
         response = self.transport.request(
             "POST", cart_url, data=json.dumps(body), headers={"Content-Type": "application/json"}, budget=budget
@@ -169,7 +183,6 @@ class CartAPI:
             )
         self._remember(cart_url, records)
         LOGGER.info("cart %s created with %d files", redact(cart_url), len(records))
-        return cart_url
 
     def wait_for_cart(
         self,
@@ -260,16 +273,14 @@ class CartAPI:
             response=response,
         )
 
-    def cart_exists(self, cart_url: str) -> bool:
+    def cart_exists(self, cart_url: str, budget: RetryBudget | None = None) -> bool:
         """True unless the server answers 404 for the cart (one HEAD, no waiting)."""
-        response = self.transport.request(
-            "HEAD", cart_url, is_final=staging_failed
-        )
+        response = self.transport.request("HEAD", cart_url, is_final=staging_failed, budget=budget)
         return response.status_code != 404
 
-    def delete_cart(self, cart_url: str) -> bool:
+    def delete_cart(self, cart_url: str, budget: RetryBudget | None = None) -> bool:
         """Delete the cart on the server; return False if it was already gone."""
-        response = self.transport.request("DELETE", cart_url)
+        response = self.transport.request("DELETE", cart_url, budget=budget)
         if response.status_code == 404:
             self._forget(cart_url)
             return False

@@ -21,12 +21,13 @@ from .cloudevent import event_records
 from .config import Timeouts, check_seconds
 from .exceptions import DestinationError, InvalidInputError
 from .incoming import IncomingArea, hidden_folder, os_error
+from .ledger import CartLedger
 from .pipeline import run_carts
 from .plan import Plan, plan_download
 from .policy import transaction_records
 from .progress import ProgressCallback, Tracker
 from .records import FileRecord, check_folder_name, validate_records
-from .retry import Retry, RetryBudget
+from .retry import Retry
 from .split import CartLimits, split_batches
 from .transport import redact
 from .verified import VerifiedIndex
@@ -208,7 +209,9 @@ class Downloader:
             return paths
         call_deadline = None if seconds is None else time.monotonic() + seconds
         index = VerifiedIndex(hidden_folder(root))
+        ledger = CartLedger(hidden_folder(root), self.cart_api.cart_api_url)
         try:
+            ledger.take_over(self._delete_orphan)
             todo = self._plan(checked, root, folder, index).fetch
             if not todo:
                 LOGGER.info("all %d files already present and verified; no cart created", len(checked))
@@ -218,7 +221,8 @@ class Downloader:
             tracker("validating")
             incoming = IncomingArea(root)
             delivery = Delivery(destination, folder, incoming, tracker, index,
-                                RetryBudget(self.cart_api.transport.retry), timeout=wait, deadline=call_deadline)
+                                self.cart_api.transport.new_budget(), timeout=wait, deadline=call_deadline,
+                                ledger=ledger)
             try:
                 carts = [Cart(self.cart_api, batch, delivery, keep=self.keep_cart)
                          for batch in split_batches(todo, self.limits)]
@@ -228,7 +232,12 @@ class Downloader:
             tracker("done")
             return paths
         finally:
+            ledger.close()
             index.close()
+
+    def _delete_orphan(self, cart_url: str) -> bool:
+        """Delete a cart a run that died left behind (it may still be staging); say whether it is gone."""
+        return Cart(self.cart_api, None, None, url=cart_url).delete(still_staging=True)
 
     # -- the released private step -------------------------------------------
 
@@ -268,7 +277,7 @@ class Downloader:
             tracker = Tracker(self.progress, records or [])
             incoming = IncomingArea(root)
             cart.delivery = Delivery(root / folder, folder, incoming, tracker, index,
-                                     RetryBudget(self.cart_api.transport.retry))
+                                     self.cart_api.transport.new_budget())
             cart.wait()  # already ready in the released flow: one HEAD
             cart.receive(done)
             tracker("done")

@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
 from .cart import Cancelled, Cart
 from .exceptions import CartFailedError, CartTimeoutError, TransferError
-from .polling import PollSchedule
+from .polling import CartLost, PollSchedule
 from .scheduler import Scheduler
 
 __all__ = ["ABANDONED", "run_carts"]
@@ -35,7 +35,10 @@ def run_carts(carts: list[Cart], max_staging: int, cancelled: threading.Event | 
     KeyboardInterrupt) every other cart is cancelled (``cancelled`` is set),
     waited for (so each deletes itself), and the error raised.
     """
-    scheduler = Scheduler(max_staging, [len(cart.records or ()) for cart in carts], cancelled)
+    scheduler = Scheduler(
+        max_staging, [len(cart.records or ()) for cart in carts], cancelled,
+        byte_sizes=[_bytes(cart) for cart in carts],
+    )
     if len(carts) == 1:
         _run_cart(carts[0], scheduler, 0)
         return
@@ -57,7 +60,7 @@ def _run_cart(cart: Cart, scheduler: Scheduler, turn: int) -> None:
             finally:
                 scheduler.created(turn)
             scheduler.wait_to_begin(turn)
-            cart.wait(PollSchedule(expect=scheduler.expected(turn)), relaxed=scheduler.followed(turn))
+            _wait(cart, scheduler, turn)
         except BaseException as error:  # a cart whose POST failed has nothing to delete
             # Given up while the server may still run tasks for it: make sure it stays deleted.
             cart.delete(still_staging=isinstance(error, ABANDONED))
@@ -68,7 +71,24 @@ def _run_cart(cart: Cart, scheduler: Scheduler, turn: int) -> None:
     except BaseException:
         cart.delete()
         raise
-    scheduler.delete_when_safe(cart.delete)
+    scheduler.write_when_safe(cart.delete)
+
+
+def _wait(cart: Cart, scheduler: Scheduler, turn: int) -> None:
+    """Wait until the cart is ready; post it again whenever it is suspected lost, at a moment safe for the rest."""
+    while True:
+        try:
+            cart.wait(PollSchedule(expect=scheduler.expected(turn)), relaxed=scheduler.followed(turn),
+                      expected=scheduler.overdue_after(turn))
+            return
+        except CartLost:
+            scheduler.write_when_safe(cart.repost)
+            scheduler.reposted(turn)
+
+
+def _bytes(cart: Cart) -> int | None:
+    sizes = [record.size for record in cart.records or ()]
+    return None if not sizes or None in sizes else sum(size or 0 for size in sizes)
 
 
 def _run_pool(carts: list[Cart], scheduler: Scheduler, workers: int) -> None:

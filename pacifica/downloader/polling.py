@@ -20,9 +20,22 @@ from typing import Any, Callable
 from .exceptions import CartTimeoutError
 from .transport import redact
 
-__all__ = ["PollSchedule", "poll_until_ready"]
+__all__ = ["CartLost", "PollSchedule", "poll_until_ready"]
 
 LOGGER = logging.getLogger(__name__)
+
+
+class CartLost(CartTimeoutError):
+    """A cart still "staging" long after it should have been ready: Cartd has probably lost its tasks.
+
+    Raised by :func:`poll_until_ready` at its ``lost_after``; the cart's
+    driver posts it again (see ``Timeouts``).  Should it reach a caller, it
+    is the :class:`CartTimeoutError` it derives from.
+    """
+
+    def __init__(self, message: str, cart_url: str, waited: float) -> None:
+        super().__init__(message, cart_url=cart_url)
+        self.waited = waited
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +86,7 @@ def poll_until_ready(
     *,
     on_poll: Callable[[str], None] | None = None,
     relaxed: threading.Event | None = None,
+    lost_after: float | None = None,
 ) -> float:
     """Call ``probe(deadline)`` on ``schedule`` until it answers ``"ready"``; return the seconds it took.
 
@@ -81,7 +95,9 @@ def poll_until_ready(
     (failed, unknown).  ``on_poll(status)`` is called after each poll that
     finds the cart still staging; ``relaxed``, once set, says that nothing
     waits for the moment it is ready any more (see :meth:`PollSchedule.pause`).  Raises
-    :class:`CartTimeoutError` once ``limit`` seconds pass.
+    :class:`CartTimeoutError` once ``limit`` seconds pass, and
+    :class:`CartLost` when the cart is still staging ``lost_after`` seconds
+    in (a poll is made at that moment).
     """
     started = time.monotonic()
     deadline = started + limit
@@ -103,12 +119,21 @@ def poll_until_ready(
             took = time.monotonic() - started
             LOGGER.info("cart %s ready after %.2f s", redact(cart_url), took)
             return took
+        elapsed = time.monotonic() - started
+        if lost_after is not None and elapsed >= lost_after and time.monotonic() < deadline:
+            raise CartLost(
+                f"the cart {redact(cart_url)} was still {status!r} after {elapsed:.0f} s, "
+                "far longer than this server's pace explains: Cartd has probably lost its tasks",
+                cart_url=cart_url,
+                waited=elapsed,
+            )
         if on_poll is not None:
             on_poll(status)
         remaining = deadline - time.monotonic()
         if remaining > 0:
-            elapsed = time.monotonic() - started
             pause = schedule.pause(elapsed, interval, relaxed is not None and relaxed.is_set())
+            if lost_after is not None:
+                pause = min(pause, max(0.0, lost_after - elapsed))  # poll at the moment the cart is suspected
             time.sleep(max(0.0, min(pause, remaining)))
             interval = schedule.next_interval(interval)
         if time.monotonic() >= deadline:

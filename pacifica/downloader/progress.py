@@ -38,6 +38,8 @@ class Progress:
     bytes_total: int | None = None
     elapsed: float = 0.0
     cart_url: str | None = None
+    #: Carts of this call posted again because Cartd seemed to have lost them (see ``Timeouts``).
+    reposts: int = 0
 
     @property
     def fraction(self) -> float | None:
@@ -65,6 +67,7 @@ class Tracker:
         self.files_done = 0
         self.bytes_done = 0
         self.cart_url: str | None = None
+        self.reposts = 0
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
@@ -81,11 +84,19 @@ class Tracker:
                 bytes_total=self.bytes_total,
                 elapsed=time.monotonic() - self.started,
                 cart_url=self.cart_url,
+                reposts=self.reposts,
             )
         self.callback(report)
 
     def cart_created(self, cart_url: str) -> None:
         """A cart was posted: report ``staging``."""
+        self.cart_url = cart_url
+        self("staging")
+
+    def cart_reposted(self, cart_url: str) -> None:
+        """A lost cart was posted again: report ``staging`` with one more re-post."""
+        with self._lock:
+            self.reposts += 1
         self.cart_url = cart_url
         self("staging")
 

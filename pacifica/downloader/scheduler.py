@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .cart import Cancelled
@@ -41,10 +41,12 @@ NEXT_CART_WAIT = 2.0
 
 @dataclass
 class _Deletion:
-    """A downloaded cart's DELETE, waiting for a moment when it cannot hurt the cart that stages."""
+    """A write (a DELETE, a re-POST) waiting for a moment when it cannot hurt the cart that stages."""
 
-    run: Callable[[], None]
+    run: Callable[[], object]
     taken: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
 
 
 class Scheduler:
@@ -57,10 +59,13 @@ class Scheduler:
 
     def __init__(
         self, max_staging: int, sizes: Sequence[int] = (1,), cancelled: threading.Event | None = None,
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], float] | None = None, byte_sizes: Sequence[int | None] | None = None,
     ) -> None:
-        """Let ``max_staging`` carts stage at once; ``clock`` times the server's pace (default: monotonic time)."""
-        self.pace = ServerPace(sizes, max_staging, clock or time.monotonic)
+        """Let ``max_staging`` carts stage at once; ``clock`` times the server's pace (default: monotonic time).
+
+        ``byte_sizes``: each cart's bytes, where known (they help to tell a lost cart from a slow one).
+        """
+        self.pace = ServerPace(sizes, max_staging, clock or time.monotonic, byte_sizes)
         self.cancelled = cancelled if cancelled is not None else threading.Event()
         self._max = max_staging
         self._next_turn = 0
@@ -134,6 +139,17 @@ class Scheduler:
         with self._changed:
             return self.pace.expected(turn)
 
+    def overdue_after(self, turn: int) -> float | None:
+        """Seconds cart ``turn`` should take by its files and bytes, judging by the last cart (None: no cart yet)."""
+        with self._changed:
+            return self.pace.overdue_after(turn)
+
+    def reposted(self, turn: int) -> None:
+        """Cart ``turn`` was posted again (it was lost)."""
+        with self._changed:
+            self.pace.reposted(turn)
+            self._changed.notify_all()
+
     def followed(self, turn: int) -> threading.Event:
         """A flag set once the carts that take cart ``turn``'s place on the server are created.
 
@@ -157,8 +173,8 @@ class Scheduler:
                     return
                 self._changed.wait(left)
 
-    def delete_when_safe(self, delete: Callable[[], None]) -> None:
-        """Run ``delete`` (a downloaded cart's DELETE) when it cannot hit a cart's first task.
+    def write_when_safe(self, write: Callable[[], object]) -> None:
+        """Run ``write`` (a downloaded cart's DELETE, a lost cart's new POST) when it cannot hit a cart's first task.
 
         That is at once when no cart is staging; otherwise at the first of:
         every staging cart is surely past its first task (the caller's
@@ -166,9 +182,10 @@ class Scheduler:
         server is between carts: :meth:`staging` runs it then, before the
         next cart is created; after the last cart of the download, the
         caller's thread runs it, alongside that cart's transfer).  No cart is
-        created while a DELETE runs.
+        created while a write runs.  Returns once ``write`` has run, raising
+        what it raised, whichever thread ran it.
         """
-        deletion = _Deletion(delete)
+        deletion = _Deletion(write)
         with self._changed:
             if self.pace.staging:
                 self._deletions.append(deletion)
@@ -177,12 +194,17 @@ class Scheduler:
                     if wait is not None and wait <= 0:
                         break
                     self._changed.wait(0.1 if wait is None else min(wait, 0.1))
-                if deletion.taken:
-                    return  # run by a cart that got ready
-                self._deletions.remove(deletion)
-            deletion.taken = True
-            self._deleting += 1
-        self._run([deletion])
+                if not deletion.taken:
+                    self._deletions.remove(deletion)
+            mine = not deletion.taken  # else taken by a cart that got ready, which runs it
+            if mine:
+                deletion.taken = True
+                self._deleting += 1
+        if mine:
+            self._run([deletion])
+        deletion.done.wait()
+        if deletion.error is not None:
+            raise deletion.error
 
     def _safe_in(self) -> float | None:
         """Seconds until every staging cart is past its first task (lock held; None: not known yet)."""
@@ -198,14 +220,17 @@ class Scheduler:
         return pending
 
     def _run(self, deletions: list[_Deletion]) -> None:
-        """Run deletions taken for running."""
+        """Run writes taken for running; what one raises is kept for its waiter, not raised in this thread."""
         for deletion in deletions:
             try:
                 deletion.run()
+            except BaseException as error:  # noqa: BLE001 - handed to the thread that asked for the write
+                deletion.error = error
             finally:
                 with self._changed:
                     self._deleting -= 1
                     self._changed.notify_all()
+                deletion.done.set()
 
     def run_pending_deletions(self) -> None:
         """Run the deletions still waiting (at the end of a download)."""

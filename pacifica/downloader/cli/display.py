@@ -134,7 +134,7 @@ class LineDisplay(Display):
             self.staging_started = progress.elapsed
         self.stage = stage
         if stage == "staging":
-            text = f"staging... {progress.elapsed - self.staging_started:.1f} s"
+            text = f"staging... {progress.elapsed - self.staging_started:.1f} s{reposted(progress)}"
         else:
             text = transfer_text(progress)
         self._line(text, progress.elapsed, force=changed)
@@ -147,6 +147,11 @@ class LineDisplay(Display):
         self.last_time = now
         self.last_line = text
         self.write(text)
+
+
+def reposted(progress: Progress) -> str:
+    """`` (posted again 1 time)`` once a lost cart was posted again, else nothing."""
+    return f" (posted again {progress.reposts} time{'s' if progress.reposts > 1 else ''})" if progress.reposts else ""
 
 
 class TqdmDisplay(Display):
@@ -181,7 +186,8 @@ class TqdmDisplay(Display):
             )
         self.frame = (self.frame + 1) % len(SPINNER)
         self.spinner.set_description_str(
-            f"{SPINNER[self.frame]} staging cart... {progress.elapsed - self.staging_started:.1f} s",
+            f"{SPINNER[self.frame]} staging cart... {progress.elapsed - self.staging_started:.1f} s"
+            f"{reposted(progress)}",
             refresh=True,
         )
 
