@@ -508,6 +508,64 @@ class CartdStack:
 
     # -- helpers for tests -----------------------------------------------
 
+    # -- faults the stack can really produce ------------------------------
+
+    def service(self, name: str) -> _Service:
+        """The running service ``name`` (``cartd``, ``worker``, ``redis`` ...)."""
+        for svc in self._services:
+            if svc.name == name:
+                return svc
+        raise StackError(f"no service {name!r} in this stack")
+
+    def kill(self, name: str, signum: int = signal.SIGKILL) -> None:
+        """Send ``signum`` to every process of service ``name`` (a prefork worker's children too); wait for it."""
+        with self._lock:
+            svc = self.service(name)
+            svc.signal_group(signum)
+            if svc.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    svc.proc.wait(timeout=15.0)
+            svc.signal_group(signal.SIGKILL)  # what is left of the group
+
+    def start_again(self, name: str, timeout: float = 60.0) -> None:
+        """Start service ``name`` again (same command, same port) and wait until it answers.
+
+        Call it from a thread that outlives the service (the main thread): every service is started with
+        ``PR_SET_PDEATHSIG`` so that it dies with the thread that started it.
+        """
+        with self._lock:
+            svc = self.service(name)
+            if svc.running():
+                raise StackError(f"{name} is still running; kill() it first")
+            svc.close_log()
+            svc.start(self.workdir)
+            ready: dict[str, Callable[[], bool]] = {
+                "worker": lambda: bool(_WORKER_READY.search(svc.new_output())),
+                "redis": lambda: _redis_answers(self.redis_port),
+                "cartd": lambda: _http_answers(f"{self.cart_url}/"),
+                "cartd-bundle": lambda: _http_answers(f"{self.bundle_cart_url}/"),
+            }
+            if name not in ready:
+                raise StackError(f"restarting {name} is not supported")
+            try:
+                self._wait_for({f"{name} ready again": ready[name]}, time.monotonic() + timeout)
+            except _StartFailed as exc:
+                raise StackError(f"{exc}\n\n{self.log_tails()}") from None
+
+    def log_matches(self, name: str, pattern: str) -> int:
+        """How many times service ``name`` has logged ``pattern``, over every start."""
+        text = self.service(name).log_path.read_text(encoding="utf-8", errors="replace")
+        return len(re.findall(pattern, text))
+
+    def wait_for_log(self, name: str, pattern: str, at_least: int, timeout: float = 60.0) -> None:
+        """Wait until service ``name`` has logged ``pattern`` ``at_least`` times (see :meth:`log_matches`)."""
+        self._wait_for({f"{name} logging {pattern!r} {at_least} times":
+                        lambda: self.log_matches(name, pattern) >= at_least}, time.monotonic() + timeout)
+
+    def worker_log(self) -> str:
+        """Everything the Celery worker logged, over every start."""
+        return self.service("worker").log_path.read_text(encoding="utf-8", errors="replace")
+
     def put_file(self, file_id: str | int, data: bytes) -> None:
         """Store *data* in the archive interface under *file_id*."""
         request = urllib.request.Request(
