@@ -53,8 +53,10 @@ class ReadyCartAPI(CartAPI):
         super().__init__(cart_api_url)
         self.ready = ready
 
-    def setup_cart(self, yield_files: Entries, *, budget: RetryBudget | None = None) -> str:
-        """Return the ready cart holding exactly the files asked for."""
+    def setup_cart(
+        self, yield_files: Entries, *, budget: RetryBudget | None = None, cart_url: str | None = None
+    ) -> str:
+        """Return the ready cart holding exactly the files asked for (``cart_url`` is not used)."""
         asked = frozenset(str(entry["path"]) for entry in yield_files())
         cart_url = self.ready.get(asked)
         if cart_url is None:
@@ -68,11 +70,11 @@ def record_carts(down: Downloader, carts: list[list[str]]) -> None:
     original = down.cart_api.setup_cart
     lock = threading.Lock()
 
-    def setup_cart(yield_files: Entries, *, budget: RetryBudget | None = None) -> str:
+    def setup_cart(yield_files: Entries, *, budget: RetryBudget | None = None, cart_url: str | None = None) -> str:
         entries = list(yield_files())
         with lock:
             carts.append([str(entry["path"]) for entry in entries])
-        return original(lambda: iter(entries), budget=budget)
+        return original(lambda: iter(entries), budget=budget, cart_url=cart_url)
 
     down.cart_api.setup_cart = setup_cart  # type: ignore[method-assign]
 

@@ -25,7 +25,7 @@ from .incoming import IncomingArea
 from .ledger import CartLedger
 from .polling import CartLost, PollSchedule, poll_until_ready
 from .progress import Tracker
-from .records import FileRecord
+from .records import FileRecord, entries_callable
 from .retry import RetryBudget
 from .stream import CartStream, StreamBroken
 from .transport import redact
@@ -119,11 +119,17 @@ class Cart:
             ledger.add(url)  # before the POST: a run killed during it still leaves a record
         self.url = url
         try:
-            self.api.post_cart(url, self.records, budget=delivery.budget)
+            # setup_cart, not post_cart: the released programs and the benchmarks hook it
+            created = self.api.setup_cart(entries_callable(self.records), budget=delivery.budget, cart_url=url)
         except CartError:
             if ledger is not None:
                 ledger.remove(url)  # Cartd answered and refused: no cart was made
             raise
+        if created != url:  # a CartAPI that hands back another cart (the benchmarks' ready carts)
+            self.url = created
+            if ledger is not None:
+                ledger.add(created)
+                ledger.remove(url)
         # Any other failure leaves it unknown whether the cart was made: it stays in the ledger (the next run
         # deletes it if it exists), and state "new" means this run sends no DELETE for it.
         self.state = "created"

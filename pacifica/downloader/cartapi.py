@@ -138,7 +138,8 @@ class CartAPI:
             self._posted.pop(cart_url, None)
 
     def setup_cart(
-        self, yield_files: Callable[[], Iterator[dict[str, Any]]], *, budget: RetryBudget | None = None
+        self, yield_files: Callable[[], Iterator[dict[str, Any]]], *, budget: RetryBudget | None = None,
+        cart_url: str | None = None,
     ) -> str:
         """Post the files ``yield_files()`` yields as a new cart; return the cart's full URL.
 
@@ -148,7 +149,9 @@ class CartAPI:
         raises :class:`InvalidInputError` and nothing is sent.  The cart's id
         is chosen here, so a POST whose answer was lost is safely sent again.
         ``budget``: the download's :class:`RetryBudget` its retries spend
-        (default: one of its own, as every method here).
+        (default: one of its own, as every method here).  ``cart_url``: the
+        URL to create it at (from :meth:`new_cart_url`, so that the caller
+        could write it down first); default a new one.
         """
         records = validate_records(
             ((f"fileids[{index}]", entry) for index, entry in enumerate(yield_files())),
@@ -156,7 +159,7 @@ class CartAPI:
         )
         if not records:
             raise InvalidInputError("a cart needs at least one file; Cartd leaves an empty cart staging forever")
-        cart_url = self.new_cart_url()
+        cart_url = cart_url or self.new_cart_url()
         self.post_cart(cart_url, records, budget=budget)
         return cart_url
 
