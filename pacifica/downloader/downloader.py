@@ -208,8 +208,9 @@ class Downloader:
             LOGGER.info("no files to download; no cart created")
             return paths
         call_deadline = None if seconds is None else time.monotonic() + seconds
-        index = VerifiedIndex(hidden_folder(root))
-        ledger = CartLedger(hidden_folder(root), self.cart_api.cart_api_url)
+        hidden = hidden_folder(root)
+        index = VerifiedIndex(hidden)
+        ledger = CartLedger(hidden, self.cart_api.cart_api_url)
         try:
             ledger.take_over(self._delete_orphan)
             todo = self._plan(checked, root, folder, index).fetch

@@ -15,8 +15,9 @@ own ledger any it could not delete, so a later run tries again.  Ledgers of
 another Cartd are left for a run of that Cartd.
 
 The file is a list of lines, ``+ URL`` when a cart is about to be created
-and ``- URL`` once it is deleted, appended and flushed to disk, so a torn
-last line (a crash while writing) only loses that line.  Where ``flock`` is
+(synced to disk before the POST) and ``- URL`` once it is deleted
+(flushed), appended, so a torn last line (a crash while writing) only loses
+that line.  Where ``flock`` is
 missing (Windows) nothing is recorded.
 """
 from __future__ import annotations
@@ -118,7 +119,11 @@ class CartLedger:
                 self._file = handle
             self._file.write(line)
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if line.startswith("+"):
+                # Only a cart written down before its POST must survive a power cut. A lost "-" line only
+                # makes the next run DELETE a cart that is gone (a 404), and fsync after a large transfer
+                # waits for the journal to commit that transfer's data.
+                os.fsync(self._file.fileno())
         except OSError as err:
             LOGGER.warning("could not write the cart ledger %s: %s (a killed run may leave this cart behind)",
                            self.path, err)

@@ -40,7 +40,7 @@ NEXT_CART_WAIT = 2.0
 
 
 @dataclass
-class _Deletion:
+class _Write:
     """A write (a DELETE, a re-POST) waiting for a moment when it cannot hurt the cart that stages."""
 
     run: Callable[[], object]
@@ -69,7 +69,7 @@ class Scheduler:
         self.cancelled = cancelled if cancelled is not None else threading.Event()
         self._max = max_staging
         self._next_turn = 0
-        self._deletions: list[_Deletion] = []
+        self._deletions: list[_Write] = []
         self._deleting = 0
         self._followed: dict[int, threading.Event] = {}
         self._changed = threading.Condition()
@@ -185,7 +185,7 @@ class Scheduler:
         created while a write runs.  Returns once ``write`` has run, raising
         what it raised, whichever thread ran it.
         """
-        deletion = _Deletion(write)
+        deletion = _Write(write)
         with self._changed:
             if self.pace.staging:
                 self._deletions.append(deletion)
@@ -210,7 +210,7 @@ class Scheduler:
         """Seconds until every staging cart is past its first task (lock held; None: not known yet)."""
         return self.pace.safe_in()
 
-    def _take_deletions(self) -> list[_Deletion]:
+    def _take_deletions(self) -> list[_Write]:
         """Take every waiting deletion for running (lock held); no cart is created until they ran."""
         pending, self._deletions = self._deletions, []  # a waiter that runs its own takes it off the list
         for deletion in pending:
@@ -219,7 +219,7 @@ class Scheduler:
         self._changed.notify_all()
         return pending
 
-    def _run(self, deletions: list[_Deletion]) -> None:
+    def _run(self, deletions: list[_Write]) -> None:
         """Run writes taken for running; what one raises is kept for its waiter, not raised in this thread."""
         for deletion in deletions:
             try:

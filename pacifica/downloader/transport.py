@@ -94,9 +94,11 @@ class Transport:
     def session(self, session: requests.Session) -> None:
         self._session = watch_session(session)
 
-    def _timeout(self, deadline: float | None, budget: RetryBudget, method: str, url: str) -> tuple[float, float]:
-        """Connect and read timeouts, shortened so that no socket wait outlasts ``deadline`` or the patience."""
-        quiet = budget.quiet_deadline
+    def _timeout(
+        self, deadline: float | None, quiet: float | None, budget: RetryBudget, method: str, url: str
+    ) -> tuple[float, float]:
+        """Connect and read timeouts, shortened so that no socket wait outlasts ``deadline`` or ``quiet`` (the
+        moment the patience runs out)."""
         now = time.monotonic()
         if deadline is not None and deadline - now <= 0:
             raise CartTimeoutError(
@@ -153,9 +155,10 @@ class Transport:
         merged.update(kwargs)
         while True:
             retry_after: str | None = None
-            merged["timeout"] = kwargs.get("timeout") or self._timeout(deadline, budget, method, url)
+            quiet = budget.quiet_deadline
+            merged["timeout"] = kwargs.get("timeout") or self._timeout(deadline, quiet, budget, method, url)
             LOGGER.debug("%s %s (try %d)", method, redact(url), budget.retry.spent + 1)
-            cut_at = min((limit for limit in (deadline, budget.quiet_deadline) if limit is not None), default=None)
+            cut_at = min((limit for limit in (deadline, quiet) if limit is not None), default=None)
             watch = Watch(cut_at)
             try:
                 with watch:
