@@ -7,23 +7,25 @@ from typing import Any
 import requests
 import urllib3
 
+from pacifica.downloader.deliveries import DELIVERIES_DIR
 from pacifica.downloader.incoming import HIDDEN_DIR
 from pacifica.downloader.ledger import LEDGER_DIR
 from pacifica.downloader.verified import INDEX_NAME
 
 
 def incoming_leftovers(location: Path) -> list[str]:
-    """What a finished download left in its hidden folder besides the verified-file index and an empty cart
-    ledger folder: should be nothing (a ledger file left means a cart left on the server)."""
+    """What a finished download left in its hidden folder besides the verified-file index and the empty folders
+    of cart ledgers and task starts: should be nothing (a ledger file left means a cart left on the server)."""
     hidden = location / HIDDEN_DIR
     if hidden.is_symlink():
         return [str(hidden)]
     if not hidden.exists():
         return []
-    left = [path.name for path in hidden.iterdir() if not path.name.startswith(INDEX_NAME) and path.name != LEDGER_DIR]
-    ledgers = hidden / LEDGER_DIR
-    if ledgers.is_dir():
-        left += [f"{LEDGER_DIR}/{path.name}" for path in ledgers.iterdir()]
+    records = (LEDGER_DIR, DELIVERIES_DIR)
+    left = [path.name for path in hidden.iterdir() if not path.name.startswith(INDEX_NAME) and path.name not in records]
+    for folder in records:
+        if (hidden / folder).is_dir():
+            left += [f"{folder}/{path.name}" for path in (hidden / folder).iterdir()]
     return sorted(left)
 
 

@@ -6,6 +6,7 @@
     pacifica-downloader cloudevent - < EVENT.json
     pacifica-downloader transactioninfo DOC.json -d DIR
     pacifica-downloader transactioninfo --transaction-id 42 --policy-url URL -d DIR
+    pacifica-downloader enqueue EVENT.json -d DIR     # for the download workers; prints the task id
 
 Files land in ``DIR/<filename>/<subdir>/<name>`` (``--filename`` defaults to
 ``data``), each verified against its hash.  Credentials come from the
@@ -79,7 +80,30 @@ def _run(args: argparse.Namespace, out: Output, feed: ProgressFeed, stdin: TextI
                         "can read and alter the traffic")
             # Said once above; urllib3 would repeat it for every request.
             warnings.simplefilter("ignore", InsecureRequestWarning)
+        if args.command == "enqueue":
+            return _enqueue(args, out, stdin)
         return _download(args, out, feed, stdin)
+
+
+def _enqueue(args: argparse.Namespace, out: Output, stdin: TextIO | None) -> int:
+    event = load_json(args.event, stdin)
+    try:
+        from ..tasks import enqueue
+    except ImportError as err:  # celery, the optional extra
+        out.message(f"error: enqueue needs Celery ({err}); pip install 'pacifica-downloader[celery]'")
+        return EXIT_USAGE
+    options: dict[str, object] = {"filename": args.filename, "keep_cart": args.keep_cart,
+                                  "overwrite": not args.no_overwrite}
+    if args.cart_url:
+        options["cart_api_url"] = args.cart_url
+    if args.timeout is not None:
+        options["timeout"] = args.timeout
+    location = os.path.abspath(args.destination)
+    result = enqueue(event, location, **options)
+    out.line(result.id)
+    if not args.quiet:
+        out.message(f"queued the download into {os.path.join(location, args.filename)} as task {result.id}")
+    return EXIT_OK
 
 
 def _download(args: argparse.Namespace, out: Output, feed: ProgressFeed, stdin: TextIO | None) -> int:

@@ -65,12 +65,13 @@ def _transaction_id(text: str) -> int:
     return value
 
 
-def _add_common_options(command: argparse.ArgumentParser) -> None:
-    """Add the options every subcommand takes (added to each: argparse's ``parents`` loses group layout)."""
+def _add_where(command: argparse.ArgumentParser, workers: bool = False) -> None:
+    """Where the files go and where from; ``workers``: as the download workers see it (``enqueue``)."""
     where = command.add_argument_group("where")
     where.add_argument(
         "-d", "--destination", metavar="DIR", default=".",
-        help="download directory (default: the current directory); files land in DIR/FILENAME/...",
+        help=("download directory, as the workers see it" if workers else "download directory")
+        + " (default: the current directory); files land in DIR/FILENAME/...",
     )
     where.add_argument(
         "--filename", metavar="NAME", default="data",
@@ -78,35 +79,48 @@ def _add_common_options(command: argparse.ArgumentParser) -> None:
     )
     where.add_argument(
         "--cart-url", metavar="URL", default=None,
-        help="Cartd cart API URL (default: from the environment, see below)",
+        help="Cartd cart API URL (default: " + ("the workers' environment)" if workers else
+                                                "from the environment, see below)"),
     )
     where.add_argument(
         "--timeout", metavar="SECONDS", type=_positive_float, default=None,
         help=f"how long to wait for the cart to be ready (default: {Timeouts().wait:.0f})",
     )
+
+
+def _add_behaviour(command: argparse.ArgumentParser, workers: bool = False) -> None:
+    behaviour = command.add_argument_group("behaviour")
+    behaviour.add_argument("--keep-cart", action="store_true", help="leave the cart on the server afterwards")
+    behaviour.add_argument(
+        "--no-overwrite", action="store_true",
+        help=("fail the task" if workers else "fail (exit 6)")
+        + " instead of replacing an existing file whose content differs",
+    )
+
+
+def _add_talk(output: argparse._ArgumentGroup, quiet: str) -> None:
+    talk = output.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", help=quiet)
+    talk.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log to stderr: -v progress steps, -vv debug details"
+    )
+
+
+def _add_common_options(command: argparse.ArgumentParser) -> None:
+    """Add the options every download subcommand takes (added to each: argparse's ``parents`` loses group layout)."""
+    _add_where(command)
     tls = command.add_argument_group("TLS (credentials: see environment below)").add_mutually_exclusive_group()
     tls.add_argument("--ca-bundle", metavar="PATH", help="CA certificate file or directory to verify servers with")
     tls.add_argument(
         "--insecure", action="store_true", help="do not verify TLS certificates (prints a warning; avoid)"
     )
     output = command.add_argument_group("output")
-    talk = output.add_mutually_exclusive_group()
-    talk.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress display and no summary; only errors"
-    )
-    talk.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log to stderr: -v progress steps, -vv debug details"
-    )
+    _add_talk(output, "no progress display and no summary; only errors")
     output.add_argument(
         "--json", action="store_true",
         help='print the written files as JSON to stdout: [{"path", "size", "hashtype", "hashsum"}, ...]',
     )
-    behaviour = command.add_argument_group("behaviour")
-    behaviour.add_argument("--keep-cart", action="store_true", help="leave the cart on the server afterwards")
-    behaviour.add_argument(
-        "--no-overwrite", action="store_true",
-        help="fail (exit 6) instead of replacing an existing file whose content differs",
-    )
+    _add_behaviour(command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--policy-url", metavar="URL", help="the Policy service's base URL")
     _add_common_options(transaction)
     transaction.set_defaults(command_parser=transaction)
+    _add_enqueue(commands, epilog, formatter)
     return parser
+
+
+def _add_enqueue(commands: Any, epilog: str, formatter: type[argparse.HelpFormatter]) -> None:
+    enqueue = commands.add_parser(
+        "enqueue", epilog=epilog, formatter_class=formatter,
+        help="queue the download of a CloudEvent for the download workers; print the task id",
+        description=_wrap(
+            "Queue the download of a Pacifica Notifications CloudEvent for the download workers "
+            "(celery -A pacifica.downloader.tasks worker; needs the 'celery' extra) and print the task's id. "
+            "The broker is BROKER_URL (default: a Redis on 127.0.0.1:6379). The workers download into "
+            "DIR/FILENAME/ as they see DIR, with their own credentials and, unless --cart-url is given, "
+            "their own Cartd."
+        ),
+    )
+    enqueue.add_argument("event", metavar="EVENT.json", help="the event as a JSON file; - reads standard input")
+    _add_where(enqueue, workers=True)
+    _add_behaviour(enqueue, workers=True)
+    _add_talk(enqueue.add_argument_group("output"), "print only the task id, and errors")
+    enqueue.set_defaults(command_parser=enqueue, insecure=False, ca_bundle=None, json=False)
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ from ..exceptions import (
     TransferError,
     UnsafeArchiveError,
 )
+from ..manifest import manifest
 from ..progress import Progress
 from ..records import FileRecord
 from ..transport import redact
@@ -94,22 +95,6 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, (CartError, TransferError, DownloaderError, requests.RequestException)):
         return EXIT_SERVER
     return EXIT_INTERNAL
-
-
-
-def manifest(records: Sequence[FileRecord], paths: Sequence[str]) -> list[dict[str, Any]]:
-    """Return the ``--json`` manifest: one ``{"path", "size", "hashtype", "hashsum"}`` per file, in input order."""
-    entries = []
-    for record, path in zip(records, paths):
-        entries.append(
-            {
-                "path": os.path.abspath(path),
-                "size": os.stat(path).st_size,
-                "hashtype": record.hashtype,
-                "hashsum": record.hashsum,
-            }
-        )
-    return entries
 
 
 
@@ -196,12 +181,15 @@ class Output:
         self.stderr.flush()
 
     def json(self, data: Any) -> None:
+        self.line(json.dumps(data, indent=2))
+
+    def line(self, text: str) -> None:
+        """Write ``text`` and a newline to stdout (the manifest, a task id): what a pipe receives."""
         try:
-            json.dump(data, self.stdout, indent=2)
-            self.stdout.write("\n")
+            self.stdout.write(text + "\n")
             self.stdout.flush()
         except BrokenPipeError:
-            # The reader went away (``| head``); the files are on disk all the same.
+            # The reader went away (``| head``); what was done is done all the same.
             try:
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, self.stdout.fileno())

@@ -1,0 +1,202 @@
+"""The download task without a broker: which errors are retried, what reaches the caller, how starts are bounded.
+
+The task runs eagerly (``Task.apply``, Celery runs a retry at once, in
+process) with the Downloader replaced by a scripted one; the real workers
+are in test_download_workers.py.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+celery = pytest.importorskip("celery")
+
+from support.events import event_for  # noqa: E402
+
+from pacifica.downloader import (  # noqa: E402
+    CartFailedError,
+    CartTimeoutError,
+    DestinationError,
+    IntegrityError,
+    InvalidInputError,
+    TransferError,
+    UnsafeArchiveError,
+    tasks,  # noqa: E402
+)
+from pacifica.downloader.deliveries import Deliveries, RedeliveryError  # noqa: E402
+from pacifica.downloader.incoming import hidden_folder  # noqa: E402
+from pacifica.downloader.polling import CartLost  # noqa: E402
+
+EVENT = event_for({"a/one.txt": b"one\n", "two.txt": b"two\n"})
+ENVIRON = {"BROKER_URL": "memory://", "BACKEND_URL": "cache+memory://", "DOWNLOADER_RETRY_BACKOFF": "0",
+           "DOWNLOADER_MAX_RETRIES": "2"}
+
+
+class ScriptedDownloader:
+    """Stands in for Downloader: raises the scripted errors one call after another, then writes the files."""
+
+    script: list[BaseException] = []
+    calls: list[dict[str, Any]] = []
+
+    def __init__(self, location: Path, cart_api_url: str | None = None, **options: Any) -> None:
+        self.location = Path(location)
+        self.options = dict(options, cart_api_url=cart_api_url)
+
+    def download(self, records: list[Any], **options: Any) -> list[str]:
+        ScriptedDownloader.calls.append(dict(self.options, **options))
+        if ScriptedDownloader.script:
+            raise ScriptedDownloader.script.pop(0)
+        paths = []
+        for record in records:
+            path = self.location / options["filename"] / record.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"one\n" if record.path.endswith("one.txt") else b"two\n")
+            paths.append(str(path))
+        return paths
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> type[ScriptedDownloader]:
+    monkeypatch.setattr(tasks, "Downloader", ScriptedDownloader)
+    ScriptedDownloader.script = []
+    ScriptedDownloader.calls = []
+    return ScriptedDownloader
+
+
+@pytest.fixture
+def app() -> Any:
+    made = tasks.make_app(ENVIRON)
+    yield made
+    made.close()
+
+
+def run(app: Any, event: Any, location: Path, **options: Any) -> Any:
+    return app.tasks[tasks.TASK_NAME].apply(args=(event, str(location)), kwargs=options)
+
+
+def test_success_returns_the_manifest(app: Any, scripted: Any, tmp_path: Path) -> None:
+    result = run(app, EVENT, tmp_path, filename="ev1", keep_cart=True, cart_api_url="http://cartd:8081")
+    assert result.successful(), result.traceback
+    assert [(entry["path"], entry["size"], entry["hashtype"]) for entry in result.result] == [
+        (str(tmp_path / "ev1/a/one.txt"), 4, "sha1"), (str(tmp_path / "ev1/two.txt"), 4, "sha1")]
+    assert scripted.calls[0]["keep_cart"] is True and scripted.calls[0]["cart_api_url"] == "http://cartd:8081"
+    assert not list((tmp_path / ".pacifica-downloader" / "tasks").iterdir()), "the start record is removed"
+
+
+@pytest.mark.parametrize("error", [
+    TransferError("POST failed", attempts=["HTTP 503"]),
+    CartFailedError("Cartd could not stage the cart"),
+    CartLost("cart lost", cart_url="http://cartd/1", waited=60.0),
+    CartTimeoutError("still staging"),
+])
+def test_transient_errors_are_retried(app: Any, scripted: Any, tmp_path: Path, error: Exception) -> None:
+    scripted.script = [error, error]
+    result = run(app, EVENT, tmp_path)
+    assert result.successful(), result.traceback
+    assert len(scripted.calls) == 3, "two failures, two retries, one success"
+
+
+def test_transient_errors_fail_once_the_retries_are_spent(app: Any, scripted: Any, tmp_path: Path) -> None:
+    scripted.script = [TransferError("GET failed", attempts=["reset"], cart_url="http://cartd:8081/abc")] * 3
+    result = run(app, EVENT, tmp_path)
+    assert result.failed()
+    assert type(result.result) is TransferError
+    assert "GET failed" in str(result.result) and "[cart http://cartd:8081/abc]" in str(result.result)
+    assert len(scripted.calls) == 3, "DOWNLOADER_MAX_RETRIES=2: three runs"
+
+
+@pytest.mark.parametrize("error", [
+    IntegrityError("a.txt does not match its hash", path="data/a.txt"),
+    UnsafeArchiveError("the tar entry 'data/a' is a symbolic link; refused"),
+    DestinationError("cannot write: disk full", path="/srv/x"),
+    InvalidInputError("no such folder name"),
+])
+def test_input_integrity_safety_and_destination_errors_are_not_retried(
+    app: Any, scripted: Any, tmp_path: Path, error: Exception
+) -> None:
+    scripted.script = [error]
+    result = run(app, EVENT, tmp_path)
+    assert result.failed() and type(result.result) is type(error)
+    assert len(scripted.calls) == 1
+
+
+def test_a_bad_event_fails_before_any_download(app: Any, scripted: Any, tmp_path: Path) -> None:
+    bad = event_for({"x.txt": b"x"})
+    del bad["data"][-1]["hashsum"]
+    result = run(app, bad, tmp_path)
+    assert result.failed() and type(result.result) is InvalidInputError
+    assert "hashsum" in str(result.result)
+    assert scripted.calls == []
+
+
+def test_unknown_options_are_refused(app: Any, scripted: Any, tmp_path: Path) -> None:
+    result = run(app, EVENT, tmp_path, keep_carts=True)
+    assert result.failed() and "unknown task options: keep_carts" in str(result.result)
+    with pytest.raises(InvalidInputError, match="keep_carts"):
+        tasks.enqueue(EVENT, tmp_path, celery_app=app, keep_carts=True)
+
+
+def test_enqueue_refuses_a_bad_event_before_sending(app: Any, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="climbs out"):
+        tasks.enqueue(event_for({"../x": b"x"}), tmp_path, celery_app=app)
+
+
+def test_the_deadline_stays_below_the_visibility_timeout(app: Any, scripted: Any, tmp_path: Path) -> None:
+    run(app, EVENT, tmp_path)
+    run(app, EVENT, tmp_path, deadline=10**6)
+    run(app, EVENT, tmp_path, deadline=30)
+    limit = 43200 - tasks.DEADLINE_MARGIN
+    assert [call["deadline"] for call in scripted.calls] == [limit, limit, 30]
+
+
+# -- what survives a JSON result backend ----------------------------------------------
+
+
+@pytest.mark.parametrize("error, kind, words", [
+    (InvalidInputError("the event cannot be downloaded", ["data[3]: missing 'hashsum'"]), InvalidInputError,
+     ["data[3]: missing 'hashsum'"]),
+    (IntegrityError("does not match its sha1", path="data/a.txt", cart_url="http://u:p@cartd/9"), IntegrityError,
+     ["[file data/a.txt]", "[cart http://cartd/9]"]),
+    (CartLost("cart lost", cart_url="http://cartd/1", waited=60.0), CartTimeoutError, ["[cart http://cartd/1]"]),
+    (RedeliveryError("task t was started 3 times"), RedeliveryError, ["started 3 times"]),
+])
+def test_errors_keep_their_type_and_facts_through_json(
+    app: Any, error: Exception, kind: type, words: list[str]
+) -> None:
+    stored = app.backend.prepare_exception(tasks.portable(error), "json")
+    back = app.backend.exception_to_python(stored)
+    assert type(back) is kind
+    for word in words:
+        assert word in str(back)
+    assert "u:p" not in str(back), "credentials never reach the result backend"
+
+
+# -- bounded redelivery ------------------------------------------------------------------
+
+
+def test_starts_are_counted_and_bounded(tmp_path: Path) -> None:
+    starts = Deliveries(tmp_path, "task-1")
+    assert [starts.start(limit=3) for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(RedeliveryError, match="started 3 times and the worker running it died each time"):
+        starts.start(limit=3)
+    assert starts.start(limit=3) == 1, "after the refusal, the same download starts afresh"
+    starts.finish()
+    assert not starts.path.exists()
+
+
+def test_retries_count_apart_and_odd_ids_stay_inside_the_folder(tmp_path: Path) -> None:
+    first, retry = Deliveries(tmp_path, "../../x", 0), Deliveries(tmp_path, "../../x", 1)
+    assert first.start(limit=1) == 1 and retry.start(limit=1) == 1
+    assert first.path.parent == tmp_path / "tasks" and first.path != retry.path
+
+
+def test_a_task_whose_workers_died_is_not_started_again(app: Any, scripted: Any, tmp_path: Path) -> None:
+    task = app.tasks[tasks.TASK_NAME]
+    dead = Deliveries(hidden_folder(tmp_path), "dead-task")
+    for _ in range(3):
+        dead.start(limit=3)  # three starts whose worker never ended them
+    result = task.apply(args=(EVENT, str(tmp_path)), task_id="dead-task")
+    assert result.failed() and type(result.result) is RedeliveryError
+    assert scripted.calls == []
