@@ -5,6 +5,7 @@
     python3 dev.py test     # the whole test suite (starts its own Cartd stack)
     python3 dev.py lint     # mypy --strict and ruff on the library
     python3 dev.py bench    # the benchmarks of benchmarks/ (see benchmarks/README.md)
+    python3 dev.py bench-workers   # 20 events on download workers against one process (benchmarks/workers.py)
 
 It creates ``.venv`` (the library, editable, with its test tools) and
 ``.venv-stack`` (the Pacifica services, kept apart because they install a
@@ -33,6 +34,7 @@ DEV_REQUIREMENTS = [
     "types-requests==2.33.0.20261030",
     "cloudevents==2.2.0",
     "CherryPy==18.10.0",
+    "celery[redis]==5.7.0",
 ]
 
 
@@ -123,7 +125,7 @@ def other_pythons(pytest_args: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     """Run the task named by ``argv[0]``; the rest of ``argv`` goes to it."""
-    tasks = {"demo", "test", "lint", "bench"}
+    tasks = {"demo", "test", "lint", "bench", "bench-workers"}
     if not argv or argv[0] not in tasks:
         print(__doc__)
         return 2
@@ -137,6 +139,8 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(python), "examples/demo.py"] + rest)
     if task == "bench":
         return subprocess.call([str(python), "benchmarks/run.py"] + rest)
+    if task == "bench-workers":
+        return subprocess.call([str(python), "benchmarks/workers.py"] + rest)
     status = lint(python)
     print(f"dev.py: the whole suite on {sys.version.split()[0]}, with the real Cartd stack", flush=True)
     status = subprocess.call([str(python), "-m", "pytest", "-p", "no:cacheprovider"] + rest) or status
