@@ -16,7 +16,10 @@ its own is left as it is; only the socket timeouts then bound its tries.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
+import os
 import socket
 import threading
 import time
@@ -45,16 +48,14 @@ class Watch:
         """Prepare to cut the try off at ``deadline``."""
         self.deadline = deadline
         self.fired = False
+        self.disarmed = False
         self._connection: Any = None
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
 
     def __enter__(self) -> Watch:
-        """Arm the timer and become the thread's watch."""
+        """Arm the watch and become the thread's watch."""
         if self.deadline is not None:
-            self._timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._fire)
-            self._timer.daemon = True
-            self._timer.start()
+            _WATCHDOG.arm(self.deadline, self)
         _current.watch = self
         return self
 
@@ -65,8 +66,7 @@ class Watch:
         _current.watch = None
         with self._lock:
             self._connection = None
-        if self._timer is not None:
-            self._timer.cancel()
+            self.disarmed = True
 
     def attach(self, connection: Any) -> None:
         """The try took ``connection``: cut it off at the deadline (at once if that has passed)."""
@@ -76,13 +76,62 @@ class Watch:
         if fired:
             _shut(connection)
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
+        """The deadline has come: cut the try off, unless the answer is in already."""
         with self._lock:
+            if self.disarmed:
+                return
             self.fired = True
             connection = self._connection
         if connection is not None:
             LOGGER.debug("cutting off a try that has had no answer by its deadline")
             _shut(connection)
+
+
+class _Watchdog:
+    """One thread for every watch of the process: a heap of deadlines, the earliest waited for.
+
+    A thread per try cost more than half a millisecond, on every status poll.
+    Disarmed watches stay in the heap until their deadline, and are dropped
+    then without being fired.
+    """
+
+    def __init__(self) -> None:
+        self._order = itertools.count()  # equal deadlines never compare the watches themselves
+        self.reset()
+
+    def reset(self) -> None:
+        """Start afresh; in a forked child (a Celery pool's) the parent's thread and lock state are not its own."""
+        self._changed = threading.Condition()
+        self._heap: list[tuple[float, int, Watch]] = []
+        self._started = False
+
+    def arm(self, deadline: float, watch: Watch) -> None:
+        with self._changed:
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._run, name="pacifica-downloader-watchdog", daemon=True).start()
+            heapq.heappush(self._heap, (deadline, next(self._order), watch))
+            if self._heap[0][2] is watch:
+                self._changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                due = []
+                while self._heap and (self._heap[0][0] <= now or self._heap[0][2].disarmed):
+                    due.append(heapq.heappop(self._heap)[2])
+                if not due:
+                    self._changed.wait(self._heap[0][0] - now if self._heap else None)
+                    continue
+            for watch in due:
+                watch.fire()
+
+
+_WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WATCHDOG.reset)
 
 
 def _shut(connection: Any) -> None:
