@@ -40,6 +40,7 @@ html_theme = "sphinx_rtd_theme"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"
 autoclass_content = "both"  # the constructors' docstrings say what each argument means
+autodoc_preserve_defaults = True  # "timeouts=Timeouts()", not the value's whole repr
 python_use_unqualified_type_names = True
 
 # The README's links to its own sections (#the-04-call-style) are GitHub's heading slugs: these make the same ones.
