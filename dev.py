@@ -2,12 +2,13 @@
 """Set up everything and run one development task, with nothing but Python 3.9+ and git.
 
     python3 dev.py demo     # local Cartd stack + a demo download with progress
-    python3 dev.py test     # the whole test suite (starts its own Cartd stack)
+    python3 dev.py test     # lint, the docs and the whole test suite (starts its own Cartd stack)
     python3 dev.py lint     # mypy --strict and ruff on the library
+    python3 dev.py docs     # the Sphinx docs into docs/_build/html, every warning an error
     python3 dev.py bench    # the benchmarks of benchmarks/ (see benchmarks/README.md)
     python3 dev.py bench-workers   # 20 events on download workers against one process (benchmarks/workers.py)
 
-It creates ``.venv`` (the library, editable, with its test tools) and
+It creates ``.venv`` (the library, editable, with its test and docs tools) and
 ``.venv-stack`` (the Pacifica services, kept apart because they install a
 ``pacifica/__init__.py`` of their own), then runs the task in ``.venv``.
 Every step is idempotent: a second run reuses what the first installed.
@@ -24,7 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("PACIFICA_DEV_VENV", ROOT / ".venv"))
-#: What the development environment needs besides the library itself.
+#: The library's extras the development environment installs (docs: Sphinx; celery: what the tasks module imports).
+DEV_EXTRAS = "progress,test,docs,celery"
+#: What the development environment needs besides the library and its extras.
 DEV_REQUIREMENTS = [
     "pytest==9.2.0",
     "hypothesis==6.170.15",
@@ -46,7 +49,7 @@ def venv_python(path: Path) -> Path:
 def ensure_dev_venv() -> Path:
     """Create ``.venv`` with the library (editable) and the dev tools, unless already done."""
     python = venv_python(VENV)
-    wanted = "\n".join(DEV_REQUIREMENTS + [(ROOT / "setup.cfg").read_text()])
+    wanted = "\n".join(DEV_REQUIREMENTS + [DEV_EXTRAS, (ROOT / "setup.cfg").read_text()])
     stamp = hashlib.sha256(wanted.encode()).hexdigest()
     marker = VENV / "pacifica-dev.stamp"
     if python.exists() and marker.exists() and marker.read_text() == stamp:
@@ -55,7 +58,7 @@ def ensure_dev_venv() -> Path:
         print(f"dev.py: creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run(pip + ["-e", f"{ROOT}[progress,test]"] + DEV_REQUIREMENTS, check=True)
+    subprocess.run(pip + ["-e", f"{ROOT}[{DEV_EXTRAS}]"] + DEV_REQUIREMENTS, check=True)
     marker.write_text(stamp)
     return python
 
@@ -95,8 +98,22 @@ def lint(python: Path) -> int:
     print("dev.py: mypy --strict", flush=True)
     status = subprocess.call([str(python), "-m", "mypy"])
     print("dev.py: ruff check", flush=True)
-    checked = ["pacifica", "tests", "benchmarks", "examples", "dev.py"]
+    checked = ["pacifica", "tests", "benchmarks", "examples", "docs", "dev.py"]
     return subprocess.call([str(python), "-m", "ruff", "check", *checked]) or status
+
+
+#: The docs' tools (setup.cfg's docs extra) need Python 3.11+; older ones install none and build no docs.
+DOCS_PYTHON = (3, 11)
+
+
+def docs(python: Path, sphinx_args: list[str]) -> int:
+    """Build the HTML docs, every warning an error, as Read the Docs does (``fail_on_warning``)."""
+    if sys.version_info < DOCS_PYTHON:
+        print("dev.py: the docs need Python {}.{}+ (Sphinx 9); not built on this one".format(*DOCS_PYTHON), flush=True)
+        return 0
+    print("dev.py: sphinx-build -W (docs/_build/html)", flush=True)
+    strict = ["-W", "--keep-going", "-b", "html"]
+    return subprocess.call([str(python), "-m", "sphinx", *strict, *sphinx_args, "docs", "docs/_build/html"])
 
 
 def other_pythons(pytest_args: list[str]) -> int:
@@ -125,7 +142,7 @@ def other_pythons(pytest_args: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     """Run the task named by ``argv[0]``; the rest of ``argv`` goes to it."""
-    tasks = {"demo", "test", "lint", "bench", "bench-workers"}
+    tasks = {"demo", "test", "lint", "docs", "bench", "bench-workers"}
     if not argv or argv[0] not in tasks:
         print(__doc__)
         return 2
@@ -134,6 +151,8 @@ def main(argv: list[str]) -> int:
     os.chdir(ROOT)
     if task == "lint":
         return lint(python)
+    if task == "docs":
+        return docs(python, rest)
     ensure_stack()
     if task == "demo":
         return subprocess.call([str(python), "examples/demo.py"] + rest)
@@ -142,6 +161,7 @@ def main(argv: list[str]) -> int:
     if task == "bench-workers":
         return subprocess.call([str(python), "benchmarks/workers.py"] + rest)
     status = lint(python)
+    status = docs(python, ["-q"]) or status
     print(f"dev.py: the whole suite on {sys.version.split()[0]}, with the real Cartd stack", flush=True)
     status = subprocess.call([str(python), "-m", "pytest", "-p", "no:cacheprovider"] + rest) or status
     return other_pythons(rest) or status
