@@ -93,17 +93,21 @@ def test_twenty_events_on_three_workers_into_one_location(
     assert nodes == {"pool", "second"}, "both workers took tasks"
 
 
-def test_a_killed_child_is_redelivered_and_its_carts_deleted(
+def test_a_killed_child_is_redelivered_fetches_only_what_is_missing_and_its_carts_are_deleted(
     cartd_stack: Any, workers: DownloadWorkers, tmp_path: Path
 ) -> None:
     files = {f"big/{index}.bin": os.urandom(256 * 1024) for index in range(4)}
-    event = event_with(archive(cartd_stack, files))
+    objects = archive(cartd_stack, files)
+    event = event_with(objects)
     location = tmp_path / "area"
+    placed = location / "data" / "big"
     before = workers.count("started again after its worker died")
-    # The first GET of the tar sends its head and a little, then nothing: the download is caught mid-stream.
-    with FaultProxy.for_url(cartd_stack.cart_url, [Fault("GET", "silent", after=64 * 1024)], max_hold=120) as proxy:
+    # The first GET relays two files and part of the third, then nothing: the task is caught mid-stream.
+    stall = Fault("GET", "silent", after=600 * 1024)
+    with FaultProxy.for_url(cartd_stack.cart_url, [stall], max_hold=120) as proxy:
         result = enqueue(event, location, celery_app=workers.app, cart_api_url=proxy.url)
-        wait_until(lambda: proxy.count("GET") >= 1 and cart_records(location), 60, "the task's GET")
+        wait_until(lambda: placed.is_dir() and len(list(placed.iterdir())) == 2, 60, "two files placed")
+        present = {f"big/{path.name}" for path in placed.iterdir()}
         (ledger,) = cart_records(location)
         pid = int(ledger.name.split("-")[2])  # run-<host>-<pid>-<id>: the child running the task
         dead_carts = [line[2:].strip().replace(proxy.url.rstrip("/"), cartd_stack.cart_url.rstrip("/"))
@@ -111,10 +115,13 @@ def test_a_killed_child_is_redelivered_and_its_carts_deleted(
         assert dead_carts, "the dead run wrote its cart down before its POST"
         os.kill(pid, signal.SIGKILL)
         manifest = result.get(timeout=RESULT_WAIT)
+        posts = proxy.requests_for("POST")
     assert_tree(location / "data", files)
     assert incoming_leftovers(location) == []
     assert len(manifest) == 4
     assert workers.count("started again after its worker died") == before + 1, workers.logs()
+    missing = {str(obj["_id"]) for obj in objects if f"{obj['subdir']}/{obj['name']}" not in present}
+    assert len(posts) == 2 and {str(entry["id"]) for entry in json.loads(posts[1].body)["fileids"]} == missing
     assert [url for url in dead_carts if not cart_gone(url)] == [], "the dead attempt's carts are gone"
     assert cart_records(location) == []
 

@@ -76,6 +76,19 @@ def run(app: Any, event: Any, location: Path, **options: Any) -> Any:
     return app.tasks[tasks.TASK_NAME].apply(args=(event, str(location)), kwargs=options)
 
 
+def test_the_task_on_an_app_of_ones_own_is_acknowledged_late_and_requeued_when_its_worker_dies() -> None:
+    mine = celery.Celery("my-service", broker="memory://")
+    tasks.register(mine, rate_limit="10/m")
+    task = mine.tasks[tasks.TASK_NAME]
+    assert (task.acks_late, task.reject_on_worker_lost, task.rate_limit) == (True, True, "10/m")
+    made = tasks.make_app(ENVIRON)
+    assert made.conf.worker_prefetch_multiplier == 1
+    assert made.conf.task_routes[tasks.TASK_NAME] == {"queue": "pacifica.downloader"}
+    assert made.conf.broker_transport_options == {"visibility_timeout": 43200.0}
+    made.close()
+    mine.close()
+
+
 def test_success_returns_the_manifest(app: Any, scripted: Any, tmp_path: Path) -> None:
     result = run(app, EVENT, tmp_path, filename="ev1", keep_cart=True, cart_api_url="http://cartd:8081")
     assert result.successful(), result.traceback

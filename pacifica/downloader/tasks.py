@@ -135,7 +135,8 @@ def make_app(environ: Mapping[str, str] | None = None) -> Celery:
 def register(celery_app: Celery, name: str = TASK_NAME, **task_options: Any) -> Task:
     """Register the download task on ``celery_app`` under ``name``; return it.
 
-    ``task_options`` go to ``celery_app.task`` (e.g. ``queue=``).  Retries
+    ``task_options`` go to ``celery_app.task`` (e.g. ``time_limit=``; a queue
+    is chosen with the app's ``task_routes``, as :func:`make_app` does).  Retries
     and deliveries are bounded by the app's settings ``pacifica_downloader_*``
     when :func:`make_app` made it, else by the defaults of the module.
     """
