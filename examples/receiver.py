@@ -6,7 +6,8 @@ Subscribe its URL to the Notifications service.  Each event posted to it
 checked, queued for the download workers and answered at once with
 ``202 Accepted`` and the task's id; the workers download it into
 ``DOWNLOAD_DIR/<event id>/``.  ``GET /status/<task id>`` tells how the task
-is doing, and gives the manifest once it is done.
+is doing (its progress while it runs), and gives the manifest once it is
+done.
 
     BROKER_URL=redis://broker:6379/0 DOWNLOAD_DIR=/srv/incoming python3 examples/receiver.py
     BROKER_URL=redis://broker:6379/0 CARTD_CART_API_URL=http://cartd:8081 \\
@@ -64,7 +65,9 @@ class Receiver:
         """How task ``task_id`` is doing; its manifest once done, its error once failed."""
         result = AsyncResult(task_id, app=self.celery_app)
         answer: dict[str, Any] = {"task": task_id, "state": result.state}
-        if result.successful():
+        if result.state == "PROGRESS":
+            answer["progress"] = result.info  # phase, files_done, files_total, bytes_done, bytes_total, ...
+        elif result.successful():
             answer["files"] = result.result
         elif result.failed():
             answer["error"] = f"{type(result.result).__name__}: {result.result}"

@@ -109,6 +109,9 @@ def test_a_killed_child_is_redelivered_fetches_only_what_is_missing_and_its_cart
     with FaultProxy.for_url(cartd_stack.cart_url, [stall], max_hold=120) as proxy:
         result = enqueue(event, location, celery_app=workers.app, cart_api_url=proxy.url)
         wait_until(lambda: placed.is_dir() and len(list(placed.iterdir())) == 2, 60, "two files placed")
+        wait_until(lambda: result.state == "PROGRESS" and result.info["files_done"] == 2, 60,
+                   "the task's state says two files are done")
+        assert result.info["files_total"] == 4 and result.info["cart_url"].startswith(proxy.url)
         present = {f"big/{path.name}" for path in placed.iterdir()}
         (ledger,) = cart_records(location)
         pid = int(ledger.name.split("-")[2])  # run-<host>-<pid>-<id>: the child running the task

@@ -13,6 +13,7 @@ import pytest
 
 celery = pytest.importorskip("celery")
 
+from helpers import Clock  # noqa: E402
 from support.events import event_for  # noqa: E402
 
 from pacifica.downloader import (  # noqa: E402
@@ -28,6 +29,7 @@ from pacifica.downloader import (  # noqa: E402
 from pacifica.downloader.deliveries import Deliveries, RedeliveryError  # noqa: E402
 from pacifica.downloader.incoming import hidden_folder  # noqa: E402
 from pacifica.downloader.polling import CartLost  # noqa: E402
+from pacifica.downloader.progress import Progress  # noqa: E402
 
 EVENT = event_for({"a/one.txt": b"one\n", "two.txt": b"two\n"})
 ENVIRON = {"BROKER_URL": "memory://", "BACKEND_URL": "cache+memory://", "DOWNLOADER_RETRY_BACKOFF": "0",
@@ -213,3 +215,42 @@ def test_a_task_whose_workers_died_is_not_started_again(app: Any, scripted: Any,
     result = task.apply(args=(EVENT, str(tmp_path)), task_id="dead-task")
     assert result.failed() and type(result.result) is RedeliveryError
     assert scripted.calls == []
+
+
+# -- progress as the task's state --------------------------------------------------------
+
+
+class RecordingTask:
+    """Stands in for a bound task: records ``update_state`` calls; fails them when told to."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.states: list[tuple[str, dict[str, Any]]] = []
+        self.fail = fail
+        self.request = type("Request", (), {"id": "t-1"})()
+
+    def update_state(self, state: str, meta: dict[str, Any]) -> None:
+        if self.fail:
+            raise ConnectionError("the result backend is down")
+        self.states.append((state, meta))
+
+
+def test_progress_is_reported_per_phase_and_file_and_bytes_once_a_second() -> None:
+    clock = Clock()
+    task = RecordingTask()
+    reports = tasks.StateReports(task, clock.monotonic)
+    reports(Progress("staging", files_total=2, cart_url="http://u:p@cartd/1"))
+    reports(Progress("staging", files_total=2))                    # the same, at once: not sent
+    reports(Progress("transferring", files_total=2, bytes_done=10))
+    clock.now += 0.5
+    reports(Progress("transferring", files_total=2, bytes_done=20))  # only more bytes, 0.5 s later: not sent
+    clock.now += 0.6
+    reports(Progress("transferring", files_total=2, bytes_done=30))  # 1.1 s later: sent
+    reports(Progress("verifying", files_done=1, files_total=2, bytes_done=30))
+    assert [(meta["phase"], meta["files_done"], meta["bytes_done"]) for _, meta in task.states] == [
+        ("staging", 0, 0), ("transferring", 0, 10), ("transferring", 0, 30), ("verifying", 1, 30)]
+    assert {state for state, _ in task.states} == {"PROGRESS"}
+    assert task.states[0][1]["cart_url"] == "http://cartd/1", "no credentials in the result backend"
+
+
+def test_a_progress_report_that_cannot_be_sent_does_not_fail_the_download() -> None:
+    tasks.StateReports(RecordingTask(fail=True))(Progress("staging"))

@@ -55,11 +55,14 @@ holding tasks it has not started delays them behind long downloads).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from celery import Celery, Task
@@ -73,9 +76,13 @@ from .downloader import Downloader
 from .exceptions import CartError, DownloaderError, InvalidInputError, TransferError
 from .incoming import hidden_folder, os_error
 from .manifest import manifest
+from .progress import Progress
 from .transport import redact
 
-__all__ = ["OPTIONS", "TASK_NAME", "TRANSIENT", "app", "download", "enqueue", "make_app", "portable", "register"]
+__all__ = [
+    "OPTIONS", "TASK_NAME", "TRANSIENT", "StateReports", "app", "download", "enqueue", "make_app", "portable",
+    "register",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -189,9 +196,46 @@ def _download(task: Task, records: list[Any], root: Path, options: dict[str, Any
                            "(a longer task would be delivered twice)", task.request.id, deadline, limit)
         deadline = limit
     down = Downloader(root, options.get("cart_api_url"), keep_cart=bool(options.get("keep_cart", False)),
-                      overwrite=bool(options.get("overwrite", True)))
+                      overwrite=bool(options.get("overwrite", True)), progress=StateReports(task))
     return down.download(records, filename=options.get("filename") or "data", timeout=options.get("timeout"),
                          deadline=deadline)
+
+
+class StateReports:
+    """A download's progress as its task's state, ``PROGRESS``, whose meta are the :class:`Progress` fields.
+
+    A caller (``AsyncResult(id).info``) or a status page sees the phase and
+    the counts.  Sent when the phase or the number of files done changes,
+    and for bytes alone at most once a second, so a download writes to the
+    result backend at most about once per file.  A report that cannot be
+    sent is logged, never raised: it must not fail the download.
+    """
+
+    #: Seconds between two reports that only count more bytes.
+    BYTES_EVERY = 1.0
+
+    def __init__(self, task: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        """Report to ``task`` (its ``update_state``)."""
+        self.task = task
+        self._clock = clock
+        self._last: tuple[str, int] | None = None
+        self._sent = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, progress: Progress) -> None:
+        """Send ``progress`` unless the last report said the same less than a second ago."""
+        now = self._clock()
+        with self._lock:
+            key = (progress.phase, progress.files_done)
+            if key == self._last and now - self._sent < self.BYTES_EVERY:
+                return
+            self._last, self._sent = key, now
+            meta = dataclasses.asdict(progress)
+            meta["cart_url"] = redact(progress.cart_url) if progress.cart_url else None
+            try:
+                self.task.update_state(state="PROGRESS", meta=meta)
+            except Exception as err:  # noqa: BLE001 - a status report must never fail the download
+                LOGGER.debug("could not report the progress of task %s: %s", self.task.request.id, err)
 
 
 def _visibility_limit(task: Task) -> float | None:
