@@ -122,6 +122,15 @@ def test_transient_errors_fail_once_the_retries_are_spent(app: Any, scripted: An
     assert len(scripted.calls) == 3, "DOWNLOADER_MAX_RETRIES=2: three runs"
 
 
+def test_no_retries_when_max_retries_is_zero(scripted: Any, tmp_path: Path) -> None:
+    made = tasks.make_app(dict(ENVIRON, DOWNLOADER_MAX_RETRIES="0"))
+    scripted.script = [TransferError("GET failed")]
+    result = run(made, EVENT, tmp_path)
+    made.close()
+    assert result.failed() and type(result.result) is TransferError
+    assert len(scripted.calls) == 1
+
+
 @pytest.mark.parametrize("error", [
     IntegrityError("a.txt does not match its hash", path="data/a.txt"),
     UnsafeArchiveError("the tar entry 'data/a' is a symbolic link; refused"),

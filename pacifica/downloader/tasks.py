@@ -154,7 +154,8 @@ def register(celery_app: Celery, name: str = TASK_NAME, **task_options: Any) -> 
 
 
 def _setting(task: Task, name: str, default: float) -> float:
-    return float(getattr(task.app.conf, f"pacifica_downloader_{name}", None) or default)
+    value = getattr(task.app.conf, f"pacifica_downloader_{name}", None)
+    return default if value is None else float(value)  # 0 is a setting (no retries), not a missing one
 
 
 def _run(task: Task, event: Any, location: str, **options: Any) -> list[dict[str, Any]]:
