@@ -148,7 +148,7 @@ def test_the_deletions_left_run_at_the_end() -> None:
         thread = threading.Thread(target=slots.write_when_safe, args=(lambda: ran.append(True),), daemon=True)
         thread.start()
         assert slots.deletion_waits.wait(10)
-        slots.run_pending_deletions()
+        slots.run_pending_writes()
         assert ran == [True]
     thread.join(10)
     assert ran == [True], "run once only"

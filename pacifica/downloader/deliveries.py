@@ -13,7 +13,6 @@ Needs no Celery: the task passes its id and retry number.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -82,8 +81,9 @@ class Deliveries:
 
     def finish(self) -> None:
         """The task ended (done, failed, or retried as a new message): forget its starts."""
-        with contextlib.suppress(FileNotFoundError):
-            try:
-                self.path.unlink()
-            except OSError as err:
-                LOGGER.debug("could not remove %s: %s", self.path, err)
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass  # ended already (finish() runs on every way out)
+        except OSError as err:
+            LOGGER.debug("could not remove %s: %s", self.path, err)

@@ -17,6 +17,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from .cart import Cancelled, Cart
 from .exceptions import CartFailedError, CartTimeoutError, TransferError
 from .polling import CartLost, PollSchedule
+from .records import total_size
 from .scheduler import Scheduler
 
 __all__ = ["ABANDONED", "run_carts"]
@@ -37,7 +38,7 @@ def run_carts(carts: list[Cart], max_staging: int, cancelled: threading.Event | 
     """
     scheduler = Scheduler(
         max_staging, [len(cart.records or ()) for cart in carts], cancelled,
-        byte_sizes=[_bytes(cart) for cart in carts],
+        byte_sizes=[total_size(cart.records) if cart.records else None for cart in carts],
     )
     if len(carts) == 1:
         _run_cart(carts[0], scheduler, 0)
@@ -47,7 +48,7 @@ def run_carts(carts: list[Cart], max_staging: int, cancelled: threading.Event | 
     try:
         _run_pool(carts, scheduler, workers)
     finally:
-        scheduler.run_pending_deletions()
+        scheduler.run_pending_writes()
 
 
 def _run_cart(cart: Cart, scheduler: Scheduler, turn: int) -> None:
@@ -84,11 +85,6 @@ def _wait(cart: Cart, scheduler: Scheduler, turn: int) -> None:
         except CartLost:
             scheduler.write_when_safe(cart.repost)
             scheduler.reposted(turn)
-
-
-def _bytes(cart: Cart) -> int | None:
-    sizes = [record.size for record in cart.records or ()]
-    return None if not sizes or None in sizes else sum(size or 0 for size in sizes)
 
 
 def _run_pool(carts: list[Cart], scheduler: Scheduler, workers: int) -> None:

@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable
 
+from .records import total_size
+
 __all__ = ["PHASES", "Progress", "ProgressCallback", "Tracker"]
 
 PHASES = ("validating", "staging", "transferring", "verifying", "done")
@@ -62,8 +64,7 @@ class Tracker:
         """Track ``records`` (anything with a ``size``, None when unknown)."""
         self.callback = callback
         self.files_total = len(records)
-        sizes = [record.size for record in records]
-        self.bytes_total = None if None in sizes else sum(sizes)
+        self.bytes_total = total_size(records)
         self.files_done = 0
         self.bytes_done = 0
         self.cart_url: str | None = None

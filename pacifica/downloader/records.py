@@ -23,6 +23,7 @@ __all__ = [
     "check_folder_name",
     "entries_callable",
     "join_path",
+    "total_size",
     "validate_records",
 ]
 
@@ -250,6 +251,12 @@ def _describe(raw: Any) -> str:
             if isinstance(raw.get(key), (str, int)):
                 return f"{key}={raw[key]!r}"
     return type(raw).__name__
+
+
+def total_size(records: Iterable[Any]) -> int | None:
+    """The bytes of ``records`` (anything with a ``size``) together; None when any size is unknown."""
+    sizes = [record.size for record in records]
+    return None if None in sizes else sum(size for size in sizes if size is not None)
 
 
 def entries_callable(records: list[FileRecord]) -> Callable[[], Iterator[dict[str, str]]]:

@@ -151,7 +151,11 @@ class RetryBudget:
     def quiet_deadline(self) -> float | None:
         """The monotonic moment the patience runs out, unless progress comes first (None: no patience)."""
         with self._lock:
-            return None if self.patience is None else self._last_progress + self.patience
+            return self._patience_ends()
+
+    def _patience_ends(self) -> float | None:
+        """:attr:`quiet_deadline`, with the lock held."""
+        return None if self.patience is None else self._last_progress + self.patience
 
     def out_of_patience(self, delay: float = 0.0) -> bool:
         """Whether a try started ``delay`` seconds from now would start after the patience ran out."""
@@ -172,7 +176,8 @@ class RetryBudget:
             if self._retry.exhausted:
                 return None
             delay = self._retry.delay(self._retry.spent, retry_after)
-            self._impatient = self.patience is not None and self._clock() + delay >= self._last_progress + self.patience
+            ends = self._patience_ends()
+            self._impatient = ends is not None and self._clock() + delay >= ends
             return None if self._impatient else delay
 
     def progressed(self) -> None:

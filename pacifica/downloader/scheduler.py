@@ -69,8 +69,8 @@ class Scheduler:
         self.cancelled = cancelled if cancelled is not None else threading.Event()
         self._max = max_staging
         self._next_turn = 0
-        self._deletions: list[_Write] = []
-        self._deleting = 0
+        self._writes: list[_Write] = []
+        self._writing = 0
         self._followed: dict[int, threading.Event] = {}
         self._changed = threading.Condition()
 
@@ -89,7 +89,7 @@ class Scheduler:
         """
         with self._changed:
             self.check()
-            while not (self._next_turn == turn and not self._deleting and self._has_room()):
+            while not (self._next_turn == turn and not self._writing and self._has_room()):
                 self._changed.wait(0.1)
                 self.check()
             self.pace.admitted(turn)
@@ -103,11 +103,11 @@ class Scheduler:
             with self._changed:
                 self.pace.ended(turn, ready)
                 self._changed.notify_all()
-                # No other cart stages: the deletions run now, before the next cart is created.  After
+                # No other cart stages: the waiting writes run now, before the next cart is created.  After
                 # the last cart there is none to protect, and their own threads run them while this
                 # cart's transfer goes on.
                 more = self._next_turn < len(self.pace.sizes)
-                pending = self._take_deletions() if more and not self.pace.staging else []
+                pending = self._take_writes() if more and not self.pace.staging else []
             self._run(pending)
 
     def _has_room(self) -> bool:
@@ -185,55 +185,55 @@ class Scheduler:
         created while a write runs.  Returns once ``write`` has run, raising
         what it raised, whichever thread ran it.
         """
-        deletion = _Write(write)
+        job = _Write(write)
         with self._changed:
             if self.pace.staging:
-                self._deletions.append(deletion)
-                while not deletion.taken and not self.cancelled.is_set():
+                self._writes.append(job)
+                while not job.taken and not self.cancelled.is_set():
                     wait = self._safe_in()
                     if wait is not None and wait <= 0:
                         break
                     self._changed.wait(0.1 if wait is None else min(wait, 0.1))
-                if not deletion.taken:
-                    self._deletions.remove(deletion)
-            mine = not deletion.taken  # else taken by a cart that got ready, which runs it
+                if not job.taken:
+                    self._writes.remove(job)
+            mine = not job.taken  # else taken by a cart that got ready, which runs it
             if mine:
-                deletion.taken = True
-                self._deleting += 1
+                job.taken = True
+                self._writing += 1
         if mine:
-            self._run([deletion])
-        deletion.done.wait()
-        if deletion.error is not None:
-            raise deletion.error
+            self._run([job])
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
 
     def _safe_in(self) -> float | None:
         """Seconds until every staging cart is past its first task (lock held; None: not known yet)."""
         return self.pace.safe_in()
 
-    def _take_deletions(self) -> list[_Write]:
-        """Take every waiting deletion for running (lock held); no cart is created until they ran."""
-        pending, self._deletions = self._deletions, []  # a waiter that runs its own takes it off the list
-        for deletion in pending:
-            deletion.taken = True
-        self._deleting += len(pending)
+    def _take_writes(self) -> list[_Write]:
+        """Take every waiting write for running (lock held); no cart is created until they ran."""
+        pending, self._writes = self._writes, []  # a waiter that runs its own takes it off the list
+        for job in pending:
+            job.taken = True
+        self._writing += len(pending)
         self._changed.notify_all()
         return pending
 
-    def _run(self, deletions: list[_Write]) -> None:
+    def _run(self, writes: list[_Write]) -> None:
         """Run writes taken for running; what one raises is kept for its waiter, not raised in this thread."""
-        for deletion in deletions:
+        for job in writes:
             try:
-                deletion.run()
+                job.run()
             except BaseException as error:  # noqa: BLE001 - handed to the thread that asked for the write
-                deletion.error = error
+                job.error = error
             finally:
                 with self._changed:
-                    self._deleting -= 1
+                    self._writing -= 1
                     self._changed.notify_all()
-                deletion.done.set()
+                job.done.set()
 
-    def run_pending_deletions(self) -> None:
-        """Run the deletions still waiting (at the end of a download)."""
+    def run_pending_writes(self) -> None:
+        """Run the writes still waiting (a downloaded cart's DELETE, at the end of a download)."""
         with self._changed:
-            pending = self._take_deletions()
+            pending = self._take_writes()
         self._run(pending)

@@ -158,11 +158,15 @@ def _setting(task: Task, name: str, default: float) -> float:
     return default if value is None else float(value)  # 0 is a setting (no retries), not a missing one
 
 
-def _run(task: Task, event: Any, location: str, **options: Any) -> list[dict[str, Any]]:
-    """The task: download ``event`` into ``location``; return the manifest."""
+def _check_options(options: Mapping[str, Any]) -> None:
     unknown = sorted(set(options) - OPTIONS)
     if unknown:
         raise InvalidInputError(f"unknown task options: {', '.join(unknown)}; known: {', '.join(sorted(OPTIONS))}")
+
+
+def _run(task: Task, event: Any, location: str, **options: Any) -> list[dict[str, Any]]:
+    """The task: download ``event`` into ``location``; return the manifest."""
+    _check_options(options)
     records = event_records(event)  # an event that cannot be downloaded fails here, before any other step
     root = as_path(location)
     try:
@@ -253,6 +257,10 @@ def _first_line(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
+#: Where the error types a caller imports are defined (a private subclass, such as ``CartLost``, is sent as these).
+_PUBLIC_MODULES = {exceptions.__name__, __name__, RedeliveryError.__module__}
+
+
 def portable(err: DownloaderError) -> DownloaderError:
     """``err`` as its nearest public type, its message naming the cart and file: what a result backend keeps.
 
@@ -260,8 +268,7 @@ def portable(err: DownloaderError) -> DownloaderError:
     argument; attributes (``cart_url``, ``path``, ``problems``) are lost.
     """
     kind: type[DownloaderError] = next(
-        (cls for cls in type(err).__mro__
-         if isinstance(cls, type) and issubclass(cls, DownloaderError) and cls.__module__ in _PUBLIC_MODULES),
+        (cls for cls in type(err).__mro__ if issubclass(cls, DownloaderError) and cls.__module__ in _PUBLIC_MODULES),
         DownloaderError,
     )
     message = str(err)
@@ -274,9 +281,6 @@ def portable(err: DownloaderError) -> DownloaderError:
     return kind(message)
 
 
-_PUBLIC_MODULES = {exceptions.__name__, __name__, RedeliveryError.__module__}
-
-
 def enqueue(event: Any, location: str | os.PathLike[str], *, celery_app: Celery | None = None,
             **options: Any) -> AsyncResult:
     """Queue the download of ``event`` (its JSON form) into ``location``; return the task's result handle.
@@ -286,9 +290,7 @@ def enqueue(event: Any, location: str | os.PathLike[str], *, celery_app: Celery 
     worker.  ``options`` are the task's keywords (see the module);
     ``celery_app`` defaults to :data:`app`.
     """
-    unknown = sorted(set(options) - OPTIONS)
-    if unknown:
-        raise InvalidInputError(f"unknown task options: {', '.join(unknown)}; known: {', '.join(sorted(OPTIONS))}")
+    _check_options(options)
     event_records(event)
     sender = app if celery_app is None else celery_app
     return sender.send_task(TASK_NAME, args=(event, os.fspath(location)), kwargs=options)
