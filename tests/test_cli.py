@@ -681,14 +681,14 @@ def test_line_display_at_most_one_line_a_second() -> None:
     ]
 
 
-def test_line_display_shows_a_lost_cart_posted_again() -> None:
+def test_line_display_shows_the_spares_of_a_cart_that_seemed_lost() -> None:
     terminal = FakeTerminal()
     display = LineDisplay(terminal)
     display(Progress("staging", files_total=3, elapsed=0.0))
-    display(Progress("staging", files_total=3, elapsed=61.0, reposts=1))
-    display(Progress("staging", files_total=3, elapsed=200.0, reposts=2))
+    display(Progress("staging", files_total=3, elapsed=61.0, spares=1))
+    display(Progress("staging", files_total=3, elapsed=200.0, spares=2))
     assert terminal.getvalue().splitlines() == [
-        "staging... 0.0 s", "staging... 61.0 s (posted again 1 time)", "staging... 200.0 s (posted again 2 times)",
+        "staging... 0.0 s", "staging... 61.0 s (1 spare cart posted)", "staging... 200.0 s (2 spare carts posted)",
     ]
 
 

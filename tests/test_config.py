@@ -16,7 +16,7 @@ import pytest
 import requests
 
 import pacifica.downloader as downloader
-from pacifica.downloader import InvalidInputError, Retry, Timeouts
+from pacifica.downloader import InvalidInputError, LostCarts, Retry, Timeouts
 from pacifica.downloader import retry as retry_module
 from pacifica.downloader.cartapi import summarize
 from pacifica.downloader.config import DEFAULT_CART_API_URL, resolve_cart_url
@@ -122,9 +122,9 @@ def test_non_string_url_refused(clean_env: pytest.MonkeyPatch) -> None:
 
 def test_retry_defaults() -> None:
     policy = Retry()
-    assert policy.attempts == 5
+    assert policy.attempts is None, "no count of tries: the patience since the last progress bounds a download"
     assert policy.backoff == 0.5
-    assert policy.backoff_max == 30.0
+    assert policy.backoff_max == 10.0
     assert policy.jitter == 0.5
     assert policy.statuses == frozenset({408, 429, 500, 502, 503, 504})
     assert policy.respect_retry_after is True
@@ -149,7 +149,7 @@ def test_retry_statuses_frozen_and_hashable() -> None:
 def test_retry_replace() -> None:
     policy = Retry()
     changed = policy.replace(attempts=10)
-    assert changed.attempts == 10 and policy.attempts == 5
+    assert changed.attempts == 10 and policy.attempts is None
     with pytest.raises(ValueError):
         policy.replace(attempts=0)
 
@@ -233,7 +233,7 @@ def test_retry_after_capped_by_backoff_max() -> None:
 def test_retry_after_http_date() -> None:
     when = datetime.now(timezone.utc) + timedelta(seconds=20)
     header = format_datetime(when, usegmt=True)
-    delay = Retry().delay(1, header)
+    delay = Retry(backoff_max=30.0).delay(1, header)
     assert 17.0 <= delay <= 20.0
 
 
@@ -264,7 +264,6 @@ def test_timeouts_defaults_and_replace() -> None:
     assert (limits.connect, limits.read, limits.wait, limits.stall, limits.stall_bytes, limits.progress) == (
         10.0, 60.0, 3600.0, 30.0, 64 * 1024, 60.0,
     )
-    assert (limits.lost, limits.lost_factor, limits.lost_floor, limits.reposts) == (600.0, 4.0, 60.0, 2)
     changed = limits.replace(wait=600)
     assert changed.wait == 600 and limits.wait == 3600.0
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -272,7 +271,7 @@ def test_timeouts_defaults_and_replace() -> None:
 
 
 @pytest.mark.parametrize(
-    "field", ["connect", "read", "wait", "stall", "stall_bytes", "progress", "lost", "lost_factor", "lost_floor"]
+    "field", ["connect", "read", "wait", "stall", "stall_bytes", "progress"]
 )
 @pytest.mark.parametrize("value", [0, -1, -0.5, True, "10", None])
 def test_timeouts_validation(field: str, value: Any) -> None:
@@ -282,22 +281,31 @@ def test_timeouts_validation(field: str, value: Any) -> None:
         Timeouts().replace(**{field: value})
 
 
-@pytest.mark.parametrize("value", [-1, 1.5, True, "2", None])
-def test_timeouts_reposts_is_a_count(value: Any) -> None:
-    assert Timeouts(reposts=0).reposts == 0, "0 means never re-post"
-    with pytest.raises(ValueError, match="reposts"):
-        Timeouts(reposts=value)
+# -- LostCarts ----------------------------------------------------------------------------
 
 
-def test_lost_after_doubles_with_each_repost_and_keeps_its_floor() -> None:
-    limits = Timeouts(lost=100.0, lost_factor=3.0, lost_floor=20.0)
-    assert limits.lost_after(None, 0) == 100.0, "nothing measured: the generous floor"
-    assert limits.lost_after(2.0, 0) == 20.0, "a fast server's carts: never sooner than lost_floor"
-    assert limits.lost_after(50.0, 0) == 150.0
-    assert [limits.lost_after(50.0, n) for n in (1, 2)] == [300.0, 600.0]
+def test_lost_carts_defaults_and_the_moment_a_spare_is_due() -> None:
+    rule = LostCarts()
+    assert (rule.after, rule.per_file, rule.spares, rule.jitter) == (20.0, 0.1, 3, 0.1)
+    assert rule.spare_after(250) == pytest.approx(45.0), "20 s + 0.1 s per file, the jitter drawn in the middle"
+    assert rule.spare_after(250, draw=0.0) == pytest.approx(40.5) and rule.spare_after(250, draw=0.999) < 49.5
+    for files in (1, 30, 250):  # up to CartLimits.max_files
+        assert 2 * rule.spare_after(files, draw=0.999) < 60 + 0.2 * files, "a cart and its spare lost: < 60 s + 0.2 s/file"
+    assert LostCarts(spares=0).spares == 0, "0 means never post a spare"
+    assert rule.replace(after=5.0).after == 5.0 and rule.after == 20.0
 
 
-@pytest.mark.parametrize("field", ["connect", "read", "wait", "stall", "progress", "lost"])
+@pytest.mark.parametrize(
+    "changes",
+    [{"after": 0}, {"after": -1.0}, {"after": True}, {"per_file": -0.1}, {"per_file": "1"}, {"spares": -1},
+     {"spares": 1.5}, {"spares": True}, {"jitter": 1.0}, {"jitter": -0.1}],
+)
+def test_lost_carts_validation(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="LostCarts." + next(iter(changes))):
+        LostCarts(**changes)
+
+
+@pytest.mark.parametrize("field", ["connect", "read", "wait", "stall", "progress"])
 def test_timeouts_refuse_nan(field: str) -> None:
     with pytest.raises(ValueError):
         Timeouts(**{field: math.nan})

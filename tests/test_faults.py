@@ -441,6 +441,76 @@ def test_patience_is_spent_across_tries_and_given_back_by_progress() -> None:
     assert once.why_spent() == "1 tries failed in a row", "the budget, not the window, ended it"
 
 
+class Refused:
+    """A requests session on the fake clock whose server refuses connections until ``back`` (None: for ever)."""
+
+    adapters: dict[str, Any] = {}
+
+    def __init__(self, clock: Clock, back: float | None) -> None:
+        self.clock, self.back = clock, back
+        self.tries: list[float] = []
+
+    def request(self, method: str, url: str, **_: Any) -> Any:
+        self.tries.append(self.clock.now)
+        if self.back is None or self.clock.now < self.back:
+            raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+        return FakeResponse(FakeBody(b""), status=201)
+
+
+class Unwatched:
+    """Stands in for the watchdog's Watch on the fake clock (no socket to cut)."""
+
+    fired = False
+
+    def __init__(self, deadline: float | None) -> None:
+        pass
+
+    def __enter__(self) -> Unwatched:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def refusing_transport(monkeypatch: pytest.MonkeyPatch, back: float | None) -> tuple[Any, Refused, Clock]:
+    """A Transport with every default whose server refuses connections until ``back``, on a fake clock."""
+    clock = Clock()
+    monkeypatch.setattr(transport_module, "time", clock)
+    monkeypatch.setattr(transport_module, "Watch", Unwatched)
+    server = Refused(clock, back)
+    transport = transport_module.Transport(session=server)  # type: ignore[arg-type]
+    return transport, server, clock
+
+
+@pytest.mark.parametrize("outage", [4.0, 10.0, 30.0])
+def test_with_defaults_a_restart_is_ridden_out_not_counted_out(monkeypatch: pytest.MonkeyPatch, outage: float) -> None:
+    """Refused connections fail at once: a budget counted in tries was spent within a 4 s restart.  With the
+    defaults, tries go on with backoff for as long as the patience (60 s) lasts, so a restart of up to 30 s is
+    survived, and noticed within one backoff (Retry.backoff_max, 10 s) of the server's return."""
+    for _ in range(50):  # the jitter is random: many draws
+        transport, server, clock = refusing_transport(monkeypatch, outage)
+        budget = RetryBudget(transport.retry, Timeouts().progress, clock=clock.monotonic)
+        response = transport.request("POST", "http://cartd.invalid/1", budget=budget)
+        assert response.status_code == 201
+        assert outage <= server.tries[-1] <= outage + Retry().backoff_max, server.tries
+        assert len(budget.history) == len(server.tries) - 1
+
+
+def test_with_defaults_a_server_gone_for_good_ends_within_the_patience_every_try_listed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for _ in range(50):
+        transport, server, clock = refusing_transport(monkeypatch, None)
+        budget = RetryBudget(transport.retry, Timeouts().progress, clock=clock.monotonic)
+        with pytest.raises(TransferError) as raised:
+            transport.request("HEAD", "http://cartd.invalid/1", budget=budget)
+        assert server.tries[-1] < Timeouts().progress, "no try starts past the patience"
+        assert clock.now <= Timeouts().progress + Retry().backoff_max, "the error within 60 s + one backoff"
+        assert len(raised.value.attempts) == len(server.tries) > 5, "every try is listed"
+        assert all("Connection refused" in reason for reason in raised.value.attempts)
+        assert "no sign of progress from the server for 60 s" in str(raised.value)
+
+
 class TimedBody(FakeBody):
     """A body that arrives at ``rate`` bytes per second of the fake clock, one chunk per read."""
 

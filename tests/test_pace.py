@@ -92,3 +92,18 @@ def test_two_staging_at_once_each_cart_begins_after_the_one_two_before() -> None
     pace.ended(0, ready=True)
     assert pace.began(2) == 3.0
     assert pace.created == 3
+
+
+def test_a_cart_that_needed_a_spare_teaches_nothing_and_its_spares_first_task_is_waited_for() -> None:
+    clock = Clock()
+    pace = ServerPace([10, 10], 1, clock.monotonic)
+    staged(pace, clock, 0, 5.0)  # 0.5 s per file
+    pace.admitted(1)
+    pace.posted(1)
+    clock.now += 40.0
+    assert pace.safe_in() is not None and pace.safe_in() <= 0  # type: ignore[operator]
+    pace.spare_posted(1)
+    assert pace.safe_in() == pytest.approx(SAFE_AFTER + 10 * SAFE_PER_FILE), "the spare has a first task too"
+    clock.now += 3.0
+    pace.ended(1, ready=True)
+    assert pace.expected(1) == pytest.approx(5.0), "43 s for a cart that was lost is not the server's pace"

@@ -11,7 +11,7 @@ pieces it is built from; every error derives from :class:`DownloaderError`.
 """
 from .cartapi import CartAPI
 from .cloudevent import CloudEvent
-from .config import Timeouts
+from .config import LostCarts, Timeouts
 from .downloader import Downloader
 from .exceptions import (
     CartError,
@@ -49,6 +49,7 @@ __all__ = [
     "FileRecord",
     "IntegrityError",
     "InvalidInputError",
+    "LostCarts",
     "ManifestError",
     "PolicyError",
     "Progress",

@@ -4,13 +4,20 @@ A :class:`Cart` is created (``POST``), waits while Cartd stages it (``HEAD``
 polls on a :class:`PollSchedule`), is received (the tar streamed through a
 :class:`CartReceiver`, resumed or started over on the download's one
 :class:`RetryBudget`) and is deleted, with the recheck that a cart Cartd
-resurrects needs.  Its :attr:`Cart.state` says where it is.  It knows
-nothing of the other carts of its download: whoever drives it (the
-:mod:`.pipeline`, asking its :mod:`.scheduler`) decides when each step may run.
+resurrects needs.  Its :attr:`Cart.state` says where it is.
+
+A cart that stays "staging" too long may have been lost by Cartd, or may be
+slow; it gets **spares** (see :class:`.config.LostCarts`): more carts of the
+same files under new ids, polled with it.  All of them are *copies* of the
+one cart, which owns them: the first copy ready is downloaded, the others are
+deleted.  A cart knows nothing of the other carts of its download: whoever
+drives it (the :mod:`.pipeline`, asking its :mod:`.scheduler`) decides when
+each step may run, a spare's POST included.
 """
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +26,7 @@ from pathlib import Path
 import requests
 
 from .cartapi import CartAPI
+from .config import LostCarts
 from .exceptions import CartError, CartTimeoutError, DownloaderError, TransferError
 from .extract import CartReceiver
 from .incoming import IncomingArea
@@ -51,7 +59,7 @@ class Delivery:
     the whole call must end by; ``cancelled``: set when the download is
     abandoned, which every cart checks between its steps and its chunks;
     ``ledger``: where the carts are written down before their POST (None:
-    nowhere).
+    nowhere); ``lost``: what is done about a cart that stays staging.
     """
 
     destination: Path
@@ -64,6 +72,7 @@ class Delivery:
     deadline: float | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     ledger: CartLedger | None = None
+    lost: LostCarts = field(default_factory=LostCarts)
 
     def check(self) -> None:
         """Raise :class:`Cancelled` once the download is being abandoned."""
@@ -76,14 +85,31 @@ class Delivery:
         return limit if self.deadline is None else min(limit, self.deadline - time.monotonic())
 
 
+@dataclass
+class _Copy:
+    """One cart on the server holding a :class:`Cart`'s files: its first POST, or a spare."""
+
+    url: str
+    #: Whether its POST was answered 201 (unknown otherwise: it stays in the ledger for the next run).
+    created: bool = False
+    #: The monotonic time it began to stage (its POST returned, or the server could begin on it).
+    since: float = 0.0
+    deleted: bool = False
+    #: Deleted before it was ready: Cartd may still run a staging task that brings it back.
+    unfinished: bool = False
+
+
 class Cart:
     """One cart of a download: ``new`` -> ``created`` -> ``ready`` -> ``received`` -> ``deleted``.
 
-    A cart that stages far longer than it should is ``lost`` (see
-    ``Timeouts``), and ``created`` again once :meth:`repost` has posted it
-    again; :attr:`reposts` counts those.  ``records`` are the files it holds
-    (None for a cart created elsewhere, whose files are not known: they are
-    received unverified).  ``keep`` leaves it on the server at the end.
+    A cart still staging long after it could begin is suspected ``lost``
+    (see :class:`.config.LostCarts`): :meth:`wait` raises :class:`CartLost`,
+    the driver posts a spare (:meth:`post_spare`) and waits again;
+    :attr:`spares` counts them.  :attr:`url` is the copy downloaded (the
+    first one until another is ready first).  ``records`` are the files it
+    holds (None for a cart created elsewhere, whose files are not known: they
+    are received unverified, and it gets no spare).  ``keep`` leaves the
+    copy downloaded on the server at the end.
 
     >>> cart = Cart(api, records, delivery)       # doctest: +SKIP
     >>> cart.create(); cart.wait(); cart.receive(); cart.delete()    # doctest: +SKIP
@@ -103,9 +129,15 @@ class Cart:
         self.keep = keep
         self.url = url
         self.state = "new" if url is None else "created"
-        self.reposts = 0
-        self._waiting_since: float | None = None  # the first wait's start: re-posts do not extend the limit
+        self.copies: list[_Copy] = [] if url is None else [_Copy(url, created=True)]
+        self._waiting_since: float | None = None  # the first wait's start: spares do not extend the limit
         self._wait_ends = 0.0
+        self._draw = random.random()  # where this cart's spares fall within LostCarts.jitter
+
+    @property
+    def spares(self) -> int:
+        """How many spares of this cart were posted (or are being posted)."""
+        return max(0, len(self.copies) - 1)
 
     def create(self) -> str:
         """POST the cart; return its URL."""
@@ -133,67 +165,99 @@ class Cart:
         # Any other failure leaves it unknown whether the cart was made: it stays in the ledger (the next run
         # deletes it if it exists), and state "new" means this run sends no DELETE for it.
         self.state = "created"
+        self.copies = [_Copy(self.url, created=True, since=time.monotonic())]
         delivery.tracker.cart_created(self.url)
         return self.url
 
-    def wait(
-        self, schedule: PollSchedule = PollSchedule(), relaxed: threading.Event | None = None,
-        expected: float | None = None,
-    ) -> None:
-        """Poll until Cartd has staged the cart (see :mod:`.polling`); raise its typed error if staging fails.
+    def wait(self, schedule: PollSchedule = PollSchedule(), relaxed: threading.Event | None = None) -> None:
+        """Poll every copy until one is ready (see :mod:`.polling`); raise its typed error if staging fails.
 
         ``relaxed``, once set, says nothing waits for the moment it is ready
-        (no near-polls).  ``expected``: seconds the download's earlier carts
-        say this one should take (None: none was ready yet); from it and
-        ``Timeouts`` comes the moment it is suspected lost, when
-        :class:`CartLost` is raised for the driver to :meth:`repost` it, or,
-        once ``Timeouts.reposts`` re-posts are spent, :class:`CartTimeoutError`.
-        The wait limit (``timeout``, ``Timeouts.wait``) counts from the first
-        wait, re-posts included.
+        (no near-polls).  The first copy's staging is counted from the first
+        call (the driver calls once the server can begin on it), a spare's
+        from its POST; once the newest copy has staged
+        :meth:`.LostCarts.spare_after` seconds, :class:`CartLost` is raised
+        for the driver to :meth:`post_spare`, unless every spare allowed is
+        posted.  The wait limit (``timeout``, ``Timeouts.wait``) counts from
+        the first call, spares included; past it, :class:`CartTimeoutError`.
         """
         url, delivery = self._url(), self._delivery()
-        timeouts = self.api.transport.timeouts
+        timeouts, lost = self.api.transport.timeouts, delivery.lost
         now = time.monotonic()
         if self._waiting_since is None:
             self._waiting_since = now
             self._wait_ends = now + delivery.wait_limit(timeouts.wait)
-        limit = self._wait_ends - now
+            self.copies[0].since = now
+        due = None
+        if self.records is not None and self.spares < lost.spares:
+            due = self.copies[-1].since + lost.spare_after(len(self.records), self._draw) - now
 
         def polled(status: str) -> None:
             delivery.check()
             delivery.tracker("staging")
 
         try:
-            poll_until_ready(
-                lambda deadline: self.api.probe(url, deadline=deadline, budget=delivery.budget),
-                schedule, max(limit, 0.0), url, on_poll=polled, relaxed=relaxed,
-                lost_after=timeouts.lost_after(expected, self.reposts),
-            )
-        except CartLost as lost:
-            waited = time.monotonic() - self._waiting_since
-            if self.reposts >= timeouts.reposts:
-                raise CartTimeoutError(
-                    f"the cart {redact(url)} was still staging after {waited:.0f} s and {self.reposts} re-post(s): "
-                    "Cartd seems to lose its tasks (look for errors in its Celery worker's log, such as "
-                    "'database is locked' on SQLite), or stages far slower than before; raise Timeouts.lost "
-                    "for a slow archive",
-                    cart_url=url,
-                ) from None
+            poll_until_ready(self._probe, schedule, max(self._wait_ends - now, 0.0), url, on_poll=polled,
+                             relaxed=relaxed, lost_after=None if due is None else max(due, 0.0))
+        except CartLost:
             self.state = "lost"
-            LOGGER.warning("%s; posting it again (%d of %d)", lost, self.reposts + 1, timeouts.reposts)
+            LOGGER.warning(
+                "cart %s still staging %.0f s after it could begin: Cartd may have lost it; posting a spare "
+                "(%d of %d; the first copy ready is downloaded, every other deleted)",
+                redact(url), time.monotonic() - self._waiting_since, self.spares + 1, lost.spares,
+            )
             raise
+        except CartTimeoutError as err:
+            if not self.spares:
+                raise
+            raise CartTimeoutError(
+                f"the cart {redact(url)} and its {self.spares} spare(s) were still staging after "
+                f"{time.monotonic() - self._waiting_since:.0f} s: Cartd seems to lose its tasks (look for errors "
+                "in its Celery worker's log, such as 'database is locked' on SQLite) or stages far slower than "
+                "usual; raise the timeout for a slow archive",
+                cart_url=url,
+            ) from err.__cause__
         self.state = "ready"
 
-    def repost(self) -> None:
-        """POST a lost cart again under the same id (Cartd then answers for the new one; see :mod:`.cartapi`)."""
-        url, delivery = self._url(), self._delivery()
+    def _probe(self, deadline: float) -> str:
+        """Ask how each copy is doing, oldest first; "ready" as soon as one is (it becomes :attr:`url`)."""
+        delivery = self._delivery()
+        for copy in self.copies:
+            if not copy.created or copy.deleted:
+                continue
+            status = self.api.probe(copy.url, deadline=deadline, budget=delivery.budget)
+            if status == "ready":
+                if copy.url != self.url:
+                    LOGGER.info("spare %s of cart %s was ready first; downloading it", redact(copy.url),
+                                redact(self._url()))
+                    self.url = copy.url
+                return status
+        return "staging"
+
+    def post_spare(self) -> None:
+        """POST a spare of the cart: the same files under a new id (see :class:`.config.LostCarts`)."""
+        delivery = self._delivery()
         if self.records is None:
-            raise ValueError("a cart of unknown files cannot be posted again")
+            raise ValueError("a cart of unknown files cannot get a spare")
         delivery.check()
-        self.api.post_cart(url, self.records, budget=delivery.budget)
-        self.reposts += 1
+        copy = _Copy(self.api.new_cart_url())
+        self.copies.append(copy)
+        if delivery.ledger is not None:
+            delivery.ledger.add(copy.url)  # before the POST, as every cart
+        try:
+            self.api.post_cart(copy.url, self.records, budget=delivery.budget)
+        except CartError:
+            if delivery.ledger is not None:
+                delivery.ledger.remove(copy.url)  # Cartd answered and refused: no cart was made
+            self.copies.remove(copy)
+            raise
+        copy.created, copy.since = True, time.monotonic()
         self.state = "created"
-        delivery.tracker.cart_reposted(url)
+        delivery.tracker.spare_posted()
+
+    def drop_spares(self) -> None:
+        """Delete every copy but the one ready (:attr:`url`), which the download goes on with."""
+        self._delete([copy for copy in self.copies if copy.url != self.url], unfinished=True)
 
     def receive(self, done: set[str] | None = None) -> None:
         """Stream the ready cart into place; start over (skipping verified files) when it breaks.
@@ -262,38 +326,62 @@ class Cart:
         time.sleep(delay)
 
     def delete(self, still_staging: bool = False) -> bool:
-        """Delete the cart (unless ``keep``); return whether it is gone.  A failure is logged, never raised.
+        """Delete every copy of the cart (but the one downloaded, with ``keep``); return whether all are gone.
 
-        Cartd has a race: a staging task that loaded the cart before the
-        DELETE saves it again afterwards, and the cart comes back to life and
-        keeps staging.  So a cart deleted while ``still_staging`` (given up
-        before it was ready, or failed while its other files still stage) is
+        A failure is logged, never raised.  Cartd has a race: a staging task
+        that loaded a cart before the DELETE saves it again afterwards, and
+        the cart comes back to life and keeps staging.  So a copy deleted
+        before it was ready (a spare dropped, or the cart given up
+        ``still_staging``, or failed while its other files still stage) is
         looked at again a few times over four seconds, and deleted again if it
         reappeared, or if the server cannot say (a second DELETE of a cart
         that is gone is answered 404 and costs nothing).
         """
-        if self.keep or self.url is None or self.state in ("new", "deleted"):
+        if self.state in ("new", "deleted"):
             return self.state == "deleted"
+        targets = [copy for copy in self.copies if not (self.keep and copy.url == self.url)]
+        self._delete(targets, unfinished=still_staging)
         # The download's budget: a server that stopped answering is not waited for again (the ledger keeps
         # the cart for the next run), so the download's error comes within its bound.
         budget = None if self.delivery is None else self.delivery.budget
-        try:
-            self.api.delete_cart(self.url, budget=budget)
-            self.state = "deleted"
-            if self.delivery is not None and self.delivery.ledger is not None:
-                self.delivery.ledger.remove(self.url)
-            for pause in RECHECK_DELETED if still_staging else ():
-                time.sleep(pause)
+        rechecked = [copy for copy in targets if copy.deleted and copy.unfinished]
+        for pause in RECHECK_DELETED if rechecked else ():
+            time.sleep(pause)
+            for copy in rechecked:
                 try:
-                    back = self.api.cart_exists(self.url, budget=budget)
+                    back = self.api.cart_exists(copy.url, budget=budget)
                 except (DownloaderError, requests.RequestException):
-                    back = True
-                if back and self.api.delete_cart(self.url, budget=budget):
-                    LOGGER.warning("cart %s came back after its deletion (a Cartd race); deleted it again",
-                                   redact(self.url))
-        except (DownloaderError, requests.RequestException) as err:
-            LOGGER.warning("could not delete cart %s: %s", redact(self.url), err)
-        return self.state == "deleted"
+                    back = True  # the server cannot say: a second DELETE costs nothing
+                try:
+                    if back and self.api.delete_cart(copy.url, budget=budget):
+                        LOGGER.warning("cart %s came back after its deletion (a Cartd race); deleted it again",
+                                       redact(copy.url))
+                except (DownloaderError, requests.RequestException) as err:
+                    LOGGER.warning("could not delete cart %s again: %s", redact(copy.url), err)
+        for copy in rechecked:
+            copy.unfinished = False
+        gone = all(copy.deleted for copy in targets if copy.created)
+        if self.keep and self.delivery is not None and self.delivery.ledger is not None and self.url is not None:
+            self.delivery.ledger.remove(self.url)  # a spare downloaded and kept on purpose: no next run deletes it
+        if gone and not self.keep:
+            self.state = "deleted"
+        return gone
+
+    def _delete(self, copies: list[_Copy], unfinished: bool) -> None:
+        """DELETE each created copy not deleted yet; note it in the ledger; log (never raise) a failure."""
+        budget = None if self.delivery is None else self.delivery.budget
+        ledger = None if self.delivery is None else self.delivery.ledger
+        for copy in copies:
+            if copy.deleted or not copy.created:
+                continue
+            try:
+                self.api.delete_cart(copy.url, budget=budget)
+            except (DownloaderError, requests.RequestException) as err:
+                LOGGER.warning("could not delete cart %s: %s", redact(copy.url), err)
+                continue
+            copy.deleted, copy.unfinished = True, unfinished or copy.url != self.url
+            if ledger is not None:
+                ledger.remove(copy.url)
 
     def _delivery(self) -> Delivery:
         if self.delivery is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from .exceptions import InvalidInputError
 
-__all__ = ["DEFAULT_CART_API_URL", "Timeouts", "check_seconds", "resolve_cart_url"]
+__all__ = ["DEFAULT_CART_API_URL", "LostCarts", "Timeouts", "check_seconds", "resolve_cart_url"]
 
 DEFAULT_CART_API_URL = "http://127.0.0.1:8081"
 
@@ -107,7 +107,7 @@ class Timeouts:
       call; a cart that stages slowly is not affected, each poll answered is
       progress.
     * ``wait=3600``: the deadline for a cart to become ready, in wall-clock
-      time, re-posts included.  An hour covers a healthy cart of tens of
+      time, spares included.  An hour covers a healthy cart of tens of
       thousands of files at the pace of one Celery worker.  The ``timeout``
       argument of the download methods sets it per call.
     * ``stall=30``: during a transfer, the longest time allowed without
@@ -115,22 +115,8 @@ class Timeouts:
       started over; this catches a trickle that keeps a socket alive but
       would never finish, early enough that a second try fits in
       ``progress``.
-    * **Lost carts.**  Cartd can lose a cart's tasks (on SQLite a write that
-      meets its first task, a Celery worker killed while staging, a broker
-      restarted with tasks queued): the cart then answers "staging" for
-      ever.  A cart is suspected lost once it has staged ``lost_factor``
-      (4) times as long as the download's earlier carts took for as many
-      files or bytes (the larger of the two), but never sooner than
-      ``lost_floor=60`` s; while no cart of the download has been ready yet
-      (a first cart, a download of one cart), only after ``lost=600`` s, so
-      that a healthy slow server (a tape-backed archive takes minutes per
-      file) is not flooded.  A suspected cart is posted again under the same
-      id (Cartd adds a new row and new tasks and answers for the newest;
-      nothing is revoked, so work still under way on the old row goes on,
-      and the final DELETE removes both), each time logged at WARNING and
-      counted in :class:`Progress` ``reposts``, and the next suspicion comes
-      twice as late.  After ``reposts=2`` re-posts, the next suspicion ends
-      the download with :class:`CartTimeoutError`, as does ``wait``.
+    * What happens to a cart Cartd has lost is not a time limit: see
+      :class:`LostCarts`.
 
     >>> Timeouts().replace(wait=600).wait
     600
@@ -142,33 +128,85 @@ class Timeouts:
     stall: float = 30.0
     stall_bytes: int = 64 * 1024
     progress: float = 60.0
-    lost: float = 600.0
-    lost_factor: float = 4.0
-    lost_floor: float = 60.0
-    reposts: int = 2
 
     def __post_init__(self) -> None:
-        """Refuse non-positive limits (``reposts`` may be 0: never re-post)."""
+        """Refuse non-positive limits."""
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name == "reposts":
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValueError(f"Timeouts.reposts must be an integer >= 0, got {value!r}")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"Timeouts.{field.name} must be a positive number, got {value!r}")
-
-    def lost_after(self, expected: float | None, reposts: int) -> float:
-        """Seconds of staging after which a cart is suspected lost, after ``reposts`` re-posts so far.
-
-        ``expected``: how long the download's earlier carts say this one
-        should take (None: no cart has been ready yet).
-
-        >>> Timeouts().lost_after(None, 0), Timeouts().lost_after(10.0, 0), Timeouts().lost_after(30.0, 1)
-        (600.0, 60.0, 240.0)
-        """
-        base = self.lost if expected is None else max(self.lost_floor, self.lost_factor * expected)
-        return base * 2.0 ** reposts
+            _check_positive(f"Timeouts.{field.name}", getattr(self, field.name))
 
     def replace(self, **changes: Any) -> Timeouts:
         """Return a copy with ``changes`` applied: ``Timeouts().replace(wait=600)``."""
         return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class LostCarts:
+    """What is done about a cart that stays "staging": Cartd may have lost it, or may be slow.
+
+    Cartd loses a cart's tasks now and then (on SQLite a write that meets
+    its first task, a Celery worker killed while staging, a broker restarted
+    with tasks queued), and the cart then answers "staging" for ever.  From
+    the outside a lost cart looks like a slow one (a tape-backed archive
+    takes minutes per file), so a lost cart is never given up: a **spare**
+    of it, a second cart of the same files under a new id, is posted, and
+    both are polled; the first that is ready is downloaded, and every other
+    is deleted (its queued tasks are revoked with it).  A slow, healthy cart
+    therefore keeps its place in the server's queue and whatever it staged;
+    a lost one costs about :meth:`spare_after` seconds.
+
+    * ``after=20``, ``per_file=0.1``: a spare is posted once the newest copy
+      of a cart has been staging ``after + per_file * files`` seconds since
+      it could begin (after the carts before it: see :mod:`.scheduler`).  A
+      healthy Cartd stages a file in 35 to 100 ms on one Celery worker
+      (``benchmarks/README.md``), so a cart still staging then is most likely
+      lost.  It most often is on SQLite, Cartd's default database, where
+      Cartd's POST handler can kill its own cart's first task ("database is
+      locked"), one POST in two right after Cartd restarts.  A lost cart
+      costs about ``after + per_file * files``; two in a row, the largest
+      cart (250 files) included, less than 60 s + 0.2 s per file.
+    * ``spares=3``: at most this many spares of one cart, so a server that
+      is merely slow gets at most three carts more; after the last, the cart
+      is waited for until ``Timeouts.wait`` (then :class:`CartTimeoutError`).
+      0: never post a spare.
+    * ``jitter=0.1``: each wait is randomly lengthened or shortened by up to
+      a tenth, so that clients that lost their carts together do not post
+      their spares together (on SQLite one POST kills the other's first
+      task).
+
+    The spares and their deletions are written when they cannot hit another
+    cart's first task, as a DELETE is (see :mod:`.scheduler`); each is in the
+    location's cart ledger before its POST, so none is orphaned, and each
+    one posted is counted in :class:`Progress` ``spares``.
+
+    >>> LostCarts().spare_after(10)
+    21.0
+    """
+
+    after: float = 20.0
+    per_file: float = 0.1
+    spares: int = 3
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        """Refuse values that would make the rule meaningless."""
+        _check_positive("LostCarts.after", self.after)
+        if isinstance(self.per_file, bool) or not isinstance(self.per_file, (int, float)) or not self.per_file >= 0:
+            raise ValueError(f"LostCarts.per_file must be a number >= 0, got {self.per_file!r}")
+        if isinstance(self.spares, bool) or not isinstance(self.spares, int) or self.spares < 0:
+            raise ValueError(f"LostCarts.spares must be an integer >= 0, got {self.spares!r}")
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter < 1:
+            raise ValueError(f"LostCarts.jitter must be a number from 0 to below 1, got {self.jitter!r}")
+
+    def spare_after(self, files: int, draw: float = 0.5) -> float:
+        """Seconds a cart of ``files`` files stages before a spare is posted; ``draw`` in [0, 1) places the
+        jitter (0.5: none)."""
+        return (self.after + self.per_file * files) * (1.0 + self.jitter * (2.0 * draw - 1.0))
+
+    def replace(self, **changes: Any) -> LostCarts:
+        """Return a copy with ``changes`` applied: ``LostCarts().replace(spares=1)``."""
+        return dataclasses.replace(self, **changes)
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")

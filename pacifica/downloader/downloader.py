@@ -18,7 +18,7 @@ from .calls import PathLike, as_path, call_style, url_call_style
 from .cart import Cart, Delivery
 from .cartapi import CartAPI
 from .cloudevent import event_records
-from .config import Timeouts, check_seconds
+from .config import LostCarts, Timeouts, check_seconds
 from .exceptions import DestinationError, InvalidInputError
 from .incoming import IncomingArea, hidden_folder, os_error
 from .ledger import CartLedger
@@ -71,6 +71,7 @@ class Downloader:
         progress: ProgressCallback | None = None,
         limits: CartLimits = CartLimits(),
         trust_verified: bool = True,
+        lost_carts: LostCarts = LostCarts(),
     ) -> None:
         """Prepare downloads into ``location`` from the Cartd at ``cart_api_url``.
 
@@ -93,12 +94,13 @@ class Downloader:
         stage at once (see :class:`CartLimits`).  ``trust_verified=False``
         hashes every existing file again instead of trusting the record of
         files verified earlier and unchanged since (see :mod:`.verified`).
-        A bad argument raises :class:`InvalidInputError`.
+        ``lost_carts`` says when a cart that stays staging gets a spare (see
+        :class:`LostCarts`).  A bad argument raises :class:`InvalidInputError`.
         """
         problems = [
             f"{name} must be a {kind.__name__}, not {type(value).__name__}"
             for name, value, kind in (("timeouts", timeouts, Timeouts), ("retry", retry, Retry),
-                                      ("limits", limits, CartLimits))
+                                      ("limits", limits, CartLimits), ("lost_carts", lost_carts, LostCarts))
             if not isinstance(value, kind)
         ]
         if progress is not None and not callable(progress):
@@ -115,6 +117,7 @@ class Downloader:
         self.progress = progress
         self.limits = limits
         self.trust_verified = trust_verified
+        self.lost_carts = lost_carts
 
     # -- the documented download methods -----------------------------------
 
@@ -223,7 +226,7 @@ class Downloader:
             incoming = IncomingArea(root)
             delivery = Delivery(destination, folder, incoming, tracker, index,
                                 self.cart_api.transport.new_budget(), timeout=wait, deadline=call_deadline,
-                                ledger=ledger)
+                                ledger=ledger, lost=self.lost_carts)
             try:
                 carts = [Cart(self.cart_api, batch, delivery, keep=self.keep_cart)
                          for batch in split_batches(todo, self.limits)]
@@ -277,8 +280,9 @@ class Downloader:
                 done = {record.path for record in self._plan(records, root, folder, index).present}
             tracker = Tracker(self.progress, records or [])
             incoming = IncomingArea(root)
+            # The released flow hands over a cart already ready: no spare is posted for it.
             cart.delivery = Delivery(root / folder, folder, incoming, tracker, index,
-                                     self.cart_api.transport.new_budget())
+                                     self.cart_api.transport.new_budget(), lost=LostCarts(spares=0))
             cart.wait()  # already ready in the released flow: one HEAD
             cart.receive(done)
             tracker("done")

@@ -9,9 +9,9 @@ is doing:
 * when Cartd can start on a cart: once it is created and the cart
   ``max_staging`` before it is ready (a cart posted ahead waits in the
   queue behind the ones before it);
-* how long a cart takes per file and per byte (the last ready cart's time,
-  counted from when it could begin), hence how long a cart should take,
-  and when one is overdue enough to be suspected lost;
+* how long a cart takes per file (the last ready cart's time, counted from
+  when it could begin, unless it needed a spare), hence how long a cart
+  should take;
 * whether a cart is in its last wave, so that a new cart's tasks queue
   behind all of its own: it has staged ``PREPOST_SHARE`` of the time the
   last cart took, per file;
@@ -20,8 +20,8 @@ is doing:
   runs makes it fail with "database is locked", and the cart stays
   "staging" for ever: the task writes a row per file while it iterates over
   a query, which SQLite cannot let wait.  It starts at the latest once the
-  cart is created and every cart before it is ready, and lasts at most
-  ``SAFE_AFTER`` + ``SAFE_PER_FILE`` per file from then.
+  cart (or its newest spare) is created and every cart before it is ready,
+  and lasts at most ``SAFE_AFTER`` + ``SAFE_PER_FILE`` per file from then.
 
 It is bookkeeping only: no threads, no waiting, no requests; the
 :mod:`.scheduler` holds its lock and asks it.  The measurements behind the
@@ -48,22 +48,17 @@ SAFE_PER_FILE = 0.01
 class ServerPace:
     """The timeline of one download's carts on the server, by turn (0 first).
 
-    ``sizes`` are the files of each cart, in turn order, ``byte_sizes``
-    their bytes (None where not known); ``clock`` returns monotonic seconds
-    (a test passes a fake one).
+    ``sizes`` are the files of each cart, in turn order; ``clock`` returns
+    monotonic seconds (a test passes a fake one).
 
     >>> pace = ServerPace([10, 10], max_staging=1, clock=lambda: 0.0)
     >>> pace.admitted(0); pace.posted(0); pace.expected(1) is None
     True
     """
 
-    def __init__(
-        self, sizes: Sequence[int], max_staging: int, clock: Callable[[], float] = time.monotonic,
-        byte_sizes: Sequence[int | None] | None = None,
-    ) -> None:
+    def __init__(self, sizes: Sequence[int], max_staging: int, clock: Callable[[], float] = time.monotonic) -> None:
         """Follow carts of ``sizes`` files, ``max_staging`` of them staging at once."""
         self.sizes = list(sizes)
-        self.byte_sizes = list(byte_sizes) if byte_sizes is not None else [None] * len(self.sizes)
         self.max_staging = max_staging
         self.clock = clock
         self.staging: dict[int, float | None] = {}  # turn -> when its POST returned (None: not yet)
@@ -72,7 +67,7 @@ class ServerPace:
         self._ended_prefix = 0  # turns 0 .. _ended_prefix - 1 have all ended ...
         self._ended_prefix_at = 0.0  # ... the last of them at this moment
         self._per_file: float | None = None  # seconds the last ready cart took per file
-        self._per_byte: float | None = None  # ... and per byte, when its bytes were known
+        self._spares: dict[int, float] = {}  # turn -> when its newest spare's POST returned
 
     def admitted(self, turn: int) -> None:
         """Cart ``turn`` may be posted now: it stages from here on."""
@@ -84,19 +79,17 @@ class ServerPace:
             self.staging[turn] = self.clock()
         self.created += 1
 
-    def reposted(self, turn: int) -> None:
-        """Cart ``turn`` was posted again: its new first task runs from now (and it begins again)."""
+    def spare_posted(self, turn: int) -> None:
+        """A spare of cart ``turn`` was posted: its first task may run from now; the cart's time is no measure."""
         if turn in self.staging:
-            self.staging[turn] = self.clock()
+            self._spares[turn] = self.clock()
 
     def ended(self, turn: int, ready: bool) -> None:
         """Cart ``turn`` stopped staging; learn its time per file when it got ``ready``."""
         now = self.clock()
         began = self.began(turn)
-        if ready and began is not None:
+        if ready and began is not None and turn not in self._spares:
             self._per_file = (now - began) / max(1, self.sizes[turn])
-            size = self.byte_sizes[turn]
-            self._per_byte = (now - began) / size if size else None
         del self.staging[turn]
         self._ended[turn] = now
         while self._ended_prefix in self._ended:
@@ -115,19 +108,6 @@ class ServerPace:
         """Seconds cart ``turn`` should take once begun, judging by the last ready cart (None: none yet)."""
         return None if self._per_file is None else self._per_file * self.sizes[turn]
 
-    def overdue_after(self, turn: int) -> float | None:
-        """Seconds cart ``turn`` should take judging by both its files and its bytes: the larger estimate.
-
-        A cart of larger files than the last one takes longer per file; one
-        of smaller files, longer per byte; the suspicion that it is lost must
-        allow for whichever is slower.  None: no cart has been ready yet.
-        """
-        by_files = self.expected(turn)
-        size = self.byte_sizes[turn]
-        by_bytes = None if self._per_byte is None or not size else self._per_byte * size
-        known = [value for value in (by_files, by_bytes) if value is not None]
-        return max(known) if known else None
-
     def finishing(self, turn: int) -> bool:
         """Cart ``turn`` is past its first task and, judging by the last cart, in its last wave."""
         began, safe, expected = self.began(turn), self.safe_at(turn), self.expected(turn)
@@ -144,6 +124,7 @@ class ServerPace:
         posted = self.staging.get(turn)
         if posted is None or self._ended_prefix < turn:
             return None
+        posted = max(posted, self._spares.get(turn, posted))
         return max(posted, self._ended_prefix_at) + SAFE_AFTER + SAFE_PER_FILE * self.sizes[turn]
 
     def safe_in(self) -> float | None:

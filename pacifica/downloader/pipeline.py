@@ -17,7 +17,6 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from .cart import Cancelled, Cart
 from .exceptions import CartFailedError, CartTimeoutError, TransferError
 from .polling import CartLost, PollSchedule
-from .records import total_size
 from .scheduler import Scheduler
 
 __all__ = ["ABANDONED", "run_carts"]
@@ -36,10 +35,7 @@ def run_carts(carts: list[Cart], max_staging: int, cancelled: threading.Event | 
     KeyboardInterrupt) every other cart is cancelled (``cancelled`` is set),
     waited for (so each deletes itself), and the error raised.
     """
-    scheduler = Scheduler(
-        max_staging, [len(cart.records or ()) for cart in carts], cancelled,
-        byte_sizes=[total_size(cart.records) if cart.records else None for cart in carts],
-    )
+    scheduler = Scheduler(max_staging, [len(cart.records or ()) for cart in carts], cancelled)
     if len(carts) == 1:
         _run_cart(carts[0], scheduler, 0)
         return
@@ -66,6 +62,8 @@ def _run_cart(cart: Cart, scheduler: Scheduler, turn: int) -> None:
             # Given up while the server may still run tasks for it: make sure it stays deleted.
             cart.delete(still_staging=isinstance(error, ABANDONED))
             raise
+    if cart.spares:  # before the next cart is created, so that the spares' queued tasks do not delay it
+        scheduler.write_when_safe(cart.drop_spares)
     scheduler.wait_for_next_cart(turn)
     try:
         cart.receive()
@@ -76,15 +74,15 @@ def _run_cart(cart: Cart, scheduler: Scheduler, turn: int) -> None:
 
 
 def _wait(cart: Cart, scheduler: Scheduler, turn: int) -> None:
-    """Wait until the cart is ready; post it again whenever it is suspected lost, at a moment safe for the rest."""
+    """Wait until a copy of the cart is ready; post a spare whenever it is suspected lost, at a moment safe for
+    the rest (see ``LostCarts``)."""
     while True:
         try:
-            cart.wait(PollSchedule(expect=scheduler.expected(turn)), relaxed=scheduler.followed(turn),
-                      expected=scheduler.overdue_after(turn))
+            cart.wait(PollSchedule(expect=scheduler.expected(turn)), relaxed=scheduler.followed(turn))
             return
         except CartLost:
-            scheduler.write_when_safe(cart.repost)
-            scheduler.reposted(turn)
+            scheduler.write_when_safe(cart.post_spare)
+            scheduler.spare_posted(turn)
 
 
 def _run_pool(carts: list[Cart], scheduler: Scheduler, workers: int) -> None:

@@ -26,11 +26,11 @@ LOGGER = logging.getLogger(__name__)
 
 
 class CartLost(CartTimeoutError):
-    """A cart still "staging" long after it should have been ready: Cartd has probably lost its tasks.
+    """A cart still "staging" ``lost_after`` seconds in: Cartd may have lost its tasks.
 
     Raised by :func:`poll_until_ready` at its ``lost_after``; the cart's
-    driver posts it again (see ``Timeouts``).  Should it reach a caller, it
-    is the :class:`CartTimeoutError` it derives from.
+    driver posts a spare of it (see ``LostCarts``) and waits again.  Should
+    it reach a caller, it is the :class:`CartTimeoutError` it derives from.
     """
 
     def __init__(self, message: str, cart_url: str, waited: float) -> None:
@@ -122,8 +122,8 @@ def poll_until_ready(
         elapsed = time.monotonic() - started
         if lost_after is not None and elapsed >= lost_after and time.monotonic() < deadline:
             raise CartLost(
-                f"the cart {redact(cart_url)} was still {status!r} after {elapsed:.0f} s, "
-                "far longer than this server's pace explains: Cartd has probably lost its tasks",
+                f"the cart {redact(cart_url)} was still {status!r} after {elapsed:.0f} s: "
+                "Cartd may have lost its tasks",
                 cart_url=cart_url,
                 waited=elapsed,
             )

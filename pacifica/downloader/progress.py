@@ -40,8 +40,8 @@ class Progress:
     bytes_total: int | None = None
     elapsed: float = 0.0
     cart_url: str | None = None
-    #: Carts of this call posted again because Cartd seemed to have lost them (see ``Timeouts``).
-    reposts: int = 0
+    #: Spare carts this call posted because Cartd seemed to have lost a cart (see ``LostCarts``).
+    spares: int = 0
 
     @property
     def fraction(self) -> float | None:
@@ -68,7 +68,7 @@ class Tracker:
         self.files_done = 0
         self.bytes_done = 0
         self.cart_url: str | None = None
-        self.reposts = 0
+        self.spares = 0
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
@@ -85,7 +85,7 @@ class Tracker:
                 bytes_total=self.bytes_total,
                 elapsed=time.monotonic() - self.started,
                 cart_url=self.cart_url,
-                reposts=self.reposts,
+                spares=self.spares,
             )
         self.callback(report)
 
@@ -94,11 +94,10 @@ class Tracker:
         self.cart_url = cart_url
         self("staging")
 
-    def cart_reposted(self, cart_url: str) -> None:
-        """A lost cart was posted again: report ``staging`` with one more re-post."""
+    def spare_posted(self) -> None:
+        """A spare of a cart that seemed lost was posted: report ``staging`` with one more spare."""
         with self._lock:
-            self.reposts += 1
-        self.cart_url = cart_url
+            self.spares += 1
         self("staging")
 
     def add_bytes(self, count: int) -> None:

@@ -1,14 +1,17 @@
-"""The retry policy: how often and how patiently a failed request is tried again.
+"""The retry policy: how patiently a failed request is tried again.
 
 A :class:`Retry` is an immutable value, shared freely between downloaders and
 threads; :meth:`Retry.replace` gives a changed copy.  Its defaults are chosen
-for a Cartd behind a proxy on a busy machine:
+to ride out a server, proxy, broker or worker restart:
 
-* ``attempts=5`` tries per request: enough to ride out a proxy restart or a
-  worker recycling (a few seconds), few enough that a dead server is reported
-  within about a minute.
-* ``backoff=0.5`` seconds, doubling to ``backoff_max=30``: the first retry is
-  quick (most resets are one-offs), later ones give an overloaded server room.
+* ``attempts=None``: no count of tries ends a download; the patience below
+  does.  A restart refuses connections for seconds, and refused connections
+  fail at once, so a count is spent in the few seconds of the backoff: five
+  tries in a row ended a download during a 4 s Cartd restart.  An integer
+  also ends it after that many failed tries in a row (1: never retry).
+* ``backoff=0.5`` seconds, doubling to ``backoff_max=10``: the first retry is
+  quick (most resets are one-offs), later ones give an overloaded server
+  room, and a server back from a restart is seen within 10 s.
 * ``jitter=0.5``: each delay is randomly shortened by up to half, so many
   clients failing together do not come back together.
 * ``statuses``: 408, 429, 500, 502, 503 and 504 are worth another try;
@@ -18,17 +21,16 @@ for a Cartd behind a proxy on a busy machine:
 
 A download spends one budget (:class:`RetryBudget`) across every layer: a
 request tried again, a broken stream resumed with ``Range``, a stream
-started over.  It ends the download at the first of:
-
-* ``attempts`` tries failed in a row, with no progress between them (an
-  answered request, or stream bytes never received before);
-* its ``patience`` (``Timeouts.progress``, 60 s) passed since the last
-  progress, or since the download began: no try starts, and no request
-  waits for its answer, past that moment.
+started over.  It ends the download when its ``patience``
+(``Timeouts.progress``, 60 s) has passed since the last progress (an
+answered request, or stream bytes never received before), or since the
+download began: no try starts, and no request waits for its answer, past
+that moment (and, with ``attempts`` set, after that many failed tries in a
+row).
 
 So a server that is down, mute, or breaks or trickles every stream is
-reported within ``Timeouts.progress`` of its last progress, after at most
-``attempts`` failed requests.
+reported within ``Timeouts.progress`` of its last progress, with every
+failed try listed; one that comes back within it is not noticed at all.
 """
 from __future__ import annotations
 
@@ -50,12 +52,13 @@ class Retry:
     >>> Retry().delay(1) <= 0.5
     True
     >>> Retry(attempts=1)   # never retry
-    Retry(attempts=1, backoff=0.5, backoff_max=30.0, jitter=0.5, statuses=..., respect_retry_after=True)
+    Retry(attempts=1, backoff=0.5, backoff_max=10.0, jitter=0.5, statuses=..., respect_retry_after=True)
     """
 
-    attempts: int = 5
+    #: Failed tries in a row that end a download (None: only the patience ends it).
+    attempts: int | None = None
     backoff: float = 0.5
-    backoff_max: float = 30.0
+    backoff_max: float = 10.0
     jitter: float = 0.5
     statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
     respect_retry_after: bool = True
@@ -66,8 +69,10 @@ class Retry:
 
     def __post_init__(self) -> None:
         """Refuse values that would make the policy meaningless."""
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
-            raise ValueError("Retry.attempts must be an integer >= 1 (1 means no retry)")
+        if self.attempts is not None and (
+            isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1
+        ):
+            raise ValueError("Retry.attempts must be None or an integer >= 1 (1 means no retry)")
         if not (self.backoff >= 0 and self.backoff_max >= 0 and 0 <= self.jitter <= 1):
             raise ValueError("Retry.backoff and backoff_max must be >= 0 and jitter within [0, 1]")
         object.__setattr__(self, "statuses", frozenset(self.statuses))
@@ -90,8 +95,8 @@ class Retry:
 
     @property
     def exhausted(self) -> bool:
-        """Whether every try the policy allows in a row has failed."""
-        return self.spent >= self.attempts
+        """Whether every try the policy allows in a row has failed (never, without ``attempts``)."""
+        return self.attempts is not None and self.spent >= self.attempts
 
     def delay(self, attempt: int, retry_after: str | None = None) -> float:
         """Seconds to wait after failed try number ``attempt`` (1-based).
@@ -170,7 +175,7 @@ class RetryBudget:
 
     def spend(self, reason: str, retry_after: str | None = None) -> float | None:
         """Record a failed try; return the seconds to wait before the next, or None when the budget is spent
-        (``attempts`` failed in a row, or the next try would start after the patience ran out)."""
+        (the next try would start after the patience ran out, or ``attempts`` failed in a row)."""
         with self._lock:
             self._retry = self._retry.increment(reason)
             if self._retry.exhausted:

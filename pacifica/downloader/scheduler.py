@@ -59,13 +59,10 @@ class Scheduler:
 
     def __init__(
         self, max_staging: int, sizes: Sequence[int] = (1,), cancelled: threading.Event | None = None,
-        clock: Callable[[], float] | None = None, byte_sizes: Sequence[int | None] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        """Let ``max_staging`` carts stage at once; ``clock`` times the server's pace (default: monotonic time).
-
-        ``byte_sizes``: each cart's bytes, where known (they help to tell a lost cart from a slow one).
-        """
-        self.pace = ServerPace(sizes, max_staging, clock or time.monotonic, byte_sizes)
+        """Let ``max_staging`` carts stage at once; ``clock`` times the server's pace (default: monotonic time)."""
+        self.pace = ServerPace(sizes, max_staging, clock or time.monotonic)
         self.cancelled = cancelled if cancelled is not None else threading.Event()
         self._max = max_staging
         self._next_turn = 0
@@ -139,15 +136,10 @@ class Scheduler:
         with self._changed:
             return self.pace.expected(turn)
 
-    def overdue_after(self, turn: int) -> float | None:
-        """Seconds cart ``turn`` should take by its files and bytes, judging by the last cart (None: no cart yet)."""
+    def spare_posted(self, turn: int) -> None:
+        """A spare of cart ``turn`` was posted (it seemed lost)."""
         with self._changed:
-            return self.pace.overdue_after(turn)
-
-    def reposted(self, turn: int) -> None:
-        """Cart ``turn`` was posted again (it was lost)."""
-        with self._changed:
-            self.pace.reposted(turn)
+            self.pace.spare_posted(turn)
             self._changed.notify_all()
 
     def followed(self, turn: int) -> threading.Event:
@@ -174,7 +166,7 @@ class Scheduler:
                 self._changed.wait(left)
 
     def write_when_safe(self, write: Callable[[], object]) -> None:
-        """Run ``write`` (a downloaded cart's DELETE, a lost cart's new POST) when it cannot hit a cart's first task.
+        """Run ``write`` (a DELETE, a spare's POST) when it cannot hit a cart's first task.
 
         That is at once when no cart is staging; otherwise at the first of:
         every staging cart is surely past its first task (the caller's

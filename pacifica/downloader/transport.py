@@ -187,7 +187,7 @@ class Transport:
                     cart_url=url,
                 )
             LOGGER.warning(
-                "%s %s failed (%s); trying again in %.1f s (%d of %d)",
-                method, redact(url), reason, delay, budget.retry.spent + 1, self.retry.attempts,
+                "%s %s failed (%s); trying again in %.1f s (try %d since the server's last answer)",
+                method, redact(url), reason, delay, budget.retry.spent + 1,
             )
             time.sleep(delay)

@@ -134,7 +134,7 @@ class LineDisplay(Display):
             self.staging_started = progress.elapsed
         self.stage = stage
         if stage == "staging":
-            text = f"staging... {progress.elapsed - self.staging_started:.1f} s{reposted(progress)}"
+            text = f"staging... {progress.elapsed - self.staging_started:.1f} s{spares_note(progress)}"
         else:
             text = transfer_text(progress)
         self._line(text, progress.elapsed, force=changed)
@@ -149,9 +149,9 @@ class LineDisplay(Display):
         self.write(text)
 
 
-def reposted(progress: Progress) -> str:
-    """`` (posted again 1 time)`` once a lost cart was posted again, else nothing."""
-    return f" (posted again {progress.reposts} time{'s' if progress.reposts > 1 else ''})" if progress.reposts else ""
+def spares_note(progress: Progress) -> str:
+    """`` (1 spare cart posted)`` once a cart that seemed lost got a spare, else nothing."""
+    return f" ({progress.spares} spare cart{'s' if progress.spares > 1 else ''} posted)" if progress.spares else ""
 
 
 class TqdmDisplay(Display):
@@ -187,7 +187,7 @@ class TqdmDisplay(Display):
         self.frame = (self.frame + 1) % len(SPINNER)
         self.spinner.set_description_str(
             f"{SPINNER[self.frame]} staging cart... {progress.elapsed - self.staging_started:.1f} s"
-            f"{reposted(progress)}",
+            f"{spares_note(progress)}",
             refresh=True,
         )
 
