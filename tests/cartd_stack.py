@@ -28,6 +28,11 @@ module needs nothing but the standard library (POSIX only), so it can be
 imported from the test environment and run with any Python 3 as a CLI::
 
     python tests/cartd_stack.py up [--workdir DIR] [--workers N] [--database postgres|sqlite]
+
+With ``archive_proxy=True`` Cartd reaches the archive interface through a
+:class:`fault_proxy.FaultProxy` (``stack.archive_proxy``), whose faults a
+test sets: every stage request answered 20 s late makes a slow, healthy
+archive; its request log shows which stage requests are under way.
 """
 
 from __future__ import annotations
@@ -413,8 +418,12 @@ class CartdStack:
     concurrency (1: the solo pool).
     """
 
-    def __init__(self, workdir: Path, bin_dir: Path, workers: int = 1, database: str = "postgres") -> None:
-        """Prepare (but do not start) a stack in *workdir* using the stack venv's *bin_dir*."""
+    def __init__(self, workdir: Path, bin_dir: Path, workers: int = 1, database: str = "postgres",
+                 archive_proxy: bool = False) -> None:
+        """Prepare (but do not start) a stack in *workdir* using the stack venv's *bin_dir*.
+
+        *archive_proxy*: Cartd reaches the archive through a fault proxy (see the module).
+        """
         if workers < 1:
             raise ValueError("workers must be at least 1")
         if database not in DATABASES:
@@ -432,6 +441,8 @@ class CartdStack:
         self.peewee_url: str = ""
         self.redis_port: int = 0
         self.startup_seconds: float | None = None
+        self.with_archive_proxy = archive_proxy
+        self.archive_proxy: Any = None  # a fault_proxy.FaultProxy once started, with archive_proxy=True
         self._services: list[_Service] = []
         self._pgdata_parent: Path | None = None  # a directory of our own outside workdir (root only)
         self._lock = threading.RLock()
@@ -499,6 +510,9 @@ class CartdStack:
         """Stop every service: SIGTERM each process group, wait, SIGKILL what is left. Idempotent."""
         with self._lock:
             self._stop_services(timeout)
+            if self.archive_proxy is not None:
+                self.archive_proxy.close()
+                self.archive_proxy = None
             if self._pgdata_parent is not None:
                 shutil.rmtree(self._pgdata_parent, ignore_errors=True)
                 self._pgdata_parent = None
@@ -625,6 +639,20 @@ class CartdStack:
             env[key] = f"{env[key]},{loopback}" if env.get(key) else loopback
         return env
 
+    def _archive_for_cartd(self, archive_port: int) -> int:
+        """The port Cartd reaches the archive at: the archive's own, or the archive proxy's in front of it."""
+        if not self.with_archive_proxy:
+            return archive_port
+        if self.archive_proxy is not None and self.archive_proxy.upstream[1] != archive_port:  # a start again
+            self.archive_proxy.close()
+            self.archive_proxy = None
+        if self.archive_proxy is None:
+            from fault_proxy import FaultProxy  # standard library only, like this module
+
+            # Generous bounds: a test may make the archive answer its stage requests tens of seconds late.
+            self.archive_proxy = FaultProxy(archive_port, timeout=120.0, max_hold=120.0).start()
+        return int(self.archive_proxy.port)
+
     def _cartd_env(self, archive_port: int, bundle: bool) -> dict[str, str]:
         env = self._base_env()
         broker = f"redis://{_LOOPBACK}:{self.redis_port}/0"
@@ -634,7 +662,7 @@ class CartdStack:
             "PEEWEE_URL": self.peewee_url,
             "DATABASE_CONNECT_WAIT": "1",
             "VOLUME_PATH": f"{self.volume_path}{os.sep}",
-            "ARCHIVE_INTERFACE_URL": f"http://{_LOOPBACK}:{archive_port}/",
+            "ARCHIVE_INTERFACE_URL": f"http://{_LOOPBACK}:{self._archive_for_cartd(archive_port)}/",
             "BROKER_URL": broker,
             "BACKEND_URL": broker,
             "BUNDLE_TASK": "on" if bundle else "off",

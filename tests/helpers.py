@@ -1,8 +1,9 @@
 """Small helpers shared by the test modules."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import requests
 import urllib3
@@ -93,3 +94,12 @@ def assert_tree(root: Path, files: dict[str, bytes]) -> None:
 
 def cart_gone(url: str) -> bool:
     return requests.head(url, timeout=10).status_code == 404
+
+
+def wait_until(condition: Callable[[], object], limit: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail after ``limit`` seconds (a bound, not a timing assertion)."""
+    end = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"not within {limit:.0f} s: {what}")
+        time.sleep(0.02)

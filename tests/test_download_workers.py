@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ pytest.importorskip("celery")
 
 from download_workers import DownloadWorkers  # noqa: E402
 from fault_proxy import Fault, FaultProxy  # noqa: E402
-from helpers import assert_tree, cart_gone, incoming_leftovers  # noqa: E402
+from helpers import assert_tree, cart_gone, incoming_leftovers, wait_until  # noqa: E402
 from support.events import archive, event_for, event_with  # noqa: E402
 
 from pacifica.downloader.incoming import HIDDEN_DIR  # noqa: E402
@@ -52,15 +51,6 @@ def created_carts(proxy: FaultProxy, cartd_url: str) -> list[str]:
 
 def cart_records(location: Path) -> list[Path]:
     return sorted((location / HIDDEN_DIR / LEDGER_DIR).glob("run-*"))
-
-
-def wait_until(condition: Any, limit: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail after ``limit`` seconds (a bound, not a timing assertion)."""
-    end = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"not within {limit:.0f} s: {what}")
-        time.sleep(0.02)
 
 
 def test_twenty_events_on_three_workers_into_one_location(

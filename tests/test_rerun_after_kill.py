@@ -16,19 +16,13 @@ ends with every file right and no cart of either run left on the server.
 """
 from __future__ import annotations
 
-import json
 import os
-import select
-import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from helpers import assert_tree, cart_gone, incoming_leftovers
+from support.child import file_ids, run_and_kill
 from support.events import make_event
 from support.sessions import RecordingSession
 
@@ -36,73 +30,8 @@ from pacifica.downloader import CartAPI, Downloader
 from pacifica.downloader.incoming import HIDDEN_DIR
 from pacifica.downloader.ledger import LEDGER_DIR
 
-HERE = Path(__file__).resolve().parent
-CHILD = HERE / "download_child.py"
-#: Bound on waiting for the child to reach the middle of the stream (cart staging included).
-CHILD_WAIT = 60.0
 FILE_COUNT = 8
 FILE_SIZE = 4 * 1024 * 1024
-
-
-def file_ids(event: dict[str, Any]) -> dict[str, str]:
-    """``{relative path: archive id}`` of the event's files."""
-    return {
-        "{}/{}".format(obj["subdir"], obj["name"]).lstrip("/"): str(obj["_id"])
-        for obj in event["data"]
-        if obj.get("destinationTable") == "Files"
-    }
-
-
-def read_line(proc: subprocess.Popen[bytes], limit: float) -> bytes | None:
-    """The child's next stdout line, waiting at most ``limit`` seconds; None on EOF or timeout."""
-    assert proc.stdout is not None
-    end = time.monotonic() + limit
-    buffer = b""
-    fd = proc.stdout.fileno()
-    while not buffer.endswith(b"\n"):
-        left = end - time.monotonic()
-        if left <= 0:
-            return None
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
-            return None
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return None
-        buffer += chunk
-    return buffer
-
-
-def run_and_kill(location: Path, cart_url: str, event: dict[str, Any]) -> dict[str, Any]:
-    """Start the download in a child, wait until it is mid-stream, SIGKILL it; return its 'paused' report."""
-    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
-    job = json.dumps({"location": str(location), "cart_url": cart_url, "event": event, "pause_mid_file": True})
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=env, cwd=str(location.parent),
-    )
-    try:
-        assert proc.stdin is not None
-        proc.stdin.write(job.encode())
-        proc.stdin.close()
-        line = read_line(proc, CHILD_WAIT)
-        if line is None:
-            proc.kill()
-            _, err = proc.communicate(timeout=30)
-            pytest.fail("the child never reached the middle of the stream:\n{}".format(err.decode(errors="replace")))
-        report: dict[str, Any] = json.loads(line)
-        assert "paused" in report, report
-        assert report["paused"]["pid"] == proc.pid
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL  # reaped: its pid is gone
-        return report["paused"]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 def test_rerun_after_sigkill_fetches_only_missing_files(cartd_stack: Any, tmp_path: Path) -> None:
