@@ -260,7 +260,9 @@ class Downloader:
         location, cart_url, filename = url_call_style(args, kwargs)
         folder = check_folder_name(filename)
         if not isinstance(cart_url, str) or not cart_url.startswith(("http://", "https://")):
-            raise InvalidInputError(f"cart_url must be an http:// or https:// URL, got {cart_url!r}")
+            shown = redact(cart_url) if isinstance(cart_url, str) else cart_url
+            raise InvalidInputError(f"cart_url must be an http:// or https:// URL, got {shown!r}")
+        cart_url = self.cart_api._clean(cart_url)  # its credentials, if any, become the transport's
         root = self._location(location)
         records = self.cart_api.posted_records(cart_url)
         if records is None:

@@ -63,7 +63,7 @@ class CartLedger:
     def __init__(self, hidden: Path, cart_api_url: str) -> None:
         """Prepare this run's ledger for carts of ``cart_api_url``; the file is made on the first :meth:`add`."""
         self.folder = hidden / LEDGER_DIR
-        self.cart_api_url = cart_api_url.rstrip("/")
+        self.cart_api_url = redact(cart_api_url).rstrip("/")
         host = socket.gethostname().replace("-", "_").replace("/", "_")
         self.path = self.folder / f"run-{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._file: IO[str] | None = None
@@ -74,12 +74,14 @@ class CartLedger:
 
     def add(self, cart_url: str) -> None:
         """Write down ``cart_url`` before its POST; an error to write is logged, not raised."""
+        cart_url = redact(cart_url)
         with self._lock:
             self._live.add(cart_url)
             self._write(f"+ {cart_url}\n")
 
     def remove(self, cart_url: str) -> None:
         """Note that ``cart_url`` is deleted (or was gone)."""
+        cart_url = redact(cart_url)
         with self._lock:
             if cart_url in self._live:
                 self._live.discard(cart_url)
@@ -186,6 +188,7 @@ def _still_listed(lines: Iterable[str]) -> set[str]:
     carts: set[str] = set()
     for line in lines:
         sign, _, url = line.partition(" ")
+        url = redact(url)  # a ledger of an earlier version may hold credentials: the configuration's are used
         if sign == "+" and url.startswith(("http://", "https://")):
             carts.add(url)
         elif sign == "-":
