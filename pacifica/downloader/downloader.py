@@ -22,6 +22,7 @@ from .config import Timeouts, check_seconds
 from .exceptions import DestinationError, InvalidInputError
 from .incoming import IncomingArea, hidden_folder, os_error
 from .ledger import CartLedger
+from .permissions import make_folders
 from .pipeline import run_carts
 from .plan import Plan, plan_download
 from .policy import transaction_records
@@ -297,7 +298,7 @@ class Downloader:
         if root is None:
             raise InvalidInputError("no download location: pass it to Downloader() or to the download method")
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            make_folders(root)
         except OSError as err:
             raise os_error(err, str(root), "create the download directory") from err
         return root

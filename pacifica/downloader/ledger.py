@@ -14,7 +14,9 @@ to its own Cartd: it deletes them before posting anything, and keeps in its
 own ledger any it could not delete, so a later run tries again.  Ledgers of
 another Cartd are left for a run of that Cartd.
 
-The file is a list of lines, ``+ URL`` when a cart is about to be created
+The URLs are written without any ``user:password@`` part (the run deleting
+a cart sends the credentials of its own configuration), and the file is
+never world-writable.  The file is a list of lines, ``+ URL`` when a cart is about to be created
 (synced to disk before the POST) and ``- URL`` once it is deleted
 (flushed), appended, so a torn last line (a crash while writing) only loses
 that line.  Where ``flock`` is
@@ -37,6 +39,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
+from .permissions import FOLDER_MODE, open_append
 from .transport import redact
 
 __all__ = ["LEDGER_DIR", "CartLedger"]
@@ -113,8 +116,8 @@ class CartLedger:
             return
         try:
             if self._file is None:
-                self.folder.mkdir(exist_ok=True)
-                handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run's life
+                self.folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
+                handle = open_append(self.path)  # held for the run's life
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 with _HELD_LOCK:
                     _HELD.add(str(self.path))

@@ -76,6 +76,7 @@ from .downloader import Downloader
 from .exceptions import CartError, DownloaderError, InvalidInputError, TransferError
 from .incoming import hidden_folder, os_error
 from .manifest import manifest
+from .permissions import make_folders
 from .progress import Progress
 from .transport import redact
 
@@ -170,7 +171,7 @@ def _run(task: Task, event: Any, location: str, **options: Any) -> list[dict[str
     records = event_records(event)  # an event that cannot be downloaded fails here, before any other step
     root = as_path(location)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        make_folders(root)
     except OSError as err:
         raise os_error(err, str(root), "create the download directory") from err
     starts = Deliveries(hidden_folder(root), str(task.request.id), int(task.request.retries or 0))
