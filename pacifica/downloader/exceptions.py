@@ -90,7 +90,7 @@ class InvalidInputError(DownloaderError, ValueError):
     """
 
     def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
-        self.problems = list(problems)
+        self.problems = [scrub_known(problem) for problem in problems]
         if self.problems:
             message = "{}:\n  - {}".format(message, "\n  - ".join(self.problems))
         super().__init__(message)

@@ -210,6 +210,10 @@ class Secrets:
         if not isinstance(value, str) or not value:
             return
         self.add(value)
+        if name.lower() == "cookie":
+            for cookie in value.split(";"):
+                self.add(cookie.strip().partition("=")[2])
+            return
         scheme, _, token = value.strip().partition(" ")
         if token:
             self.add(token.strip())
@@ -219,9 +223,6 @@ class Secrets:
                 except ValueError:
                     return
                 self.add_auth((user, password))
-        if name.lower() == "cookie":
-            for cookie in value.split(";"):
-                self.add(cookie.strip().partition("=")[2])
 
     def add_headers(self, headers: Mapping[str, Any] | None, names: Iterable[str] = ()) -> None:
         """Hold the credential headers among ``headers`` (those of :data:`CREDENTIAL_HEADERS` and ``names``)."""
