@@ -115,7 +115,7 @@ class _Counters:
 
 def _echo(headers: Mapping[str, str]) -> str:
     """What an echoing server says: :data:`HOSTILE`, then every header, a Basic credential decoded too."""
-    first = ("authorization", "proxy-authorization", "cookie")  # what an auth proxy quotes, before the rest
+    first = ("authorization", "proxy-authorization", "cookie", "x-api-key")  # what an auth proxy quotes first
     ordered = sorted(headers.items(), key=lambda item: item[0].lower() not in first)
     parts = [f"{name}: {value}" for name, value in ordered]
     scheme, _, token = headers.get("Authorization", "").partition(" ")

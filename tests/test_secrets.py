@@ -3,13 +3,14 @@
 The stub Cartd echoes every request header (a Basic credential decoded too), after terminal escape sequences,
 in every reason phrase, every ``X-Pacifica-Message`` and every error body, as an authenticating proxy answering
 "invalid credentials: <header>" would.  For each way a credential can be given (URL userinfo, a ``(user,
-password)`` tuple, a requests auth object, the ``auth`` dict's ``headers`` with a Bearer token and a cookie, the
-command line's environment variables) and each way a download can go (success, refusals of each request, a
-failed cart, server errors retried, a server gone after the POST, a cart never ready), with the default
-settings, every log record (urllib3's included, at DEBUG), every exception along its cause and context chain
-(text, repr, arguments, pickle, the formatted traceback), every progress report, the command's output and
-every file under the location are searched for the secret and its base64 forms.  The download workers' task
-is run too, its states, result, error and traceback searched the same way.
+password)`` tuple, a requests auth object, the ``auth`` dict's ``headers`` with a Bearer token and a cookie, an
+auth callable adding a header of its own, the command line's environment variables) and each way a download
+can go (success, refusals of each request, a failed cart, server errors retried, a server gone after the POST,
+a cart never ready), with the default settings, every log record (urllib3's included, at DEBUG), every
+exception along its cause and context chain (text, repr, arguments, pickle, the formatted traceback), every
+progress report, the command's output and every file under the location are searched for the secret and its
+base64 forms.  The download workers' task is run too, its states, result, error and traceback searched the
+same way.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ LEAKS = [SECRET, base64.b64encode(SECRET.encode()).decode(), base64.b64encode(f"
 #: The hostile sequences the stub sends, as they look once escaped.
 ESCAPED = HOSTILE.encode("unicode_escape").decode("ascii")
 
-LIBRARY_FORMS = ["url-userinfo", "tuple", "auth-object", "headers-dict"]
+LIBRARY_FORMS = ["url-userinfo", "tuple", "auth-object", "headers-dict", "auth-callable"]
 CLI_FORMS = ["cli-basic", "cli-token"]
 #: Scenario -> the stub's settings; "timeout" is the call's (a cart never ready).
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -170,6 +171,12 @@ def debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFi
     yield caplog
 
 
+def sign_with_a_key(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """An auth callable sending its credential in a header of its own: only what it adds tells it is one."""
+    request.headers["X-Api-Key"] = SECRET
+    return request
+
+
 def stub_for(scenario: str) -> StubCartd:
     return StubCartd(echo=True, body=lambda uid, filename: make_tar(filename, FILES), **SCENARIOS[scenario])
 
@@ -208,8 +215,10 @@ def test_the_library_never_shows_a_credential(
             auth = (USER, SECRET)
         elif form == "auth-object":
             auth = requests.auth.HTTPBasicAuth(USER, SECRET)
-        else:
+        elif form == "headers-dict":
             auth = {"headers": {"Authorization": f"Bearer {SECRET}", "Cookie": f"session={SECRET}; lang=en"}}
+        else:
+            auth = sign_with_a_key
         down = Downloader(location, url, auth=auth, progress=reports.append)
         assert leaks_in(down.cart_api.cart_api_url) == []
         error: BaseException | None = None
