@@ -38,6 +38,7 @@ DEV_REQUIREMENTS = [
     "cloudevents==2.2.0",
     "CherryPy==18.10.0",
     "celery[redis]==5.7.0",
+    "trustme==1.2.1",
 ]
 
 
@@ -75,7 +76,7 @@ def ensure_stack() -> None:
 #: distribution's own python3 (Debian's 3.11.2 has no tarfile extraction filters at all).
 OTHER_PYTHONS = ["3.9", "3.10", "3.12", "3.13", "system"]
 #: What the server-free tests need on those Pythons (pip picks versions that fit each one).
-OTHER_REQUIREMENTS = ["pytest", "hypothesis", "tqdm"]
+OTHER_REQUIREMENTS = ["pytest", "hypothesis", "tqdm", "trustme"]
 
 
 def find_python(version: str) -> str | None:

@@ -13,6 +13,15 @@
 * any other ``GET`` the test's ``pages(path)`` answers (a Policy service's
   ``/transactioninfo/<id>``, say) -> that answer.
 
+And a hostile one, for the tests of secrets and hostile servers: ``echo``
+puts the request's headers (and a Basic credential decoded), after terminal
+escape sequences (:data:`HOSTILE`), into every reason phrase, every
+``X-Pacifica-Message`` and every error body; ``post_body``/``post_headers``
+give the POST's answer any body (lazily made, of any size) and headers (a
+1 MiB line); ``gone_after_post`` closes every connection without an answer
+once a cart is posted; ``tls`` serves HTTPS (:attr:`StubCartd.connections`
+counts the TCP connections, handshakes that fail included).
+
 Every request is recorded (:attr:`StubCartd.requests`) *before* it is
 answered, so once a client call has returned a test can assert what the
 server saw: that the cart was deleted, that no ``POST`` was sent, how many
@@ -30,22 +39,26 @@ Only the standard library is used.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import json
 import os
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Callable, Union
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["READY", "STAGING", "BodySource", "PageAnswer", "StubCartd", "StubRequest"]
+__all__ = ["HOSTILE", "READY", "STAGING", "BodySource", "PageAnswer", "StubCartd", "StubRequest"]
 
 #: What a test gives as the GET body: fixed bytes, or ``body(uid, filename)``.
 BodySource = Union[bytes, Callable[[str, str], bytes]]
@@ -58,6 +71,8 @@ PageAnswer = tuple[int, bytes]
 READY: HeadAnswer = (204, {"X-Pacifica-Status": "ready"})
 #: Cartd's answer to HEAD on a cart still being staged.
 STAGING: HeadAnswer = (204, {"X-Pacifica-Status": "staging"})
+#: What an echoing stub puts before the headers it echoes: a window title, a cleared screen, red text.
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\x1b[31m"
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 #: Seconds a handler waits on a silent client socket before giving up, so no
@@ -95,6 +110,19 @@ class StubRequest:
 class _Counters:
     head: int = 0
     get: int = 0
+    connections: int = 0
+
+
+def _echo(headers: Mapping[str, str]) -> str:
+    """What an echoing server says: :data:`HOSTILE`, then every header, a Basic credential decoded too."""
+    first = ("authorization", "proxy-authorization", "cookie", "x-api-key")  # what an auth proxy quotes first
+    ordered = sorted(headers.items(), key=lambda item: item[0].lower() not in first)
+    parts = [f"{name}: {value}" for name, value in ordered]
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        with contextlib.suppress(binascii.Error, ValueError):
+            parts.append("decoded: " + base64.b64decode(token).decode("latin-1"))
+    return HOSTILE + "invalid credentials: " + "; ".join(parts)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -106,6 +134,38 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         """Keep the test output quiet."""
+
+    def setup(self) -> None:
+        """Complete the TLS handshake first, in this thread (a client that refuses it ends the connection)."""
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(_SOCKET_TIMEOUT)
+            self.request.do_handshake()
+        super().setup()
+
+    def handle_one_request(self) -> None:
+        """Answer one request, or, once the server is gone after a POST, close the connection without an answer."""
+        if self.server.stub._gone:
+            self.close_connection = True
+            return
+        super().handle_one_request()
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """The status line; an echoing stub appends the request's headers to the reason phrase."""
+        stub = self.server.stub
+        if stub.echo:
+            phrase = message or (self.responses[code][0] if code in self.responses else "")
+            message = f"{phrase} {_echo(self.headers)}"
+        super().send_response(code, message)
+
+    def end_headers(self) -> None:
+        """An echoing stub sends the request's headers in ``X-Pacifica-Message`` too (unless the answer has one)."""
+        if self.server.stub.echo and not self._has_header("X-Pacifica-Message"):
+            self.send_header("X-Pacifica-Message", _echo(self.headers))
+        super().end_headers()
+
+    def _has_header(self, name: str) -> bool:
+        sent = b"".join(getattr(self, "_headers_buffer", []))
+        return f"\r\n{name.lower()}:".encode() in sent.lower()
 
     # -- helpers -----------------------------------------------------------
 
@@ -127,6 +187,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
     def _simple(self, status: int, headers: Mapping[str, str] | None = None, body: bytes = b"") -> None:
+        if self.server.stub.echo and status >= 400:
+            body = _echo(self.headers).encode("utf-8")
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -146,7 +208,31 @@ class _Handler(BaseHTTPRequestHandler):
         stub = self.server.stub
         if stub.post_status == 201:
             stub._carts.add(request.uid)
-        self._simple(stub.post_status, body=b'{"message": "stub"}' if stub.post_status != 201 else b"")
+        if stub.post_body is not None or stub.post_headers:
+            self._stream(stub.post_status, stub.post_headers, stub.post_body)
+        else:
+            self._simple(stub.post_status, body=b'{"message": "stub"}' if stub.post_status != 201 else b"")
+        if stub.gone_after_post:
+            stub._gone = True
+            self.close_connection = True
+
+    def _stream(self, status: int, headers: Mapping[str, str], body: Callable[[], Iterable[bytes]] | None) -> None:
+        """Answer ``status`` with ``headers`` and the pieces ``body()`` yields, made as they are sent; without a
+        ``Content-Length`` among the headers the body ends with the connection."""
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if body is None:
+            self.send_header("Content-Length", "0")
+        elif "content-length" not in {key.lower() for key in headers}:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        try:
+            for piece in body() if body is not None else ():
+                self.wfile.write(piece)
+        except OSError:
+            self.close_connection = True  # the client stopped reading: the rest is never made
 
     def do_HEAD(self) -> None:  # noqa: N802
         """Report the cart's status."""
@@ -247,6 +333,16 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     stub: StubCartd
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Count the connection; with ``tls``, wrap it (the handshake happens in the handler's thread)."""
+        sock, address = super().get_request()
+        stub = self.stub
+        with stub._lock:
+            stub._counters.connections += 1
+        if stub.tls is not None:
+            sock = stub.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away (reset, broken pipe) is normal here; any other error is kept in ``errors``."""
         if isinstance(sys.exc_info()[1], OSError):
@@ -276,6 +372,14 @@ class StubCartd:
     length, so the client sees the connection drop mid-body.
     ``reset``: end a cut connection with a RST instead of a clean FIN.
     ``get_headers``: extra headers on every GET answer.
+    ``echo``: put the request's headers, after :data:`HOSTILE`, into every
+    reason phrase, ``X-Pacifica-Message`` and error body.
+    ``post_body``: a callable whose pieces make the POST's answer body (made
+    as sent: any size), with ``post_headers`` (no ``Content-Length``: the
+    body ends with the connection).
+    ``gone_after_post``: once a POST is answered, close every connection
+    without an answer.
+    ``tls``: a server-side ``ssl.SSLContext``: serve HTTPS.
 
     If the ``body`` callable raises, the GET is answered 500 with the
     traceback and the traceback is kept in :attr:`errors`, so a broken test
@@ -293,7 +397,13 @@ class StubCartd:
     close_after: None | int | Sequence[int | None] = None
     reset: bool = False
     get_headers: Mapping[str, str] = field(default_factory=dict)
+    echo: bool = False
+    post_body: Callable[[], Iterable[bytes]] | None = None
+    post_headers: Mapping[str, str] = field(default_factory=dict)
+    gone_after_post: bool = False
+    tls: ssl.SSLContext | None = None
 
+    _gone: bool = field(default=False, init=False, repr=False)
     _requests: list[StubRequest] = field(default_factory=list, init=False, repr=False)
     _errors: list[str] = field(default_factory=list, init=False, repr=False)
     _carts: set[str] = field(default_factory=set, init=False, repr=False)
@@ -350,7 +460,7 @@ class StubCartd:
         if self._server is None:
             raise RuntimeError("the stub Cartd is not running")
         port = self._server.server_address[1]
-        return f"http://127.0.0.1:{port}"
+        return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{port}"
 
     @property
     def requests(self) -> list[StubRequest]:
@@ -363,6 +473,12 @@ class StubCartd:
         """Tracebacks of exceptions raised by the ``body`` callable (each answered with a 500)."""
         with self._lock:
             return list(self._errors)
+
+    @property
+    def connections(self) -> int:
+        """How many TCP connections were accepted (with ``tls``, those whose handshake failed too)."""
+        with self._lock:
+            return self._counters.connections
 
     def methods(self) -> list[str]:
         """The methods of the requests received so far, in order."""

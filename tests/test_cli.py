@@ -8,20 +8,17 @@ pseudo-terminal, the logs of ``-vv``), as ``python -m pacifica.downloader``.
 from __future__ import annotations
 
 import base64
-import errno
 import fcntl
 import hashlib
 import io
 import json
 import os
-import select
 import signal
 import struct
 import subprocess
 import sys
 import termios
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ import requests
 from helpers import is_index_file
 from stub_cartd import StubCartd
 from support.events import files_object
+from support.processes import run_on_pty, subprocess_env
 from support.tars import make_tar
 
 from pacifica.downloader import PolicyError, cli
@@ -66,7 +64,6 @@ from pacifica.downloader.exceptions import (
 )
 from pacifica.downloader.progress import Progress
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET_PASSWORD = "pw-Sup3rS3cret-91"
 SECRET_TOKEN = "tok-Sup3rS3cret-77"
 
@@ -184,18 +181,6 @@ def no_requests(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     monkeypatch.setattr(requests.Session, "request", refuse)
     return sent
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    env = {
-        key: value for key, value in os.environ.items()
-        if not key.startswith(("PACIFICA_DOWNLOADER_", "CARTD_")) and not key.lower().endswith("_proxy")
-    }
-    env["NO_PROXY"] = "127.0.0.1,localhost"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.pop("COLUMNS", None)
-    env.update(extra)
-    return env
 
 
 # -- argument parsing ---------------------------------------------------------------------
@@ -743,40 +728,6 @@ def test_safe_display_never_raises() -> None:
 # -- real processes: a pseudo-terminal, pipes, -vv logs ---------------------------------------
 
 PLAIN_LINES = "import sys; sys.modules['tqdm'] = None; from pacifica.downloader.cli import main; sys.exit(main())"
-
-
-def run_on_pty(argv: list[str], env: dict[str, str], limit: float = 60.0, sized: bool = True) -> tuple[int, str]:
-    """Run ``argv`` with stdin, stdout and stderr on a new pseudo-terminal; return its status and output."""
-    master, slave = os.openpty()
-    if sized:
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    try:
-        proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
-    finally:
-        os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + limit
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                proc.kill()
-                pytest.fail("the command did not finish in {} s; output so far: {!r}".format(limit, b"".join(chunks)))
-            ready, _, _ = select.select([master], [], [], remaining)
-            if not ready:
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError as err:
-                if err.errno == errno.EIO:  # every slave end is closed: the process is gone
-                    break
-                raise
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(master)
-    return proc.wait(timeout=limit), b"".join(chunks).decode("utf-8", "replace")
 
 
 @pytest.mark.parametrize("mode", ["tqdm", "tqdm-unsized-terminal", "plain"])

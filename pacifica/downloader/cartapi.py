@@ -21,8 +21,10 @@ from .config import Timeouts, check_seconds, resolve_cart_url
 from .exceptions import CartError, CartFailedError, CartNotFoundError, InvalidInputError
 from .polling import PollSchedule, poll_until_ready
 from .records import FileRecord, validate_records
+from .redaction import escape_controls, quote_known, redact, scrub_known, split_userinfo
+from .redaction import summarize as summarize  # where it was first defined; other modules import it from here
 from .retry import Retry, RetryBudget
-from .transport import Transport, redact
+from .transport import Transport
 
 __all__ = ["CartAPI"]
 
@@ -31,21 +33,6 @@ LOGGER = logging.getLogger(__name__)
 #: How many created carts' file lists a CartAPI keeps for :meth:`CartAPI.posted_records` (a cart's list
 #: is dropped when it is deleted; this bounds a caller that creates carts and never fetches them).
 REMEMBERED_CARTS = 1024
-
-
-def summarize(message: str, limit: int = 240) -> str:
-    """Keep a server message readable: its first and last meaningful lines, each at most ``limit`` characters.
-
-    Cartd puts whole tracebacks, JSON-escaped, into ``X-Pacifica-Message``.
-    """
-    text = message.replace("\\\\n", "\n").replace("\\n", "\n").replace('\\"', '"')
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return "(no message)"
-    clip = [line if len(line) <= limit else line[: limit - 3] + "..." for line in lines]
-    if len(clip) == 1:
-        return clip[0]
-    return f"{clip[0]} ... {clip[-1]}"
 
 
 def staging_failed(response: requests.Response) -> bool:
@@ -87,12 +74,15 @@ class CartAPI:
         ``session`` a ``requests.Session`` to reuse; ``extra_args`` more
         members of the cart's POST body, such as ``{"bundle": True}``.
         """
-        self.cart_api_url = resolve_cart_url(cart_api_url, proto=proto, addr=addr, port=port)
+        url = resolve_cart_url(cart_api_url, proto=proto, addr=addr, port=port)
         if session is not None and not callable(getattr(session, "request", None)):
             raise InvalidInputError(f"session must be a requests.Session, not {type(session).__name__}")
         if extra_args is not None and not isinstance(extra_args, dict):
             raise InvalidInputError(f"extra_args must be a dict, not {type(extra_args).__name__}")
         self.transport = transport or Transport(session=session, auth=auth, timeouts=timeouts, retry=retry)
+        # Kept without its user:password@ part: every cart URL is made from it, and those are logged, written
+        # down, reported and put into errors. The transport sends those credentials (when no auth is given).
+        self.cart_api_url = self._clean(url)
         self.extra_args = dict(extra_args or {})
         if "fileids" in self.extra_args:
             raise InvalidInputError("extra_args must not set 'fileids'; the files come from the event")
@@ -121,10 +111,15 @@ class CartAPI:
         """The requests keyword arguments carrying credentials and TLS settings (0.4.1's ``auth`` dict)."""
         return self.transport.kwargs
 
+    def _clean(self, url: str) -> str:
+        """``url`` without its ``user:password@`` part, whose credentials the transport takes (see
+        :meth:`Transport.adopt`): no URL this object keeps, logs or puts in an error carries them."""
+        return url if split_userinfo(url)[1] is None else self.transport.adopt(url)
+
     def posted_records(self, cart_url: str) -> list[FileRecord] | None:
         """The files this object asked ``cart_url`` to hold, or None for a cart it did not create."""
         with self._posted_lock:
-            records = self._posted.get(cart_url)
+            records = self._posted.get(redact(cart_url))
         return None if records is None else list(records)
 
     def _remember(self, cart_url: str, records: list[FileRecord]) -> None:
@@ -159,7 +154,7 @@ class CartAPI:
         )
         if not records:
             raise InvalidInputError("a cart needs at least one file; Cartd leaves an empty cart staging forever")
-        cart_url = cart_url or self.new_cart_url()
+        cart_url = self._clean(cart_url) if cart_url else self.new_cart_url()
         self.post_cart(cart_url, records, budget=budget)
         return cart_url
 
@@ -174,13 +169,15 @@ class CartAPI:
         the same id, with new tasks, and answer for the newest from then on;
         the old one's tasks are not revoked, and a DELETE removes both.
         """
+        cart_url = self._clean(cart_url)
         body = dict(self.extra_args, fileids=[record.cart_entry() for record in records])
         response = self.transport.request(
             "POST", cart_url, data=json.dumps(body), headers={"Content-Type": "application/json"}, budget=budget
         )
         if response.status_code != 201:
             raise CartError(
-                f"Cartd refused to create the cart (HTTP {response.status_code}): {summarize(response.text)}",
+                f"Cartd refused to create the cart (HTTP {response.status_code}): "
+                f"{quote_known(response.text)}",
                 cart_url=cart_url,
                 response=response,
             )
@@ -208,6 +205,7 @@ class CartAPI:
         still staging.
         """
         limit = self.transport.timeouts.wait if timeout is None else check_seconds(timeout, "timeout")
+        cart_url = self._clean(cart_url)
         poll_until_ready(
             lambda deadline: self.probe(cart_url, deadline=deadline, budget=budget),
             schedule, limit, cart_url, on_poll=on_poll,
@@ -221,6 +219,7 @@ class CartAPI:
         failed, :class:`CartNotFoundError` when the cart does not exist, and
         :class:`CartError` for any other refusal.
         """
+        cart_url = self._clean(cart_url)
         response = self.transport.request("HEAD", cart_url, deadline=deadline, is_final=staging_failed, budget=budget)
         status = response.headers.get("X-Pacifica-Status", "") or f"HTTP {response.status_code}"
         message = response.headers.get("X-Pacifica-Message", "")
@@ -235,19 +234,21 @@ class CartAPI:
         if 400 <= response.status_code < 500:
             raise CartError(
                 f"Cartd refused to report on the cart {redact(cart_url)} (HTTP {response.status_code} "
-                f"{response.reason}); check the credentials and the cart URL",
+                f"{quote_known(response.reason)}); check the credentials and the cart URL",
                 cart_url=cart_url,
                 response=response,
             )
         if status == "error":
             raise CartFailedError(
-                f"Cartd could not stage the cart: {summarize(message)}. "
+                f"Cartd could not stage the cart: {quote_known(message)}. "
                 "Check that every file id exists in the archive and that its hash is right",
-                server_message=message,
+                server_message=escape_controls(scrub_known(message)),
                 cart_url=cart_url,
                 response=response,
             )
-        LOGGER.debug("cart %s: HTTP %s status %r", redact(cart_url), response.status_code, status)
+        if LOGGER.isEnabledFor(logging.DEBUG):
+            LOGGER.debug("cart %s: HTTP %s status %s", redact(cart_url), response.status_code,
+                         quote_known(repr(status)))
         return status
 
     def open_cart(self, cart_url: str, filename: str, offset: int = 0, deadline: float | None = None,
@@ -258,31 +259,34 @@ class CartAPI:
         caller checks the answer is a matching 206).
         """
         headers = {"Range": f"bytes={offset}-"} if offset else None
+        cart_url = self._clean(cart_url)
         response = self.transport.request(
             "GET", cart_url, params={"filename": filename}, stream=True, headers=headers, deadline=deadline,
             budget=budget, answer_is_progress=False,  # only the stream's new bytes are progress
         )
         if response.status_code in (200, 206):
             return response
-        text = response.text
+        text = quote_known(response.text)  # read up to a cap by the transport
         response.close()
         if response.status_code == 404:
             raise CartNotFoundError(
                 f"the cart {redact(cart_url)} is gone from the server", cart_url=cart_url, response=response
             )
         raise CartError(
-            f"Cartd did not send the cart (HTTP {response.status_code}): {summarize(text)}",
+            f"Cartd did not send the cart (HTTP {response.status_code}): {text}",
             cart_url=cart_url,
             response=response,
         )
 
     def cart_exists(self, cart_url: str, budget: RetryBudget | None = None) -> bool:
         """True unless the server answers 404 for the cart (one HEAD, no waiting)."""
-        response = self.transport.request("HEAD", cart_url, is_final=staging_failed, budget=budget)
+        response = self.transport.request("HEAD", self._clean(cart_url), is_final=staging_failed,
+                                          budget=budget)
         return response.status_code != 404
 
     def delete_cart(self, cart_url: str, budget: RetryBudget | None = None) -> bool:
         """Delete the cart on the server; return False if it was already gone."""
+        cart_url = self._clean(cart_url)
         response = self.transport.request("DELETE", cart_url, budget=budget)
         if response.status_code == 404:
             self._forget(cart_url)

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .exceptions import DownloaderError
+from .permissions import FOLDER_MODE, open_append
 
 __all__ = ["DELIVERIES_DIR", "Deliveries", "RedeliveryError"]
 
@@ -58,8 +59,8 @@ class Deliveries:
         """
         line = f"{socket.gethostname()} {os.getpid()} {time.time():.3f}\n"
         try:
-            self.path.parent.mkdir(exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as record:
+            self.path.parent.mkdir(mode=FOLDER_MODE, exist_ok=True)
+            with open_append(self.path) as record:
                 record.write(line)
                 record.flush()
                 os.fsync(record.fileno())  # the worker may die the next moment: that is what is counted

@@ -22,6 +22,7 @@ from .config import LostCarts, Timeouts, check_seconds
 from .exceptions import DestinationError, InvalidInputError
 from .incoming import IncomingArea, hidden_folder, os_error
 from .ledger import CartLedger
+from .permissions import make_folders
 from .pipeline import run_carts
 from .plan import Plan, plan_download
 from .policy import transaction_records
@@ -263,7 +264,9 @@ class Downloader:
         location, cart_url, filename = url_call_style(args, kwargs)
         folder = check_folder_name(filename)
         if not isinstance(cart_url, str) or not cart_url.startswith(("http://", "https://")):
-            raise InvalidInputError(f"cart_url must be an http:// or https:// URL, got {cart_url!r}")
+            shown = redact(cart_url) if isinstance(cart_url, str) else cart_url
+            raise InvalidInputError(f"cart_url must be an http:// or https:// URL, got {shown!r}")
+        cart_url = self.cart_api._clean(cart_url)  # its credentials, if any, become the transport's
         root = self._location(location)
         records = self.cart_api.posted_records(cart_url)
         if records is None:
@@ -299,7 +302,7 @@ class Downloader:
         if root is None:
             raise InvalidInputError("no download location: pass it to Downloader() or to the download method")
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            make_folders(root)
         except OSError as err:
             raise os_error(err, str(root), "create the download directory") from err
         return root

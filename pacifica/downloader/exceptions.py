@@ -5,12 +5,21 @@ catches anything the library means to report.  Each class answers one question
 a caller asks when a download fails: was my input wrong, did the cart fail on
 the server, did the network give out, or did the data not check out?  Each
 message says what happened and what to do about it.
+
+No error carries a credential: its text is scrubbed of every secret a live
+transport of the process holds (:func:`~.redaction.scrub_known`), its
+``cart_url`` has no ``user:password@`` part, and a pickled error (how
+multiprocessing, ``concurrent.futures`` and Celery's pickle serializer move
+it) leaves its ``response`` behind, whose request holds the headers sent.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import requests
+
+from .redaction import redact, scrub_known
 
 __all__ = [
     "CartError",
@@ -46,10 +55,28 @@ class DownloaderError(Exception):
         cart_url: str | None = None,
         response: requests.Response | None = None,
     ) -> None:
+        message = scrub_known(message)
         super().__init__(message)
         self.message = message
-        self.cart_url = cart_url
+        self.cart_url = redact(cart_url) if cart_url else cart_url
+        #: In this process only: a pickled error leaves it behind (see :meth:`__reduce__`).
         self.response = response
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle the type, text and attributes, without ``response`` (its request holds the headers sent)."""
+        state = dict(self.__dict__, response=None)
+        if isinstance(self, OSError):
+            state["errno"] = self.errno
+        return _rebuild, (type(self), self.args, state)
+
+
+def _rebuild(kind: type[DownloaderError], args: tuple[Any, ...], state: dict[str, Any]) -> DownloaderError:
+    """Unpickle an error without calling its ``__init__`` (whose arguments differ from class to class)."""
+    error = kind.__new__(kind)
+    error.args = args
+    for name, value in state.items():
+        setattr(error, name, value)
+    return error
 
 
 class InvalidInputError(DownloaderError, ValueError):
@@ -63,7 +90,7 @@ class InvalidInputError(DownloaderError, ValueError):
     """
 
     def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
-        self.problems = list(problems)
+        self.problems = [scrub_known(problem) for problem in problems]
         if self.problems:
             message = "{}:\n  - {}".format(message, "\n  - ".join(self.problems))
         super().__init__(message)
@@ -105,7 +132,7 @@ class CartFailedError(CartError):
         response: requests.Response | None = None,
     ) -> None:
         super().__init__(message, cart_url=cart_url, response=response)
-        self.server_message = server_message
+        self.server_message = scrub_known(server_message)
 
 
 class CartTimeoutError(CartError, TimeoutError):
@@ -135,7 +162,7 @@ class TransferError(DownloaderError):
         cart_url: str | None = None,
         response: requests.Response | None = None,
     ) -> None:
-        self.attempts = list(attempts)
+        self.attempts = [scrub_known(attempt) for attempt in attempts]
         if self.attempts:
             message = "{} ({} attempts):\n  - {}".format(
                 message, len(self.attempts), "\n  - ".join(self.attempts)

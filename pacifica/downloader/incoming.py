@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .exceptions import DestinationError, UnsafeArchiveError
+from .permissions import FILE_MODE, FOLDER_MODE
 from .reserve import FileReserve
 
 __all__ = ["HIDDEN_DIR", "IncomingArea", "hidden_folder", "safe_folder", "usable_mtime"]
@@ -77,7 +78,7 @@ def safe_folder(root: Path, relative: str, create: bool) -> Path | None:
             if not create:
                 return None
             try:
-                os.mkdir(current)
+                os.mkdir(current, FOLDER_MODE)
             except FileExistsError:
                 info = os.lstat(current)  # made by a concurrent download: check it below
             except OSError as err:
@@ -107,7 +108,7 @@ def hidden_folder(location: Path) -> Path:
     """Return ``location``'s hidden bookkeeping folder, created when needed; refuse one that is a link or a file."""
     root = location / HIDDEN_DIR
     try:
-        root.mkdir(exist_ok=True)
+        root.mkdir(mode=FOLDER_MODE, exist_ok=True)
         info = os.lstat(root)
     except OSError as err:
         raise os_error(err, str(root), "create the folder") from err
@@ -168,7 +169,7 @@ class IncomingArea:
                     )
                     self._remove_stale(hidden)
                     area = hidden / self._name
-                    area.mkdir()
+                    area.mkdir(mode=FOLDER_MODE)
                     self._areas[device] = area
                 return self._areas[device]
         except OSError as err:
@@ -210,7 +211,7 @@ class IncomingArea:
         """``count`` files are about to be written: create them ahead in the main area (see :mod:`.reserve`)."""
         with self._lock:
             if self._reserve is None:
-                self._reserve = FileReserve(str(self.path), _CREATE_FLAGS)
+                self._reserve = FileReserve(str(self.path), _CREATE_FLAGS, FILE_MODE)
         self._reserve.promise(count)
 
     def unreserve(self, count: int) -> None:
@@ -226,7 +227,7 @@ class IncomingArea:
                 return made
         path = f"{target.area}/{next(self._numbers)}.part"  # next() on a count is atomic: threads share the area
         try:
-            return path, os.open(path, _CREATE_FLAGS, 0o666)
+            return path, os.open(path, _CREATE_FLAGS, FILE_MODE)
         except OSError as err:
             raise os_error(err, path, "create the incoming file") from err
 

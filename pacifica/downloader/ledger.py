@@ -14,7 +14,9 @@ to its own Cartd: it deletes them before posting anything, and keeps in its
 own ledger any it could not delete, so a later run tries again.  Ledgers of
 another Cartd are left for a run of that Cartd.
 
-The file is a list of lines, ``+ URL`` when a cart is about to be created
+The URLs are written without any ``user:password@`` part (the run deleting
+a cart sends the credentials of its own configuration), and the file is
+never world-writable.  The file is a list of lines, ``+ URL`` when a cart is about to be created
 (synced to disk before the POST) and ``- URL`` once it is deleted
 (flushed), appended, so a torn last line (a crash while writing) only loses
 that line.  Where ``flock`` is
@@ -37,6 +39,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
+from .permissions import FOLDER_MODE, open_append
 from .transport import redact
 
 __all__ = ["LEDGER_DIR", "CartLedger"]
@@ -63,7 +66,7 @@ class CartLedger:
     def __init__(self, hidden: Path, cart_api_url: str) -> None:
         """Prepare this run's ledger for carts of ``cart_api_url``; the file is made on the first :meth:`add`."""
         self.folder = hidden / LEDGER_DIR
-        self.cart_api_url = cart_api_url.rstrip("/")
+        self.cart_api_url = redact(cart_api_url).rstrip("/")
         host = socket.gethostname().replace("-", "_").replace("/", "_")
         self.path = self.folder / f"run-{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._file: IO[str] | None = None
@@ -74,12 +77,14 @@ class CartLedger:
 
     def add(self, cart_url: str) -> None:
         """Write down ``cart_url`` before its POST; an error to write is logged, not raised."""
+        cart_url = redact(cart_url)
         with self._lock:
             self._live.add(cart_url)
             self._write(f"+ {cart_url}\n")
 
     def remove(self, cart_url: str) -> None:
         """Note that ``cart_url`` is deleted (or was gone)."""
+        cart_url = redact(cart_url)
         with self._lock:
             if cart_url in self._live:
                 self._live.discard(cart_url)
@@ -111,8 +116,8 @@ class CartLedger:
             return
         try:
             if self._file is None:
-                self.folder.mkdir(exist_ok=True)
-                handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the run's life
+                self.folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
+                handle = open_append(self.path)  # held for the run's life
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 with _HELD_LOCK:
                     _HELD.add(str(self.path))
@@ -186,6 +191,7 @@ def _still_listed(lines: Iterable[str]) -> set[str]:
     carts: set[str] = set()
     for line in lines:
         sign, _, url = line.partition(" ")
+        url = redact(url)  # a ledger of an earlier version may hold credentials: the configuration's are used
         if sign == "+" and url.startswith(("http://", "https://")):
             carts.add(url)
         elif sign == "-":

@@ -6,16 +6,22 @@ timeouts and retries as the cart; :mod:`.policy` turns it into file records.
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
-from .cartapi import summarize
+from .bodies import read_body
 from .exceptions import PolicyError, TransferError
+from .redaction import quote_known
 from .transport import Transport, redact
 
-__all__ = ["fetch_transaction"]
+__all__ = ["DOCUMENT_LIMIT", "fetch_transaction"]
 
 LOGGER = logging.getLogger(__name__)
+
+#: The largest transaction document read (bytes, decompressed): some 60,000 files' records. The only answer
+#: read beyond an error page's 64 KiB, because the download needs it whole.
+DOCUMENT_LIMIT = 32 * 1024 * 1024
 
 
 def fetch_transaction(transport: Transport, policy_url: str, transaction_id: int) -> Any:
@@ -27,7 +33,7 @@ def fetch_transaction(transport: Transport, policy_url: str, transaction_id: int
     """
     url = "{}/transactioninfo/{}".format(policy_url.rstrip("/"), transaction_id)
     try:
-        response = transport.request("GET", url, headers={"Accept": "application/json"})
+        response = transport.request("GET", url, headers={"Accept": "application/json"}, stream=True)
     except TransferError as err:
         raise PolicyError(
             "could not fetch transaction {} from the policy service ({}); check that it is up and reachable".format(
@@ -43,16 +49,25 @@ def fetch_transaction(transport: Transport, policy_url: str, transaction_id: int
         if response.status_code != 200:
             raise PolicyError(
                 f"the policy service answered HTTP {response.status_code} for transaction {transaction_id}: "
-                f"{summarize(response.text)}",
+                f"{quote_known(response.text)}",
+                response=response,
+            )
+        data, whole = read_body(response, DOCUMENT_LIMIT)
+        if not whole:
+            raise PolicyError(
+                f"the policy service's answer for transaction {transaction_id} could not be read whole (larger "
+                f"than {DOCUMENT_LIMIT // 2**20} MiB, broken off, or compressed in an encoding not read)",
                 response=response,
             )
         try:
-            document = response.json()
-        except ValueError:
+            document, parsed = json.loads(data), True
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
+            document, parsed = None, False
+        if not parsed:  # raised here, without the parser's error, which holds the whole answer
             raise PolicyError(
                 f"the policy service's answer for transaction {transaction_id} is not JSON: "
-                f"{summarize(response.text[:500])}",
+                f"{quote_known(data[:500].decode('utf-8', 'replace'))}",
                 response=response,
-            ) from None
+            )
     LOGGER.info("fetched transaction %d from %s", transaction_id, redact(url))
     return document

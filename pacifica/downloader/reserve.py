@@ -22,6 +22,8 @@ import logging
 import os
 import threading
 
+from .permissions import FOLDER_MODE
+
 __all__ = ["FileReserve"]
 
 LOGGER = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ class FileReserve:
             self._made += 1
             try:
                 if self._made <= self._block * self._folders:
-                    os.makedirs(subfolder, exist_ok=True)
+                    os.makedirs(subfolder, FOLDER_MODE, exist_ok=True)
                 fd = os.open(path, self._flags, self._mode)
             except OSError as err:
                 LOGGER.debug("stopped creating incoming files ahead: %s", err)

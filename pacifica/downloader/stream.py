@@ -23,6 +23,7 @@ import urllib3
 
 from .config import Timeouts
 from .exceptions import CartTimeoutError, TransferError, UnsafeArchiveError
+from .redaction import quote_known
 from .retry import RetryBudget
 from .transport import RETRYABLE_ERRORS
 
@@ -170,11 +171,12 @@ class CartStream:
                     chunk: bytes = self._read1(min(size, READ_SIZE))
                 else:
                     chunk = self._response.raw.read(min(size, READ_SIZE))
-            except BROKEN as err:
-                self._resume(f"{type(err).__name__}: {err}")
-                continue
-            self._count(len(chunk))
-            return chunk
+            except BROKEN as err:  # its text may quote the server (a chunk's length line): quoted safely
+                reason = f"{type(err).__name__}: {quote_known(err)}"
+            else:
+                self._count(len(chunk))
+                return chunk
+            self._resume(reason)  # outside the except clause: the error, server text and all, is not chained
 
     def _count(self, nbytes: int) -> None:
         self._window_bytes += nbytes
@@ -222,14 +224,14 @@ class CartStream:
         try:
             response = self._reopen(offset)
         except Exception as err:  # any failure to reopen ends in a restart
-            raise StreamBroken(f"{reason}; resume failed: {err}", offset) from err
+            raise StreamBroken(f"{reason}; resume failed: {quote_known(err)}", offset) from err
         match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
         whole = offset == 0 and response.status_code == 200  # nothing received yet: the whole body will do
         if not whole and (response.status_code != 206 or not match or int(match.group(1)) != offset):
             response.close()
             raise StreamBroken(
-                "{}; the server did not resume at byte {} (HTTP {} {!r})".format(
-                    reason, offset, response.status_code, response.headers.get("Content-Range")
+                "{}; the server did not resume at byte {} (HTTP {} {})".format(
+                    reason, offset, response.status_code, quote_known(repr(response.headers.get("Content-Range")))
                 ),
                 offset,
             )

@@ -47,7 +47,9 @@ What happens to a task:
   destination errors fail the task at once.
 * It fails with the library's typed error, whose message carries the cart
   and the file concerned: result backends keep only an exception's type
-  name and message.
+  name and message.  No credential is in a task's arguments (a
+  ``cart_api_url`` with ``user:password@`` is refused), states, result,
+  error or traceback: the workers get theirs from their environment.
 
 :func:`register` puts the same task on a Celery app of one's own; the
 worker should then run with ``worker_prefetch_multiplier = 1`` (a worker
@@ -76,6 +78,7 @@ from .downloader import Downloader
 from .exceptions import CartError, DownloaderError, InvalidInputError, TransferError
 from .incoming import hidden_folder, os_error
 from .manifest import manifest
+from .permissions import make_folders
 from .progress import Progress
 from .transport import redact
 
@@ -162,6 +165,14 @@ def _check_options(options: Mapping[str, Any]) -> None:
     unknown = sorted(set(options) - OPTIONS)
     if unknown:
         raise InvalidInputError(f"unknown task options: {', '.join(unknown)}; known: {', '.join(sorted(OPTIONS))}")
+    url = options.get("cart_api_url")
+    if isinstance(url, str) and redact(url) != url:
+        # A task's arguments are kept by the broker, logged by workers and stored by a result backend that
+        # keeps them (result_extended); credentials go to the workers' environment instead.
+        raise InvalidInputError(
+            "cart_api_url must not carry credentials (user:password@): a task's arguments are kept by the broker "
+            "and may be logged and stored; give the workers CARTD_CART_API_URL with them instead"
+        )
 
 
 def _run(task: Task, event: Any, location: str, **options: Any) -> list[dict[str, Any]]:
@@ -170,7 +181,7 @@ def _run(task: Task, event: Any, location: str, **options: Any) -> list[dict[str
     records = event_records(event)  # an event that cannot be downloaded fails here, before any other step
     root = as_path(location)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        make_folders(root)
     except OSError as err:
         raise os_error(err, str(root), "create the download directory") from err
     starts = Deliveries(hidden_folder(root), str(task.request.id), int(task.request.retries or 0))

@@ -118,6 +118,7 @@ def _download(args: argparse.Namespace, out: Output, feed: ProgressFeed, stdin: 
             overwrite=not args.no_overwrite,
             progress=feed,
         )
+        out.keep(down.cart_api.transport.secrets)
         if args.command == "cloudevent":
             records = event_records(load_json(args.event, stdin))
         elif args.transaction_id is not None:

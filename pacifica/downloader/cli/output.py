@@ -1,7 +1,11 @@
 """What the command prints: the exit status, progress and logs on stderr, the summary and the manifest.
 
 Everything goes to stderr but the ``--json`` manifest, which alone goes to
-stdout, so a pipe receives only the manifest.
+stdout, so a pipe receives only the manifest.  Every line on stderr (errors,
+tracebacks, log records) is scrubbed of the credentials the run knows and
+has its control characters escaped (:func:`shown`): the library already
+quotes server text so, and this is the last line of defence, so that no
+escape sequence from a server reaches the terminal.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from ..exceptions import (
 from ..manifest import manifest
 from ..progress import Progress
 from ..records import FileRecord
+from ..redaction import Secrets, escape_controls, scrub_known
 from ..transport import redact
 from .display import SafeDisplay, format_size
 
@@ -40,6 +45,7 @@ __all__ = [
     "manifest",
     "restore_logging",
     "setup_logging",
+    "shown",
     "summary",
 ]
 
@@ -101,6 +107,12 @@ def exit_code_for(error: BaseException) -> int:
 # -- output ---------------------------------------------------------------------
 
 
+def shown(text: str) -> str:
+    """``text`` as it may reach a terminal: without any credential a live transport holds, control characters
+    (but newlines and tabs) escaped."""
+    return escape_controls(scrub_known(text))
+
+
 class _LevelFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         record.levelname_lower = record.levelname.lower()
@@ -117,7 +129,7 @@ class _DisplayHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = self.format(record)
+            text = shown(self.format(record))
             if self.display is None or not self.display.write(text):
                 self.stream.write(text + "\n")
                 self.stream.flush()
@@ -151,6 +163,11 @@ class Output:
         self.stdout = stdout
         self.stderr = stderr
         self.display = display
+        self.secrets: Secrets | None = None
+
+    def keep(self, secrets: Secrets) -> None:
+        """Keep the run's ``secrets`` alive until the command ends, so that everything printed is scrubbed of them."""
+        self.secrets = secrets
 
     def close_display(self) -> None:
         if self.display is not None:
@@ -158,19 +175,19 @@ class Output:
 
     def message(self, text: str) -> None:
         self.close_display()
-        self.stderr.write(f"{PROG}: {text}\n")
+        self.stderr.write(shown(f"{PROG}: {text}\n"))
         self.stderr.flush()
 
     def error(self, error: BaseException, verbose: int) -> None:
         self.close_display()
         if verbose >= 2:
-            traceback.print_exception(type(error), error, error.__traceback__, file=self.stderr)
-        text = str(error) if str(error) else type(error).__name__
+            self.stderr.write(shown("".join(traceback.format_exception(type(error), error, error.__traceback__))))
+        text = shown(str(error)) if str(error) else type(error).__name__
         if not isinstance(error, DownloaderError):
             text = f"{type(error).__name__}: {text}"
         lines = text.splitlines() or [text]
         if isinstance(error, CartFailedError) and verbose >= 1 and error.server_message:
-            lines.append("  server message: " + error.server_message)
+            lines.append("  server message: " + shown(error.server_message))
         detail = lines[1:]
         if verbose < 1 and len(detail) > DETAIL_LINES:
             more = len(detail) - DETAIL_LINES
