@@ -290,7 +290,7 @@ def test_lost_carts_defaults_and_the_moment_a_spare_is_due() -> None:
     assert rule.spare_after(250) == pytest.approx(45.0), "20 s + 0.1 s per file, the jitter drawn in the middle"
     assert rule.spare_after(250, draw=0.0) == pytest.approx(40.5) and rule.spare_after(250, draw=0.999) < 49.5
     for files in (1, 30, 250):  # up to CartLimits.max_files
-        assert 2 * rule.spare_after(files, draw=0.999) < 60 + 0.2 * files, "a cart and its spare lost: < 60 s + 0.2 s/file"
+        assert 2 * rule.spare_after(files, draw=0.999) < 60 + 0.2 * files, "a cart and its spare lost: in the bound"
     assert LostCarts(spares=0).spares == 0, "0 means never post a spare"
     assert rule.replace(after=5.0).after == 5.0 and rule.after == 20.0
 
