@@ -15,6 +15,7 @@ reports and a recording ``time.sleep``.
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import os
 import re
@@ -441,20 +442,21 @@ def test_patience_is_spent_across_tries_and_given_back_by_progress() -> None:
     assert once.why_spent() == "1 tries failed in a row", "the budget, not the window, ended it"
 
 
-class Refused:
+class Refused(requests.Session):
     """A requests session on the fake clock whose server refuses connections until ``back`` (None: for ever)."""
 
-    adapters: dict[str, Any] = {}
-
     def __init__(self, clock: Clock, back: float | None) -> None:
+        super().__init__()
         self.clock, self.back = clock, back
         self.tries: list[float] = []
 
-    def request(self, method: str, url: str, **_: Any) -> Any:
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         self.tries.append(self.clock.now)
         if self.back is None or self.clock.now < self.back:
             raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
-        return FakeResponse(FakeBody(b""), status=201)
+        answer = requests.Response()
+        answer.status_code, answer.raw = 201, io.BytesIO(b"")
+        return answer
 
 
 class Unwatched:
@@ -478,7 +480,7 @@ def refusing_transport(monkeypatch: pytest.MonkeyPatch, back: float | None) -> t
     monkeypatch.setattr(transport_module, "time", clock)
     monkeypatch.setattr(transport_module, "Watch", Unwatched)
     server = Refused(clock, back)
-    transport = transport_module.Transport(session=server)  # type: ignore[arg-type]
+    transport = transport_module.Transport(session=server)
     return transport, server, clock
 
 
