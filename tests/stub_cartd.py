@@ -11,7 +11,7 @@
   ``Accept-Ranges: bytes`` and ``Range`` support, or cut short after N bytes;
 * ``DELETE {base}/{uid}`` -> 200 (404 if unknown);
 * any other ``GET`` the test's ``pages(path)`` answers (a Policy service's
-  ``/transactioninfo/<id>``, say) -> that answer.
+  ``/status/transactions/by_id/<id>``, say) -> that answer.
 
 Every request is recorded (:attr:`StubCartd.requests`) *before* it is
 answered, so once a client call has returned a test can assert what the

@@ -122,7 +122,7 @@ def _download(args: argparse.Namespace, out: Output, feed: ProgressFeed, stdin: 
             records = event_records(load_json(args.event, stdin))
         elif args.transaction_id is not None:
             document = fetch_transaction(down.cart_api.transport, args.policy_url, args.transaction_id)
-            records = transaction_records(document)
+            records = transaction_records(document, args.transaction_id)
         else:
             records = transaction_records(load_json(args.document, stdin))
         LOGGER.info("%d files listed; downloading into %s", len(records), os.path.abspath(args.destination))

@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap(
             "Download the files of a Pacifica Policy transaction-info document into DIR/FILENAME/, "
             "the document given as a file or fetched from the Policy service "
-            "(GET POLICY_URL/transactioninfo/ID, with the same credentials and TLS settings)."
+            "(GET POLICY_URL/status/transactions/by_id/ID, with the same credentials and TLS settings). "
+            "An unknown transaction is an error (exit 3), never an empty download."
         ),
     )
     transaction.add_argument(
@@ -163,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch = transaction.add_argument_group("fetching the document instead")
     fetch.add_argument("--transaction-id", metavar="ID", type=_transaction_id, help="the transaction to fetch")
-    fetch.add_argument("--policy-url", metavar="URL", help="the Policy service's base URL")
+    fetch.add_argument(
+        "--policy-url", metavar="URL",
+        help="the Policy service's root URL, or pacifica-cli's download_policy_url (ending in "
+        "/status/transactions/by_id)",
+    )
     _add_common_options(transaction)
     transaction.set_defaults(command_parser=transaction)
     _add_enqueue(commands, epilog, formatter)
