@@ -12,6 +12,7 @@ from .. import __version__
 from ..config import Timeouts
 from ..exceptions import InvalidInputError
 from .credentials import ENV_CERT, ENV_KEY, ENV_PASSWORD, ENV_TOKEN, ENV_USER
+from .facility import add_facility_commands
 from .output import EXIT_CODES, PROG
 
 __all__ = ["build_parser", "check_arguments", "load_json"]
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_options(transaction)
     transaction.set_defaults(command_parser=transaction)
     _add_enqueue(commands, epilog, formatter)
+    add_facility_commands(commands, epilog, formatter, _add_talk, _positive_float)
     return parser
 
 
@@ -206,7 +208,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error("--transaction-id needs --policy-url")
         if args.policy_url and args.transaction_id is None:
             parser.error("--policy-url is only used with --transaction-id")
-    for option in ("cart_url", "policy_url"):
+    for option in ("cart_url", "policy_url", "notifications_url", "target"):
         url = getattr(args, option, None)
         if not url:
             continue
