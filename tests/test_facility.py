@@ -303,3 +303,12 @@ def test_subscribe_is_idempotent_and_replaces_a_disabled_match(facility: Facilit
     assert match(facility, second)["auth"] == {"type": "header", "header": {"type": "Bearer", "credentials": TOKEN}}
     requests.delete(f"{facility.notifications_url}/eventmatch/{second}", headers=who, timeout=30)
     wait_until(lambda: second not in [each["uuid"] for each in facility.event_matches()], 30, "the match deleted")
+
+
+def test_subscribe_reports_what_notifications_refused(facility: FacilityStack, service: ServeProcess) -> None:
+    result = run_downloader("subscribe", "--notifications-url", facility.notifications_url, "--user", "uploader",
+                            "--target", service.url + "third", "--jsonpath", "$[?(@.", "-q")
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith("pacifica-downloader: error: Notifications answered the create of the event "
+                                    "match with HTTP 500"), result.stderr
+    assert result.stdout == ""

@@ -86,6 +86,8 @@ MAX_CONNECTIONS = 32
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CHUNK = 1024 * 1024
 
+#: How long the service's sends and result lookups insist on a broker or backend that is down (about 1.5 s).
+_GIVE_UP_SOON = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 #: What sends a recorded event to the workers: returns the task's id, raises when the broker cannot take it.
 Sender = Callable[[EventRecord], str]
 #: What tells how a queued task is doing (a mapping of JSON-ready values).
@@ -425,7 +427,9 @@ def celery_hooks(location: Path, options: Mapping[str, Any],
     app.conf.update(
         broker_connection_timeout=5.0, redis_socket_connect_timeout=5.0, redis_socket_timeout=10.0,
         # A send that fails is tried again by the queue loop: give up within a second or two, not a minute.
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
+        task_publish_retry_policy=_GIVE_UP_SOON,
+        # Sending a task first subscribes to its result on a Redis backend, which retries for about 20 s.
+        result_backend_transport_options={**app.conf.result_backend_transport_options, "retry_policy": _GIVE_UP_SOON},
     )
 
     def send(record: EventRecord) -> str:

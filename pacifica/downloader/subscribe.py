@@ -109,14 +109,19 @@ def subscribe(transport: Transport, notifications_url: str, user: str, target: s
     """
     base = notifications_url.rstrip("/") + "/eventmatch"
     who = {USER_HEADER: user, "Accept": "application/json"}
+    # Any answer is Notifications' last word (its 500s are refusals: a bad JSONPath, say); only failed connections
+    # are tried again.
+    def answered(response: Any) -> bool:
+        return True
+
     try:
-        listing = transport.request("GET", base, headers=who)
+        listing = transport.request("GET", base, headers=who, is_final=answered)
         with listing:
             # Notifications answers 403 to a user who has no match yet.
             matches = [] if listing.status_code == 403 else _matches(listing)
         decision = plan(matches, target, jsonpath, token)
         for old in decision.replace:
-            gone = transport.request("DELETE", f"{base}/{old}", headers=who)
+            gone = transport.request("DELETE", f"{base}/{old}", headers=who, is_final=answered)
             with gone:
                 _check(gone, f"DELETE of the disabled event match {old}", ok=(200, 204))
             LOGGER.info("deleted the disabled event match %s for %s", old, redact(target))
@@ -125,10 +130,10 @@ def subscribe(transport: Transport, notifications_url: str, user: str, target: s
             return str(decision.uuid)
         body: dict[str, Any] = {"auth": _auth(token)}
         if decision.action == "update":
-            answer = transport.request("PUT", f"{base}/{decision.uuid}", headers=who, json=body)
+            answer = transport.request("PUT", f"{base}/{decision.uuid}", headers=who, json=body, is_final=answered)
         else:
             body.update(name=MATCH_NAME, jsonpath=jsonpath, target_url=target)
-            answer = transport.request("POST", base, headers=who, json=body)
+            answer = transport.request("POST", base, headers=who, json=body, is_final=answered)
         with answer:
             _check(answer, f"the {decision.action} of the event match")
             uuid = _json(answer, f"the {decision.action} of the event match").get("uuid")

@@ -134,7 +134,11 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
     journal.hold()
     try:
         service = DownloadService(journal, send, report, probe)
-        server = EventServer((args.host, args.port), service, token)
+        try:
+            server = EventServer((args.host, args.port), service, token)
+        except OSError as err:
+            out.message(f"error: cannot listen on {args.host}:{args.port}: {err.strerror or err}")
+            return EXIT_USAGE
         try:
             return _run_until_stopped(server, service, args, out)
         finally:
