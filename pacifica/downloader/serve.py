@@ -14,7 +14,10 @@ Notifications sends it) or binary mode, is
 3. queued for the download workers (:mod:`.tasks`) whenever the broker can
    be reached: at once, by a background loop every few seconds, and at
    start-up, so that an event recorded while the broker was down, or just
-   before the service was killed, is downloaded once both are back.
+   before the service was killed, is downloaded once both are back.  (Killed
+   between a send and its record, the service sends that event again after a
+   restart, under the same task id; the download of an event already on
+   disk fetches nothing.)
 
 An authenticated event that cannot be downloaded (not an event, no files,
 a bad record) is recorded as **rejected** with the reason, logged and
