@@ -8,9 +8,12 @@
     python3 dev.py bench    # the benchmarks of benchmarks/ (see benchmarks/README.md)
     python3 dev.py bench-workers   # 20 events on download workers against one process (benchmarks/workers.py)
 
-It creates ``.venv`` (the library, editable, with its test and docs tools) and
-``.venv-stack`` (the Pacifica services, kept apart because they install a
-``pacifica/__init__.py`` of their own), then runs the task in ``.venv``.
+It creates ``.venv`` (the library, editable, with its test and docs tools),
+``.venv-stack`` (Cartd and the archive interface) and ``.venv-facility`` (the
+rest of a Pacifica facility: Ingest, Metadata, Policy, Notifications,
+UniqueID, pacifica-cli), each Pacifica venv kept apart because the services
+install a ``pacifica/__init__.py`` of their own and pin different peewees,
+then runs the task in ``.venv``.
 Every step is idempotent: a second run reuses what the first installed.
 """
 from __future__ import annotations
@@ -36,7 +39,6 @@ DEV_REQUIREMENTS = [
     "ruff==0.17.6",
     "types-requests==2.33.0.20261030",
     "cloudevents==2.2.0",
-    "CherryPy==18.10.0",
     "celery[redis]==5.7.0",
     "trustme==1.2.1",
 ]
@@ -65,11 +67,13 @@ def ensure_dev_venv() -> Path:
 
 
 def ensure_stack() -> None:
-    """Create ``.venv-stack`` with the pinned Pacifica services (see tests/cartd_stack.py)."""
+    """Create ``.venv-stack`` (Cartd, tests/cartd_stack.py) and ``.venv-facility`` (the rest of a facility)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from cartd_stack import default_stack_venv_path, ensure_stack_venv
+    from facility_stack import ensure_facility_venv
 
     ensure_stack_venv(default_stack_venv_path())
+    ensure_facility_venv()
 
 
 #: Pythons whose server-free tests also run under ``dev.py test`` when the machine has them; "system" is the

@@ -59,7 +59,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -134,14 +134,14 @@ def _venv_bin(path: Path) -> Path:
     return path / "bin"
 
 
-def _requirements_text() -> str:
-    return "\n".join(STACK_REQUIREMENTS) + "\n"
+def _requirements_text(requirements: Sequence[str] = STACK_REQUIREMENTS, no_deps: Sequence[str] = ()) -> str:
+    return "\n".join([*requirements, *(f"--no-deps {name}" for name in no_deps)]) + "\n"
 
 
-def _venv_is_current(path: Path) -> bool:
+def _venv_is_current(path: Path, wanted: str) -> bool:
     marker = path / _MARKER_NAME
     try:
-        return (_venv_bin(path) / "python").exists() and marker.read_text() == _requirements_text()
+        return (_venv_bin(path) / "python").exists() and marker.read_text() == wanted
     except OSError:
         return False
 
@@ -164,23 +164,30 @@ def _run_checked(argv: list[str], what: str) -> None:
         raise StackError(f"{what} failed with exit code {result.returncode}:\n{tail}")
 
 
-def ensure_stack_venv(path: Path | None = None) -> Path:
-    """Make sure the stack virtualenv exists with :data:`STACK_REQUIREMENTS`; return its bin dir.
+def ensure_stack_venv(
+    path: Path | None = None, requirements: Sequence[str] = STACK_REQUIREMENTS, no_deps: Sequence[str] = ()
+) -> Path:
+    """Make sure the stack virtualenv exists with ``requirements``; return its bin dir.
 
     The venv is created with ``sys.executable -m venv`` when missing, and the
     requirements are pip-installed when the marker file inside it (which holds
     the requirement list) is missing or differs. When everything is in place
     this only reads one small file. *path* defaults to
-    :func:`default_stack_venv_path`.
+    :func:`default_stack_venv_path`; *requirements* to :data:`STACK_REQUIREMENTS`
+    (another venv, such as the facility's, passes its own). *no_deps* are
+    installed after them without their declared dependencies (a package whose
+    declared ones cannot be installed here, when the requirements provide what
+    it really imports).
     """
     path = Path(path) if path is not None else default_stack_venv_path()
     bin_dir = _venv_bin(path)
-    if _venv_is_current(path):
+    wanted = _requirements_text(requirements, no_deps)
+    if _venv_is_current(path, wanted):
         return bin_dir
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_name = f"pacifica-stack-venv-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}.lock"
     with _file_lock(Path(tempfile.gettempdir()) / lock_name):
-        if _venv_is_current(path):  # another process finished it while we waited
+        if _venv_is_current(path, wanted):  # another process finished it while we waited
             return bin_dir
         if not (bin_dir / "python").exists():
             if path.exists():
@@ -190,13 +197,12 @@ def ensure_stack_venv(path: Path | None = None) -> Path:
             LOGGER.info("creating stack virtualenv in %s", path)
             _run_checked([sys.executable, "-m", "venv", str(path)], "creating the stack virtualenv")
         (path / _MARKER_NAME).unlink(missing_ok=True)
-        LOGGER.info("installing %s into %s", " ".join(STACK_REQUIREMENTS), path)
-        _run_checked(
-            [str(bin_dir / "python"), "-m", "pip", "install", "--disable-pip-version-check", "--quiet",
-             *STACK_REQUIREMENTS],
-            "installing the stack requirements",
-        )
-        (path / _MARKER_NAME).write_text(_requirements_text())
+        LOGGER.info("installing %s into %s", " ".join(requirements), path)
+        pip = [str(bin_dir / "python"), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
+        _run_checked([*pip, *requirements], "installing the stack requirements")
+        if no_deps:
+            _run_checked([*pip, "--no-deps", *no_deps], "installing " + " ".join(no_deps))
+        (path / _MARKER_NAME).write_text(wanted)
     return bin_dir
 
 
@@ -551,20 +557,25 @@ class CartdStack:
             svc = self.service(name)
             if svc.running():
                 raise StackError(f"{name} is still running; kill() it first")
+            ready = self._readiness(svc)
+            if ready is None:
+                raise StackError(f"restarting {name} is not supported")
             svc.close_log()
             svc.start(self.workdir)
-            ready: dict[str, Callable[[], bool]] = {
-                "worker": lambda: bool(_WORKER_READY.search(svc.new_output())),
-                "redis": lambda: _redis_answers(self.redis_port),
-                "cartd": lambda: _http_answers(f"{self.cart_url}/"),
-                "cartd-bundle": lambda: _http_answers(f"{self.bundle_cart_url}/"),
-            }
-            if name not in ready:
-                raise StackError(f"restarting {name} is not supported")
             try:
-                self._wait_for({f"{name} ready again": ready[name]}, time.monotonic() + timeout)
+                self._wait_for({f"{name} ready again": ready}, time.monotonic() + timeout)
             except _StartFailed as exc:
                 raise StackError(f"{exc}\n\n{self.log_tails()}") from None
+
+    def _readiness(self, svc: _Service) -> Callable[[], bool] | None:
+        """How to tell that service ``svc`` answers again after :meth:`start_again` (None: not supported)."""
+        ready: dict[str, Callable[[], bool]] = {
+            "worker": lambda: bool(_WORKER_READY.search(svc.new_output())),
+            "redis": lambda: _redis_answers(self.redis_port),
+            "cartd": lambda: _http_answers(f"{self.cart_url}/"),
+            "cartd-bundle": lambda: _http_answers(f"{self.bundle_cart_url}/"),
+        }
+        return ready.get(svc.name)
 
     def log_matches(self, name: str, pattern: str) -> int:
         """How many times service ``name`` has logged ``pattern``, over every start."""
@@ -844,9 +855,8 @@ class CartdStack:
 # --------------------------------------------------------------------------
 
 
-def _cmd_up(args: argparse.Namespace) -> int:
-    bin_dir = ensure_stack_venv(Path(args.venv) if args.venv else None)
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cartd-stack-"))
+def run_until_stopped(stack: CartdStack, timeout: float, describe: Callable[[], list[str]]) -> int:
+    """Start ``stack``, print ``describe()``'s lines, and run it until Ctrl-C, SIGTERM or a service dies."""
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -854,19 +864,17 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    stack = CartdStack(workdir, bin_dir, workers=args.workers, database=args.database)
+    name = type(stack).__name__
     try:
         try:
-            stack.start(timeout=args.timeout)
+            stack.start(timeout=timeout)
         except StackError as exc:
-            print(f"cartd stack failed to start: {exc}", file=sys.stderr)
+            print(f"{name} failed to start: {exc}", file=sys.stderr)
             return 1
-        print(f"cart API:           {stack.cart_url}")
-        print(f"bundling cart API:  {stack.bundle_cart_url}")
-        print(f"archive interface:  {stack.archive_url}")
+        for line in describe():
+            print(line)
         print(f"workdir (logs in logs/): {stack.workdir}")
-        print(f"started in {stack.startup_seconds:.1f}s; Ctrl-C or SIGTERM stops it")
-        print(f"CARTD_CART_API_URL={stack.cart_url}", flush=True)
+        print(f"started in {stack.startup_seconds:.1f}s; Ctrl-C or SIGTERM stops it", flush=True)
         while not stop_requested.wait(1.0):
             dead = stack.dead_services()
             if dead:
@@ -875,7 +883,19 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return 0
     finally:
         stack.stop()
-        print("cartd stack stopped", flush=True)
+        print(f"{name} stopped", flush=True)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    bin_dir = ensure_stack_venv(Path(args.venv) if args.venv else None)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cartd-stack-"))
+    stack = CartdStack(workdir, bin_dir, workers=args.workers, database=args.database)
+    return run_until_stopped(stack, args.timeout, lambda: [
+        f"cart API:           {stack.cart_url}",
+        f"bundling cart API:  {stack.bundle_cart_url}",
+        f"archive interface:  {stack.archive_url}",
+        f"CARTD_CART_API_URL={stack.cart_url}",
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:

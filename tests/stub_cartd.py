@@ -11,7 +11,7 @@
   ``Accept-Ranges: bytes`` and ``Range`` support, or cut short after N bytes;
 * ``DELETE {base}/{uid}`` -> 200 (404 if unknown);
 * any other ``GET`` the test's ``pages(path)`` answers (a Policy service's
-  ``/transactioninfo/<id>``, say) -> that answer.
+  ``/status/transactions/by_id/<id>``, say) -> that answer.
 
 And a hostile one, for the tests of secrets and hostile servers: ``echo``
 puts the request's headers (and a Basic credential decoded), after terminal

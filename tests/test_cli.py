@@ -1,6 +1,6 @@
 """The ``pacifica-downloader`` command, without a real Cartd.
 
-A small stub of Cartd (and of the Policy service's ``/transactioninfo``)
+A small stub of Cartd (and of the Policy service's ``/status/transactions/by_id``)
 runs in a thread on loopback; the command runs in-process through
 :func:`pacifica.downloader.cli.main` or, for what needs a real process (a
 pseudo-terminal, the logs of ``-vv``), as ``python -m pacifica.downloader``.
@@ -71,7 +71,7 @@ SECRET_TOKEN = "tok-Sup3rS3cret-77"
 
 
 class CartdStub:
-    """An archive served by the one stub Cartd (stub_cartd.StubCartd), plus Policy's ``GET /transactioninfo/<id>``.
+    """An archive served by the one stub Cartd (stub_cartd.StubCartd), plus Policy's transaction documents.
 
     POST stores the cart; HEAD answers per ``status`` (``ready``: 204 ready,
     ``staging``: 204 staging, ``error``: 500 error); GET sends a tar whose top
@@ -112,10 +112,16 @@ class CartdStub:
         return 204, {"X-Pacifica-Status": self.status, "X-Pacifica-Message": ""}
 
     def _page(self, path: str) -> tuple[int, bytes] | None:
-        if not path.startswith("/transactioninfo/"):
+        """Policy's ``GET /status/transactions/by_id/<id>``: an unknown id is HTTP 200 and Metadata's error document."""
+        prefix = "/status/transactions/by_id/"
+        if not path.startswith(prefix):
             return None
-        document = self.transactions.get(path.split("/", 2)[2])
-        return (404, b'{"message": "not found"}') if document is None else (200, json.dumps(document).encode())
+        number = path[len(prefix):]
+        document = self.transactions.get(number, {
+            "status": "404 Not Found", "message": f"No Transaction with an ID of {number} was found",
+            "traceback": "Traceback (most recent call last): ...", "version": "18.10.0",
+        })
+        return 200, json.dumps(document).encode()
 
     def _tar(self, uid: str, filename: str) -> bytes:
         def content(data: bytes) -> bytes:
@@ -465,12 +471,31 @@ def test_transactioninfo_fetched_from_policy_with_token(
     assert main(["transactioninfo", "--transaction-id", "67", "--policy-url", stub.url + "/", "-d", str(tmp_path),
                  "--cart-url", stub.url]) == 0
     assert (tmp_path / "data" / "a" / "b" / "small.txt").exists()
-    assert [(method, path) for method, path, _ in stub.requests][0] == ("GET", "/transactioninfo/67")
+    assert [(method, path) for method, path, _ in stub.requests][0] == ("GET", "/status/transactions/by_id/67")
     assert all(headers.get("Authorization") == "Bearer " + SECRET_TOKEN for _, _, headers in stub.requests)
 
+
+@pytest.mark.parametrize("suffix", ["", "/", "/status/transactions/by_id", "/status/transactions/by_id/"])
+def test_policy_url_is_the_root_or_pacifica_clis_by_id_url(
+    stub: CartdStub, tmp_path: Path, suffix: str
+) -> None:
+    stub.transactions["67"] = {"files": {str(obj["_id"]): obj for obj in event_of(stub)["data"][1:]}}
+    assert main(["transactioninfo", "--transaction-id", "67", "--policy-url", stub.url + suffix, "-d", str(tmp_path),
+                 "--cart-url", stub.url, "-q"]) == 0
+    assert [path for method, path, _ in stub.requests if method == "GET"][0] == "/status/transactions/by_id/67"
+
+
+def test_unknown_transaction_exits_3_before_any_cart(
+    stub: CartdStub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Policy answers an unknown id with HTTP 200 and an error document: an error, not an empty download."""
     assert main(["transactioninfo", "--transaction-id", "68", "--policy-url", stub.url, "-d", str(tmp_path),
                  "--cart-url", stub.url]) == 3
-    assert "pacifica-downloader: error: the policy service knows no transaction 68" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("pacifica-downloader: error: the policy service gave no files for transaction 68")
+    assert "404 Not Found: No Transaction with an ID of 68 was found" in err
+    assert "Traceback" not in err
+    assert stub.methods() == ["GET"], "no cart"
 
 
 def test_cart_failure_exits_3_in_one_line(stub: CartdStub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.sessions import RecordingSession
 
-from pacifica.downloader import CloudEvent, InvalidInputError, TransactionInfo
+from pacifica.downloader import CloudEvent, Downloader, InvalidInputError, PolicyError, TransactionInfo
+from pacifica.downloader.policy import transaction_records
+from pacifica.downloader.policyapi import transaction_url
 
 SHA1 = "f1d2d2f924e986ac86fdf7b36c94bcdf32beec15"
 EXAMPLE = Path(__file__).resolve().parent / "data" / "notifications-events.json"  # a copy of shared/examples/
@@ -254,9 +257,56 @@ def test_transactioninfo_id_differing_from_key_refused() -> None:
     assert "104" in info.value.problems[0]
 
 
-@pytest.mark.parametrize("document", [{}, {"files": {}}])
-def test_transactioninfo_without_files(document: dict[str, Any]) -> None:
+@pytest.mark.parametrize("document", [{"files": {}}, {"status": "success", "files": {}}, {"files": {}, "_id": 3}])
+def test_transactioninfo_with_empty_files_is_an_empty_download(document: dict[str, Any]) -> None:
     assert _entries(TransactionInfo.transactioninfo(document)) == []
+
+
+#: What Policy answers (HTTP 200) for an unknown transaction: Metadata's error document, as it is.
+UNKNOWN_TRANSACTION = {
+    "status": "404 Not Found", "message": "No Transaction with an ID of 999 was found",
+    "traceback": "Traceback (most recent call last):\n  File ...\nIndexError: list index out of range\n",
+    "version": "18.10.0",
+}
+
+
+@pytest.mark.parametrize(("document", "said"), [
+    (UNKNOWN_TRANSACTION, "404 Not Found: No Transaction with an ID of 999 was found"),
+    ({"status": "500 Internal Server Error", "message": "boom", "files": {}}, "500 Internal Server Error: boom"),
+    ({"status": "error", "files": {"1": _policy_file(_id=1)}}, "error"),
+    ({"status": 404}, "404"),
+    ({}, "a document without 'files' (keys: none)"),
+    ({"_id": 5, "transactions": {}}, "a document without 'files' (keys: _id, transactions)"),
+])
+def test_an_error_document_is_a_policy_error_not_an_empty_download(document: dict[str, Any], said: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        TransactionInfo.transactioninfo(document)
+    assert said in str(info.value)
+    assert "Traceback" not in str(info.value)
+    with pytest.raises(PolicyError, match="for transaction 999: "):
+        transaction_records(document, 999)
+
+
+def test_an_error_document_downloads_nothing_and_sends_nothing(tmp_path: Path) -> None:
+    session = RecordingSession(refuse=True)
+    down = Downloader(tmp_path, "http://127.0.0.1:9", session=session)
+    with pytest.raises(PolicyError, match="No Transaction with an ID of 999"):
+        down.transactioninfo(UNKNOWN_TRANSACTION)
+    with pytest.raises(PolicyError):
+        down.transactioninfo(tmp_path / "old-style", UNKNOWN_TRANSACTION)
+    assert session.sent == []
+    assert not (tmp_path / "data").exists() and not (tmp_path / "old-style").exists()
+
+
+@pytest.mark.parametrize(("policy_url", "expected"), [
+    ("http://policy:8181", "http://policy:8181/status/transactions/by_id/7"),
+    ("http://policy:8181/", "http://policy:8181/status/transactions/by_id/7"),
+    ("https://site.org/policy", "https://site.org/policy/status/transactions/by_id/7"),
+    ("https://site.org/policy/status/transactions/by_id", "https://site.org/policy/status/transactions/by_id/7"),
+    ("https://site.org/policy/status/transactions/by_id/", "https://site.org/policy/status/transactions/by_id/7"),
+])
+def test_policy_url_forms(policy_url: str, expected: str) -> None:
+    assert transaction_url(policy_url, 7) == expected
 
 
 @pytest.mark.parametrize("document", [None, [], "doc", 3, {"files": []}, {"files": None}, {"files": "103"}])

@@ -24,7 +24,14 @@ import requests
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pacifica.downloader import CartLimits, CloudEvent, Downloader, InvalidInputError, TransactionInfo
+from pacifica.downloader import (
+    CartLimits,
+    CloudEvent,
+    Downloader,
+    InvalidInputError,
+    PolicyError,
+    TransactionInfo,
+)
 from pacifica.downloader.incoming import HIDDEN_DIR
 from pacifica.downloader.ledger import LEDGER_DIR
 
@@ -270,11 +277,15 @@ def assert_ids_are_keys(document: Any, entries: Any) -> None:
 
 
 def read_or_refuse(reader: Callable[[Any], Callable[[], Iterator[dict[str, str]]]], value: Any) -> Any:
-    """Return the entries ``reader`` gives for ``value``, or None when it refuses with InvalidInputError."""
+    """Return the entries ``reader`` gives for ``value``, or None when it refuses it.
+
+    Input is refused with :class:`InvalidInputError`, or :class:`PolicyError` for a transaction document that is
+    Policy's error document (a ``status`` that is not a success, or no ``files``).
+    """
     try:
         files = reader(value)
-    except InvalidInputError as err:
-        assert err.problems or str(err)
+    except (InvalidInputError, PolicyError) as err:
+        assert getattr(err, "problems", None) or str(err)
         return None
     entries = list(files())
     assert_valid_entries(entries)
@@ -345,7 +356,7 @@ def _download(download_dir: Path, method: str, value: Any) -> Any:
     with mock.patch.object(requests.Session, "request", fake_request):
         try:
             paths = getattr(down, method)(value)
-        except InvalidInputError:
+        except (InvalidInputError, PolicyError):
             assert calls == [], "a request was sent for input then refused"
             return "refused", None
         except NetworkReached:

@@ -11,14 +11,12 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from released_programs import DISPATCHER_TEST, ReleasedPrograms, ensure_released_programs
-from stub_cartd import StubCartd
 from support.events import archive, event_with
 
 #: Seconds any one released program may take here; they finish in a few.
@@ -56,19 +54,6 @@ def cart_gone(url: str) -> bool:
     return requests.head(url, timeout=10).status_code == 404
 
 
-@pytest.fixture
-def policy() -> Iterator[tuple[StubCartd, dict[str, Any]]]:
-    """A Policy stand-in (the stub's ``pages``): ``GET <path>`` answers the document filed under that path."""
-    documents: dict[str, Any] = {}
-
-    def page(path: str) -> tuple[int, bytes]:
-        found = path in documents
-        return (200 if found else 404), json.dumps(documents[path] if found else {"error": "not found"}).encode()
-
-    with StubCartd(pages=page) as server:
-        yield server, documents
-
-
 # -- pacifica-cli ------------------------------------------------------------------------------
 
 
@@ -96,20 +81,25 @@ def test_pacifica_cli_event_without_files_exits_0(released: ReleasedPrograms, ca
     assert result.returncode == 0, result.stderr
 
 
-def test_pacifica_cli_downloads_a_transaction_by_id(
-    released: ReleasedPrograms, cartd_stack: Any, tmp_path: Path, policy: tuple[StubCartd, dict[str, Any]]
+def test_pacifica_cli_downloads_a_transaction_by_id_from_the_real_policy(
+    released: ReleasedPrograms, facility: Any, tmp_path: Path
 ) -> None:
-    server, documents = policy
-    objects = archive(cartd_stack, FILES)
-    documents["/status/transactions/by_id/67"] = {
-        "files": {str(obj["_id"]): {key: value for key, value in obj.items() if key != "destinationTable"}
-                  for obj in objects}
-    }
-    result = run_cli(released, ["--transaction-id", "67", "--destination", str(tmp_path / "d")], program_env(
-        tmp_path, DOWNLOAD_URL=cartd_stack.cart_url, DOWNLOAD_POLICY_URL=f"{server.url}/status/transactions/by_id",
-    ))
+    """Uploaded with pacifica-cli, fetched by id with pacifica-cli: Policy's own document, Cartd's own cart."""
+    upload = tmp_path / "upload"
+    for path, data in FILES.items():
+        (upload / path).parent.mkdir(parents=True, exist_ok=True)
+        (upload / path).write_bytes(data)
+    transaction = facility.upload(upload)
+    env = program_env(tmp_path, DOWNLOAD_URL=facility.cart_url,
+                      DOWNLOAD_POLICY_URL=f"{facility.policy_url}/status/transactions/by_id")
+    result = run_cli(released, ["--transaction-id", str(transaction), "--destination", str(tmp_path / "d")], env)
     assert result.returncode == 0, result.stderr
     assert_files(tmp_path / "d" / "data", FILES)
+
+    unknown = run_cli(released, ["--transaction-id", "987653", "--destination", str(tmp_path / "u")], env)
+    assert unknown.returncode != 0, "an unknown transaction is not an empty download"
+    assert "No Transaction with an ID of 987653 was found" in unknown.stderr
+    assert not (tmp_path / "u" / "data").exists()
 
 
 # -- pacifica-dispatcher -----------------------------------------------------------------------

@@ -3,6 +3,10 @@
 :func:`fetch_transaction` goes through the download's :class:`Transport`,
 so the document is fetched with the same session, credentials, TLS settings,
 timeouts and retries as the cart; :mod:`.policy` turns it into file records.
+The document is Policy's ``GET /status/transactions/by_id/<id>``
+(:func:`transaction_url`), the one pacifica-cli's ``download_policy_url``
+names; an error document (Policy answers an unknown transaction with HTTP 200
+and Metadata's 404 document) raises :class:`PolicyError` here, before any cart.
 """
 from __future__ import annotations
 
@@ -12,26 +16,44 @@ from typing import Any
 
 from .bodies import read_body
 from .exceptions import PolicyError, TransferError
+from .policy import document_error
 from .redaction import quote_known
 from .transport import Transport, redact
 
-__all__ = ["DOCUMENT_LIMIT", "fetch_transaction"]
+__all__ = ["DOCUMENT_LIMIT", "TRANSACTION_PATH", "fetch_transaction", "transaction_url"]
 
 LOGGER = logging.getLogger(__name__)
 
 #: The largest transaction document read (bytes, decompressed): some 60,000 files' records. The only answer
 #: read beyond an error page's 64 KiB, because the download needs it whole.
 DOCUMENT_LIMIT = 32 * 1024 * 1024
+#: Where the Policy service serves a transaction's document, below its root: ``{root}/status/transactions/by_id/<id>``.
+TRANSACTION_PATH = "/status/transactions/by_id"
+
+
+def transaction_url(policy_url: str, transaction_id: int) -> str:
+    """The URL of transaction ``transaction_id``'s document, given Policy's root or its ``.../by_id`` URL.
+
+    >>> transaction_url("http://policy:8181/", 42)
+    'http://policy:8181/status/transactions/by_id/42'
+    >>> transaction_url("https://site.org/policy/status/transactions/by_id", 42)   # pacifica-cli's setting
+    'https://site.org/policy/status/transactions/by_id/42'
+    """
+    base = policy_url.rstrip("/")
+    if not base.endswith(TRANSACTION_PATH):
+        base += TRANSACTION_PATH
+    return f"{base}/{transaction_id}"
 
 
 def fetch_transaction(transport: Transport, policy_url: str, transaction_id: int) -> Any:
-    """GET ``{policy_url}/transactioninfo/{transaction_id}`` through ``transport``; return the document.
+    """GET transaction ``transaction_id``'s document (:func:`transaction_url`) through ``transport``; return it.
 
     ``transport`` carries the session, credentials, TLS settings, timeouts and
     retry policy of the download.  Raises :class:`PolicyError` when the
-    service cannot be reached or does not answer a JSON document.
+    service cannot be reached, does not answer a JSON document, or answers
+    an error document (an unknown transaction).
     """
-    url = "{}/transactioninfo/{}".format(policy_url.rstrip("/"), transaction_id)
+    url = transaction_url(policy_url, transaction_id)
     try:
         response = transport.request("GET", url, headers={"Accept": "application/json"}, stream=True)
     except TransferError as err:
@@ -69,5 +91,10 @@ def fetch_transaction(transport: Transport, policy_url: str, transaction_id: int
                 f"{quote_known(data[:500].decode('utf-8', 'replace'))}",
                 response=response,
             )
+    if isinstance(document, dict):
+        said = document_error(document)
+        if said is not None:
+            raise PolicyError(f"the policy service gave no files for transaction {transaction_id} "
+                              f"({redact(url)}): {quote_known(said)}; check the transaction id", response=response)
     LOGGER.info("fetched transaction %d from %s", transaction_id, redact(url))
     return document

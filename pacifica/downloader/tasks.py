@@ -293,18 +293,19 @@ def portable(err: DownloaderError) -> DownloaderError:
 
 
 def enqueue(event: Any, location: str | os.PathLike[str], *, celery_app: Celery | None = None,
-            **options: Any) -> AsyncResult:
+            task_id: str | None = None, **options: Any) -> AsyncResult:
     """Queue the download of ``event`` (its JSON form) into ``location``; return the task's result handle.
 
     The event is checked here first: one that cannot be downloaded raises
     :class:`~pacifica.downloader.InvalidInputError` at once, not in a
     worker.  ``options`` are the task's keywords (see the module);
-    ``celery_app`` defaults to :data:`app`.
+    ``celery_app`` defaults to :data:`app`; ``task_id`` chooses the task's
+    id (default: a new one).
     """
     _check_options(options)
     event_records(event)
     sender = app if celery_app is None else celery_app
-    return sender.send_task(TASK_NAME, args=(event, os.fspath(location)), kwargs=options)
+    return sender.send_task(TASK_NAME, args=(event, os.fspath(location)), kwargs=options, task_id=task_id)
 
 
 #: The download workers' app: ``celery -A pacifica.downloader.tasks worker``.

@@ -7,6 +7,8 @@
     pacifica-downloader transactioninfo DOC.json -d DIR
     pacifica-downloader transactioninfo --transaction-id 42 --policy-url URL -d DIR
     pacifica-downloader enqueue EVENT.json -d DIR     # for the download workers; prints the task id
+    pacifica-downloader serve --download-dir DIR      # the download service Notifications POSTs events to
+    pacifica-downloader subscribe --notifications-url URL --user ID --target URL   # its event match
 
 Files land in ``DIR/<filename>/<subdir>/<name>`` (``--filename`` defaults to
 ``data``), each verified against its hash.  Credentials come from the
@@ -28,7 +30,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 import requests
 from urllib3.exceptions import InsecureRequestWarning
@@ -43,6 +45,7 @@ from ..transport import redact
 from .arguments import build_parser, check_arguments, load_json
 from .credentials import auth_from_environment
 from .display import make_display
+from .facility import run_facility_command
 from .output import (
     EXIT_CODES,
     EXIT_INTERNAL,
@@ -82,6 +85,8 @@ def _run(args: argparse.Namespace, out: Output, feed: ProgressFeed, stdin: TextI
             warnings.simplefilter("ignore", InsecureRequestWarning)
         if args.command == "enqueue":
             return _enqueue(args, out, stdin)
+        if args.command in ("serve", "subscribe"):
+            return run_facility_command(args, out)
         return _download(args, out, feed, stdin)
 
 
@@ -92,7 +97,7 @@ def _enqueue(args: argparse.Namespace, out: Output, stdin: TextIO | None) -> int
     except ImportError as err:  # celery, the optional extra
         out.message(f"error: enqueue needs Celery ({err}); pip install 'pacifica-downloader[celery]'")
         return EXIT_USAGE
-    options: dict[str, object] = {"filename": args.filename, "keep_cart": args.keep_cart,
+    options: dict[str, Any] = {"filename": args.filename, "keep_cart": args.keep_cart,
                                   "overwrite": not args.no_overwrite}
     if args.cart_url:
         options["cart_api_url"] = args.cart_url
@@ -123,7 +128,7 @@ def _download(args: argparse.Namespace, out: Output, feed: ProgressFeed, stdin: 
             records = event_records(load_json(args.event, stdin))
         elif args.transaction_id is not None:
             document = fetch_transaction(down.cart_api.transport, args.policy_url, args.transaction_id)
-            records = transaction_records(document)
+            records = transaction_records(document, args.transaction_id)
         else:
             records = transaction_records(load_json(args.document, stdin))
         LOGGER.info("%d files listed; downloading into %s", len(records), os.path.abspath(args.destination))

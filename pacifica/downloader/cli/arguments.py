@@ -12,6 +12,7 @@ from .. import __version__
 from ..config import Timeouts
 from ..exceptions import InvalidInputError
 from .credentials import ENV_CERT, ENV_KEY, ENV_PASSWORD, ENV_TOKEN, ENV_USER
+from .facility import add_facility_commands
 from .output import EXIT_CODES, PROG
 
 __all__ = ["build_parser", "check_arguments", "load_json"]
@@ -155,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap(
             "Download the files of a Pacifica Policy transaction-info document into DIR/FILENAME/, "
             "the document given as a file or fetched from the Policy service "
-            "(GET POLICY_URL/transactioninfo/ID, with the same credentials and TLS settings)."
+            "(GET POLICY_URL/status/transactions/by_id/ID, with the same credentials and TLS settings). "
+            "An unknown transaction is an error (exit 3), never an empty download."
         ),
     )
     transaction.add_argument(
@@ -163,10 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch = transaction.add_argument_group("fetching the document instead")
     fetch.add_argument("--transaction-id", metavar="ID", type=_transaction_id, help="the transaction to fetch")
-    fetch.add_argument("--policy-url", metavar="URL", help="the Policy service's base URL")
+    fetch.add_argument(
+        "--policy-url", metavar="URL",
+        help="the Policy service's root URL, or pacifica-cli's download_policy_url (ending in "
+        "/status/transactions/by_id)",
+    )
     _add_common_options(transaction)
     transaction.set_defaults(command_parser=transaction)
     _add_enqueue(commands, epilog, formatter)
+    add_facility_commands(commands, epilog, formatter, _add_talk, _positive_float)
     return parser
 
 
@@ -201,7 +208,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error("--transaction-id needs --policy-url")
         if args.policy_url and args.transaction_id is None:
             parser.error("--policy-url is only used with --transaction-id")
-    for option in ("cart_url", "policy_url"):
+    for option in ("cart_url", "policy_url", "notifications_url", "target"):
         url = getattr(args, option, None)
         if not url:
             continue
