@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Callable
 
-from .cartapi import summarize
 from .exceptions import InvalidInputError, PolicyError
 from .records import FileRecord, Keyed, entries_callable, validate_records
+from .redaction import quote_known
 
 __all__ = ["TransactionInfo", "document_error", "transaction_records"]
 
@@ -45,7 +45,7 @@ def document_error(transinfo: dict[str, Any]) -> str | None:
     said = [str(part) for part in (status, transinfo.get("message")) if part not in (None, "")]
     if not said:
         return "a document without 'files' (keys: {})".format(", ".join(sorted(map(str, transinfo))[:10]) or "none")
-    return summarize(": ".join(said))
+    return quote_known(": ".join(said))
 
 
 def transaction_records(transinfo: Any, transaction_id: int | str | None = None) -> list[FileRecord]:

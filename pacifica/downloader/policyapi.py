@@ -95,6 +95,6 @@ def fetch_transaction(transport: Transport, policy_url: str, transaction_id: int
         said = document_error(document)
         if said is not None:
             raise PolicyError(f"the policy service gave no files for transaction {transaction_id} "
-                              f"({redact(url)}): {quote_known(said)}; check the transaction id", response=response)
+                              f"({redact(url)}): {said}; check the transaction id", response=response)
     LOGGER.info("fetched transaction %d from %s", transaction_id, redact(url))
     return document

@@ -58,10 +58,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .bearer import BearerToken
-from .cartapi import summarize
 from .cloudevent import event_records, from_http
 from .exceptions import InvalidInputError
 from .journal import QUEUED, RECEIVED, REJECTED, EventJournal, EventRecord
+from .redaction import quote_known
 
 __all__ = [
     "DEFAULT_PORT",
@@ -197,7 +197,7 @@ class DownloadService:
         existing = self.journal.add(record)
         if existing is not None:
             return self._known(existing)
-        LOGGER.warning("rejected event %s, which cannot be downloaded: %s", key, summarize(reason))
+        LOGGER.warning("rejected event %s, which cannot be downloaded: %s", key, quote_known(reason))
         return Answer(200, {"event": key, "state": REJECTED, "reason": reason, "status": f"/status/{key}"})
 
     @staticmethod
@@ -217,8 +217,8 @@ class DownloadService:
             except Exception as err:  # noqa: BLE001 - any failure of the broker: keep the record, try again later
                 if self.broker_error is None:
                     LOGGER.warning("cannot queue event %s: the broker cannot be reached (%s); it stays recorded "
-                                   "and is queued once the broker is back", record.key, summarize(str(err)))
-                self.broker_error = summarize(f"{type(err).__name__}: {err}")
+                                   "and is queued once the broker is back", record.key, quote_known(str(err)))
+                self.broker_error = quote_known(f"{type(err).__name__}: {err}")
                 return queued
             self.journal.mark_queued(record, task)
             LOGGER.info("queued event %s as task %s", record.key, task)
@@ -258,7 +258,7 @@ class DownloadService:
                 body.update(self.reporter(record.task))
             except Exception as err:  # noqa: BLE001 - the result backend is down: say so, the record stands
                 body["task_state"] = "UNKNOWN"
-                body["error"] = f"the result backend cannot be reached: {summarize(str(err))}"
+                body["error"] = f"the result backend cannot be reached: {quote_known(str(err))}"
         return Answer(200, body)
 
     def health(self) -> Answer:
@@ -268,7 +268,7 @@ class DownloadService:
             try:
                 self.probe()
             except Exception as err:  # noqa: BLE001 - any failure to reach the broker is the answer
-                error = summarize(f"{type(err).__name__}: {err}")
+                error = quote_known(f"{type(err).__name__}: {err}")
         body: dict[str, Any] = {
             "broker": "unreachable" if error else "reachable",
             "waiting": self.journal.count(RECEIVED),
