@@ -8,10 +8,10 @@ from typing import Any, Callable
 import requests
 import urllib3
 
-from pacifica.downloader.deliveries import DELIVERIES_DIR
-from pacifica.downloader.incoming import HIDDEN_DIR
-from pacifica.downloader.ledger import LEDGER_DIR
-from pacifica.downloader.verified import INDEX_NAME
+from pacifica.downloader._incoming import HIDDEN_DIR
+from pacifica.downloader._ledger import LEDGER_DIR
+from pacifica.downloader._task_starts import DELIVERIES_DIR
+from pacifica.downloader._verified import INDEX_NAME
 
 
 def incoming_leftovers(location: Path) -> list[str]:
@@ -67,7 +67,7 @@ class FakeBody:
 
 
 class FakeResponse:
-    """What :class:`~pacifica.downloader.stream.CartStream` needs of a ``requests.Response``."""
+    """What :class:`~pacifica.downloader._stream.CartStream` needs of a ``requests.Response``."""
 
     def __init__(self, raw: FakeBody, status: int = 200, headers: dict[str, str] | None = None) -> None:
         self.raw, self.status_code, self.headers = raw, status, headers or {}

@@ -2,7 +2,7 @@
 
 A small stub of Cartd (and of the Policy service's ``/status/transactions/by_id``)
 runs in a thread on loopback; the command runs in-process through
-:func:`pacifica.downloader.cli.main` or, for what needs a real process (a
+:func:`pacifica.downloader._cli.main` or, for what needs a real process (a
 pseudo-terminal, the logs of ``-vv``), as ``python -m pacifica.downloader``.
 """
 from __future__ import annotations
@@ -32,16 +32,16 @@ from support.events import files_object
 from support.processes import run_on_pty, subprocess_env
 from support.tars import make_tar
 
-from pacifica.downloader import PolicyError, cli
-from pacifica.downloader.cli import (
-    EXIT_CODES,
+from pacifica.downloader import PolicyError
+from pacifica.downloader import _cli as cli
+from pacifica.downloader._cli import (
     auth_from_environment,
     build_parser,
     exit_code_for,
     load_json,
     main,
 )
-from pacifica.downloader.cli.display import (
+from pacifica.downloader._cli.display import (
     LineDisplay,
     SafeDisplay,
     TqdmDisplay,
@@ -49,7 +49,8 @@ from pacifica.downloader.cli.display import (
     make_display,
     terminal_shape,
 )
-from pacifica.downloader.exceptions import (
+from pacifica.downloader._cli.output import EXIT_CODES
+from pacifica.downloader._exceptions import (
     CartError,
     CartFailedError,
     CartNotFoundError,
@@ -62,7 +63,7 @@ from pacifica.downloader.exceptions import (
     TransferError,
     UnsafeArchiveError,
 )
-from pacifica.downloader.progress import Progress
+from pacifica.downloader._progress import Progress
 
 SECRET_PASSWORD = "pw-Sup3rS3cret-91"
 SECRET_TOKEN = "tok-Sup3rS3cret-77"
@@ -569,7 +570,7 @@ def test_unreachable_cart_service_exits_3(
         raise requests.exceptions.ConnectionError("connection refused")
 
     monkeypatch.setattr(requests.Session, "request", refuse)
-    monkeypatch.setattr("pacifica.downloader.retry.Retry.delay", lambda self, attempt, retry_after=None: 0.0)
+    monkeypatch.setattr("pacifica.downloader._retry.Retry.delay", lambda self, attempt, retry_after=None: 0.0)
     event = {"data": [{"destinationTable": "Files", "_id": 1, "name": "n", "subdir": "",
                        "hashtype": "sha1", "hashsum": "0" * 40}]}
     assert main(["cloudevent", write_json(tmp_path / "e.json", event), "-d", str(tmp_path),
@@ -752,7 +753,7 @@ def test_safe_display_never_raises() -> None:
 
 # -- real processes: a pseudo-terminal, pipes, -vv logs ---------------------------------------
 
-PLAIN_LINES = "import sys; sys.modules['tqdm'] = None; from pacifica.downloader.cli import main; sys.exit(main())"
+PLAIN_LINES = "import sys; sys.modules['tqdm'] = None; from pacifica.downloader._cli import main; sys.exit(main())"
 
 
 @pytest.mark.parametrize("mode", ["tqdm", "tqdm-unsized-terminal", "plain"])

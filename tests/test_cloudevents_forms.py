@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pacifica.downloader import CloudEvent, InvalidInputError
-from pacifica.downloader.cloudevent import event_records, from_http
+from pacifica.downloader._events import event_records, from_http
 
 FILES = [
     {"destinationTable": "Transactions._id", "value": 7},

@@ -17,10 +17,10 @@ import requests
 
 import pacifica.downloader as downloader
 from pacifica.downloader import InvalidInputError, LostCarts, Retry, Timeouts
-from pacifica.downloader import retry as retry_module
-from pacifica.downloader.cartapi import summarize
-from pacifica.downloader.config import DEFAULT_CART_API_URL, resolve_cart_url
-from pacifica.downloader.transport import redact, request_kwargs
+from pacifica.downloader import _retry as retry_module
+from pacifica.downloader._config import DEFAULT_CART_API_URL, resolve_cart_url
+from pacifica.downloader._redaction import summarize
+from pacifica.downloader._transport import redact, request_kwargs
 
 CARTD_VARS = ("CARTD_CART_API_URL", "CARTD_PROTO", "CARTD_ADDR", "CARTD_PORT")
 

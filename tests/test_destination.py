@@ -40,7 +40,7 @@ from support.events import make_event
 from support.sessions import RecordingSession
 
 from pacifica.downloader import DestinationError, Downloader, Progress
-from pacifica.downloader.incoming import HIDDEN_DIR, IncomingArea
+from pacifica.downloader._incoming import HIDDEN_DIR, IncomingArea
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent

@@ -25,8 +25,8 @@ from fault_proxy import Fault, FaultProxy  # noqa: E402
 from helpers import assert_tree, cart_gone, incoming_leftovers, wait_until  # noqa: E402
 from support.events import archive, event_for, event_with  # noqa: E402
 
-from pacifica.downloader.incoming import HIDDEN_DIR  # noqa: E402
-from pacifica.downloader.ledger import LEDGER_DIR  # noqa: E402
+from pacifica.downloader._incoming import HIDDEN_DIR  # noqa: E402
+from pacifica.downloader._ledger import LEDGER_DIR  # noqa: E402
 from pacifica.downloader.tasks import TASK_NAME, enqueue  # noqa: E402
 
 #: Bound on any one task's wait for its result (seconds).

@@ -284,7 +284,7 @@ def test_rerun_trusts_the_verified_index_until_a_file_changes(
     files = {"v/a.bin": os.urandom(5000), "v/b.bin": os.urandom(5000)}
     event = make_event(cartd_stack, files)
     Downloader(tmp_path, cartd_stack.cart_url).cloudevent(event)
-    import pacifica.downloader.plan as module
+    import pacifica.downloader._plan as module
 
     hashed: list[str] = []
     real_digest = module.file_digest

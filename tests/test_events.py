@@ -11,8 +11,8 @@ import pytest
 from support.sessions import RecordingSession
 
 from pacifica.downloader import CloudEvent, Downloader, InvalidInputError, PolicyError, TransactionInfo
-from pacifica.downloader.policy import transaction_records
-from pacifica.downloader.policyapi import transaction_url
+from pacifica.downloader._policy_service import transaction_url
+from pacifica.downloader._transactions import transaction_records
 
 SHA1 = "f1d2d2f924e986ac86fdf7b36c94bcdf32beec15"
 EXAMPLE = Path(__file__).resolve().parent / "data" / "notifications-events.json"  # a copy of shared/examples/

@@ -33,7 +33,7 @@ from support.service import ServeProcess, wait_until  # noqa: E402
 from support.sessions import RecordingSession  # noqa: E402
 
 from pacifica.downloader import Downloader, PolicyError  # noqa: E402
-from pacifica.downloader.incoming import HIDDEN_DIR  # noqa: E402
+from pacifica.downloader._incoming import HIDDEN_DIR  # noqa: E402
 
 TOKEN = "facility-Serve-T0ken-5"
 #: Bound on an uploaded transaction's files being downloaded by the workers (seconds).

@@ -46,11 +46,11 @@ from pacifica.downloader import (
     Timeouts,
     TransferError,
 )
-from pacifica.downloader import stream as stream_module
-from pacifica.downloader import transport as transport_module
-from pacifica.downloader.incoming import HIDDEN_DIR
-from pacifica.downloader.ledger import LEDGER_DIR
-from pacifica.downloader.stream import CartStream
+from pacifica.downloader import _stream as stream_module
+from pacifica.downloader import _transport as transport_module
+from pacifica.downloader._incoming import HIDDEN_DIR
+from pacifica.downloader._ledger import LEDGER_DIR
+from pacifica.downloader._stream import CartStream
 
 #: Small limits so a failing scenario gives up in seconds: a silent socket
 #: after 2 s, a stream without 1 KiB of progress after 1 s.

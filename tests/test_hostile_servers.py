@@ -26,7 +26,8 @@ from support.events import event_for
 from support.processes import REPO_ROOT, run_measured, run_on_pty, subprocess_env
 from support.tars import make_tar
 
-from pacifica.downloader import Downloader, TransferError, cli
+from pacifica.downloader import Downloader, TransferError
+from pacifica.downloader import _cli as cli
 
 MIB = 1024 * 1024
 FILES = {"a/one.txt": b"one\n", "two.txt": b"two\n"}

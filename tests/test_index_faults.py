@@ -19,8 +19,8 @@ from support.events import make_event
 from support.sessions import RecordingSession
 
 from pacifica.downloader import Downloader
-from pacifica.downloader.incoming import HIDDEN_DIR
-from pacifica.downloader.verified import INDEX_NAME, VerifiedIndex
+from pacifica.downloader._incoming import HIDDEN_DIR
+from pacifica.downloader._verified import INDEX_NAME, VerifiedIndex
 
 HOLD_LOCK = """
 import sqlite3, sys

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from pacifica.downloader.ledger import LEDGER_DIR, CartLedger
+from pacifica.downloader._ledger import LEDGER_DIR, CartLedger
 
 URL = "http://cartd.example:8081"
 

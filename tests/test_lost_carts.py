@@ -9,16 +9,16 @@ from typing import Any, Callable
 import pytest
 from helpers import Clock
 
-from pacifica.downloader import cart as cart_module
-from pacifica.downloader import polling
-from pacifica.downloader.cart import Cart, Delivery
-from pacifica.downloader.cartapi import CartAPI
-from pacifica.downloader.config import LostCarts, Timeouts
-from pacifica.downloader.exceptions import CartTimeoutError
-from pacifica.downloader.polling import CartLost
-from pacifica.downloader.progress import Progress, Tracker
-from pacifica.downloader.records import FileRecord
-from pacifica.downloader.retry import Retry, RetryBudget
+from pacifica.downloader import CartAPI
+from pacifica.downloader import _cart as cart_module
+from pacifica.downloader import _polling as polling
+from pacifica.downloader._cart import Cart, Delivery
+from pacifica.downloader._config import LostCarts, Timeouts
+from pacifica.downloader._exceptions import CartTimeoutError
+from pacifica.downloader._polling import CartLost
+from pacifica.downloader._progress import Progress, Tracker
+from pacifica.downloader._records import FileRecord
+from pacifica.downloader._retry import Retry, RetryBudget
 
 RECORDS = [FileRecord(id=n, path=f"a/{n}.txt", hashtype="sha1", hashsum="0" * 40, size=10) for n in range(10)]
 

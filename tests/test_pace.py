@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from helpers import Clock
 
-from pacifica.downloader.pace import PREPOST_SHARE, SAFE_AFTER, SAFE_PER_FILE, ServerPace
+from pacifica.downloader._pace import PREPOST_SHARE, SAFE_AFTER, SAFE_PER_FILE, ServerPace
 
 
 def staged(pace: ServerPace, clock: Clock, turn: int, seconds: float) -> None:

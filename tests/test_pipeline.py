@@ -7,9 +7,10 @@ import threading
 import pytest
 from helpers import Clock
 
-from pacifica.downloader import pace, scheduler
-from pacifica.downloader.cart import Cancelled
-from pacifica.downloader.scheduler import Scheduler as Slots
+from pacifica.downloader import _pace as pace
+from pacifica.downloader import _scheduler as scheduler
+from pacifica.downloader._cart import Cancelled
+from pacifica.downloader._scheduler import Scheduler as Slots
 
 
 class WatchedSlots(Slots):

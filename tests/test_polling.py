@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from helpers import Clock
 
-from pacifica.downloader import polling
-from pacifica.downloader.cartapi import CartAPI
-from pacifica.downloader.config import Timeouts
-from pacifica.downloader.polling import PollSchedule, poll_until_ready
+from pacifica.downloader import CartAPI
+from pacifica.downloader import _polling as polling
+from pacifica.downloader._config import Timeouts
+from pacifica.downloader._polling import PollSchedule, poll_until_ready
 
 POLL_FIRST, POLL_CAP, POLL_NEAR = PollSchedule().first, PollSchedule().cap, PollSchedule().near
 URL = "http://cartd.invalid/c"

@@ -32,8 +32,8 @@ from pacifica.downloader import (
     PolicyError,
     TransactionInfo,
 )
-from pacifica.downloader.incoming import HIDDEN_DIR
-from pacifica.downloader.ledger import LEDGER_DIR
+from pacifica.downloader._incoming import HIDDEN_DIR
+from pacifica.downloader._ledger import LEDGER_DIR
 
 SETTINGS = settings(
     max_examples=300,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from pacifica.downloader import FileRecord, InvalidInputError
-from pacifica.downloader.hashing import check_hashtype
-from pacifica.downloader.records import join_path, validate_records
+from pacifica.downloader._hashing import check_hashtype
+from pacifica.downloader._records import join_path, validate_records
 
 SHA1 = "f1d2d2f924e986ac86fdf7b36c94bcdf32beec15"
 JAPANESE_NAME = "パソコン資産管理台帳（S&T HK）_現地調達PC.xls"

@@ -34,7 +34,7 @@ from pacifica.downloader import (
     TransactionInfo,
     UnsafeArchiveError,
 )
-from pacifica.downloader.verified import INDEX_NAME
+from pacifica.downloader._verified import INDEX_NAME
 
 FILES = {"a/b/foo.txt": b"foo\n" * 8, "a/b/\u00e9/bar\u00e9.txt": "bar\u00e9\n".encode()}
 CARTD_VARS = ("CARTD_CART_API_URL", "CARTD_PROTO", "CARTD_ADDR", "CARTD_PORT")
@@ -305,7 +305,7 @@ def test_download_from_url_of_an_unknown_cart_refuses_unsafe_tars(
 
 def test_posted_records_are_bounded(clean_env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller that creates carts and never fetches them does not grow the memory without end."""
-    from pacifica.downloader import cartapi
+    from pacifica.downloader import _cartapi as cartapi
 
     monkeypatch.setattr(cartapi, "REMEMBERED_CARTS", 3)
     with StubCartd() as cartd:

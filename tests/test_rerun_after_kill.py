@@ -27,8 +27,8 @@ from support.events import make_event
 from support.sessions import RecordingSession
 
 from pacifica.downloader import CartAPI, Downloader
-from pacifica.downloader.incoming import HIDDEN_DIR
-from pacifica.downloader.ledger import LEDGER_DIR
+from pacifica.downloader._incoming import HIDDEN_DIR
+from pacifica.downloader._ledger import LEDGER_DIR
 
 FILE_COUNT = 8
 FILE_SIZE = 4 * 1024 * 1024

@@ -9,7 +9,7 @@ from typing import Callable
 
 import pytest
 
-from pacifica.downloader.reserve import FileReserve
+from pacifica.downloader._reserve import FileReserve
 
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 Make = Callable[..., FileReserve]

@@ -52,14 +52,18 @@ from pacifica.downloader import (
     Progress,
     TransferError,
     UnsafeArchiveError,
-    bodies,
-    cli,
 )
-from pacifica.downloader import transport as transport_module
-from pacifica.downloader.incoming import HIDDEN_DIR
-from pacifica.downloader.ledger import LEDGER_DIR
-from pacifica.downloader.polling import CartLost
-from pacifica.downloader.redaction import MASK, Secrets, escape_controls
+from pacifica.downloader import (
+    _bodies as bodies,
+)
+from pacifica.downloader import (
+    _cli as cli,
+)
+from pacifica.downloader import _transport as transport_module
+from pacifica.downloader._incoming import HIDDEN_DIR
+from pacifica.downloader._ledger import LEDGER_DIR
+from pacifica.downloader._polling import CartLost
+from pacifica.downloader._redaction import MASK, Secrets, escape_controls
 
 USER = "ann"
 SECRET = "s3cret-Pw-4711"

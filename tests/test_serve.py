@@ -19,9 +19,9 @@ import requests
 from support.events import event_for
 
 from pacifica.downloader import InvalidInputError
-from pacifica.downloader.bearer import BearerToken, token_from_environment
-from pacifica.downloader.journal import QUEUED, RECEIVED, REJECTED, EventJournal, EventRecord
-from pacifica.downloader.serve import DownloadService, EventServer, record_key
+from pacifica.downloader._bearer import BearerToken, token_from_environment
+from pacifica.downloader._journal import QUEUED, RECEIVED, REJECTED, EventJournal, EventRecord
+from pacifica.downloader._serve import DownloadService, EventServer, record_key
 
 TOKEN = "tok-Serve-S3cret-41"
 
@@ -299,7 +299,7 @@ def test_other_methods_and_paths(server: str) -> None:
 
 
 def test_subscribe_keeps_updates_replaces_or_creates() -> None:
-    from pacifica.downloader.subscribe import Plan, plan
+    from pacifica.downloader._subscribe import Plan, plan
 
     target, path, token = "http://dl:8090/", "$", BearerToken(TOKEN)
     auth = {"type": "header", "header": {"type": "Bearer", "credentials": TOKEN}}

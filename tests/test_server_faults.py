@@ -104,7 +104,7 @@ class FailedTries(logging.Handler):
 @pytest.fixture()
 def failed_tries() -> Iterator[FailedTries]:
     handler = FailedTries()
-    logger = logging.getLogger("pacifica.downloader.transport")
+    logger = logging.getLogger("pacifica.downloader._transport")
     logger.addHandler(handler)
     try:
         yield handler

@@ -4,8 +4,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pacifica.downloader.records import FileRecord
-from pacifica.downloader.split import EDGE_SHARE, CartLimits, split_batches
+from pacifica.downloader._records import FileRecord
+from pacifica.downloader._split import EDGE_SHARE, CartLimits, split_batches
 
 MiB = 1024 * 1024
 

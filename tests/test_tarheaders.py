@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support.tars import build_tar, reg, special
 
-from pacifica.downloader.config import Timeouts
-from pacifica.downloader.exceptions import UnsafeArchiveError
-from pacifica.downloader.retry import Retry, RetryBudget
-from pacifica.downloader.stream import CartStream, StreamBroken
-from pacifica.downloader.tarheaders import BLOCK, MalformedTar, TarMember, TarReader
+from pacifica.downloader._config import Timeouts
+from pacifica.downloader._exceptions import UnsafeArchiveError
+from pacifica.downloader._retry import Retry, RetryBudget
+from pacifica.downloader._stream import CartStream, StreamBroken
+from pacifica.downloader._tarheaders import BLOCK, MalformedTar, TarMember, TarReader
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 

@@ -26,10 +26,10 @@ from pacifica.downloader import (  # noqa: E402
     UnsafeArchiveError,
     tasks,  # noqa: E402
 )
-from pacifica.downloader.deliveries import Deliveries, RedeliveryError  # noqa: E402
-from pacifica.downloader.incoming import hidden_folder  # noqa: E402
-from pacifica.downloader.polling import CartLost  # noqa: E402
-from pacifica.downloader.progress import Progress  # noqa: E402
+from pacifica.downloader._incoming import hidden_folder  # noqa: E402
+from pacifica.downloader._polling import CartLost  # noqa: E402
+from pacifica.downloader._progress import Progress  # noqa: E402
+from pacifica.downloader._task_starts import Deliveries, RedeliveryError  # noqa: E402
 
 EVENT = event_for({"a/one.txt": b"one\n", "two.txt": b"two\n"})
 ENVIRON = {"BROKER_URL": "memory://", "BACKEND_URL": "cache+memory://", "DOWNLOADER_RETRY_BACKOFF": "0",

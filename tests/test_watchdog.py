@@ -8,7 +8,7 @@ from fault_proxy import Fault, FaultProxy
 from stub_cartd import StubCartd
 
 from pacifica.downloader import CartAPI, Retry, Timeouts, TransferError
-from pacifica.downloader.watchdog import WatchedAdapter
+from pacifica.downloader._watchdog import WatchedAdapter
 
 PATIENT_SOCKET = Timeouts(read=30.0, progress=1.0)  # every socket wait is far longer than the patience
 

@@ -70,22 +70,33 @@ from urllib.parse import urlsplit
 from celery import Celery, Task
 from celery.result import AsyncResult
 
-from . import exceptions
-from .calls import as_path
-from .cloudevent import event_records
-from .deliveries import Deliveries, RedeliveryError
-from .downloader import Downloader
-from .exceptions import CartError, DownloaderError, InvalidInputError, TransferError
-from .incoming import hidden_folder, os_error
-from .manifest import manifest
-from .permissions import make_folders
-from .progress import Progress
-from .transport import redact
+from ._compat import Downloader
+from ._downloader import as_path
+from ._events import event_records
+from ._exceptions import CartError, DownloaderError, InvalidInputError, TransferError
+from ._incoming import hidden_folder, os_error
+from ._manifest import manifest
+from ._permissions import make_folders
+from ._progress import Progress
+from ._redaction import redact
+from ._task_starts import Deliveries, RedeliveryError
 
 __all__ = [
-    "OPTIONS", "TASK_NAME", "TRANSIENT", "StateReports", "app", "download", "enqueue", "make_app", "portable",
+    "OPTIONS",
+    "TASK_NAME",
+    "TRANSIENT",
+    "RedeliveryError",
+    "StateReports",
+    "app",
+    "download",
+    "enqueue",
+    "make_app",
+    "portable",
     "register",
 ]
+
+# Documented, shown and pickled as what users import (pacifica.downloader.tasks.RedeliveryError).
+RedeliveryError.__module__ = __name__
 
 LOGGER = logging.getLogger(__name__)
 
@@ -269,7 +280,7 @@ def _first_line(err: BaseException) -> str:
 
 
 #: Where the error types a caller imports are defined (a private subclass, such as ``CartLost``, is sent as these).
-_PUBLIC_MODULES = {exceptions.__name__, __name__, RedeliveryError.__module__}
+_PUBLIC_MODULES = {__package__, __name__}
 
 
 def portable(err: DownloaderError) -> DownloaderError:
