@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import configparser
 from pathlib import Path
-from typing import Any
 
 from docutils.nodes import Element
 from sphinx.addnodes import pending_xref
@@ -41,20 +40,6 @@ python_use_unqualified_type_names = True
 myst_heading_anchors = 3
 
 
-PUBLIC = {id(getattr(pacifica.downloader, name)) for name in pacifica.downloader.__all__}
-
-
-def public_names_once(app: Sphinx, what: str, name: str, obj: Any, skip: bool, options: Any) -> bool | None:
-    """Leave a public name out of its module's page: the public API page documents it, as users import it.
-
-    That page is the one ``automodule`` with ``:imported-members:``; Sphinx notes each name's module there
-    (``:canonical:``), so references to ``pacifica.downloader.config.Timeouts`` lead to it too.
-    """
-    if what == "module" and not options.imported_members and id(obj) in PUBLIC:
-        return True
-    return None
-
-
 def package_references(app: Sphinx, env: BuildEnvironment, node: pending_xref, contnode: Element) -> Element | None:
     """Resolve a name a docstring gives bare (:class:`InvalidInputError`) wherever the package documents it.
 
@@ -69,6 +54,5 @@ def package_references(app: Sphinx, env: BuildEnvironment, node: pending_xref, c
 
 
 def setup(app: Sphinx) -> None:
-    """Connect the hooks above."""
-    app.connect("autodoc-skip-member", public_names_once)
+    """Connect the hook above."""
     app.connect("missing-reference", package_references)
