@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 
 from ._exceptions import DestinationError, UnsafeArchiveError
 from ._permissions import FILE_MODE, FOLDER_MODE
-from ._reserve import FileReserve
 
 LOGGER = logging.getLogger(__name__)
 
@@ -153,7 +152,6 @@ class IncomingArea:
         self._lock = threading.Lock()
         self._numbers = itertools.count(1)
         self._targets: dict[tuple[Path, str], Target] = {}
-        self._reserve: FileReserve | None = None
         self.path = self._area_for(location)
 
     def _area_for(self, folder: Path) -> Path:
@@ -205,24 +203,8 @@ class IncomingArea:
             self._targets[(destination, folder)] = target
         return target
 
-    def reserve(self, count: int) -> None:
-        """``count`` files are about to be written: create them ahead in the main area (see :mod:`.reserve`)."""
-        with self._lock:
-            if self._reserve is None:
-                self._reserve = FileReserve(str(self.path), _CREATE_FLAGS, FILE_MODE)
-        self._reserve.promise(count)
-
-    def unreserve(self, count: int) -> None:
-        """``count`` files reserved with :meth:`reserve` will not be written after all."""
-        if self._reserve is not None:
-            self._reserve.withdraw(count)
-
     def create_file(self, target: Target) -> tuple[str, int]:
         """Create a new, empty incoming file on ``target``'s filesystem; return its path and a raw descriptor."""
-        if self._reserve is not None and target.area == self._reserve.folder:
-            made = self._reserve.take()
-            if made is not None:
-                return made
         path = f"{target.area}/{next(self._numbers)}.part"  # next() on a count is atomic: threads share the area
         try:
             return path, os.open(path, _CREATE_FLAGS, FILE_MODE)
@@ -244,8 +226,6 @@ class IncomingArea:
 
     def remove(self) -> None:
         """Remove every area and what is left in it; their hidden folders too when empty."""
-        if self._reserve is not None:
-            self._reserve.close()
         for area in self._areas.values():
             shutil.rmtree(area, ignore_errors=True)
             with contextlib.suppress(OSError):  # another download is using it, or it holds the index

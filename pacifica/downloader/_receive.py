@@ -100,56 +100,52 @@ class CartReceiver:
         top_seen: str | None = None
         received: set[str] = set()
         reader = TarReader(stream)
-        self.incoming.reserve(0 if wanted is None else len(wanted) - len(done))  # files created ahead while reading
-        try:
-            while True:
-                try:
-                    member = reader.next()
-                except MalformedTar as err:
-                    if err.first:
-                        lost = sorted(set(wanted or ()) - done)
-                        raise ManifestError(
-                            f"the cart's stream held no tar ({err}); {len(lost) or 'its'} files are missing",
-                            missing=lost,
-                        ) from None
-                    raise UnsafeArchiveError(f"the cart's tar is malformed: {err}") from None
-                if member is None:
-                    break
-                # Every entry must share the first entry's top folder.
-                top_seen, relative = _split_name(member, {top_seen} if top_seen else self.tops)
-                if member.isdir:
-                    if relative and self._folders is not None and relative not in self._folders:
-                        raise ManifestError(
-                            f"the cart holds a folder nobody asked for: {relative!r}", unexpected=[relative]
-                        )
-                    continue
-                if not member.isfile:
-                    raise UnsafeArchiveError(
-                        f"the tar entry {member.name!r} is a {member.kind}, not a regular file; refused"
-                    )
-                record = None if wanted is None else wanted.get(relative)
-                if wanted is not None and record is None:
+        while True:
+            try:
+                member = reader.next()
+            except MalformedTar as err:
+                if err.first:
+                    lost = sorted(set(wanted or ()) - done)
                     raise ManifestError(
-                        f"the cart holds a file nobody asked for: {relative!r}", unexpected=[relative]
+                        f"the cart's stream held no tar ({err}); {len(lost) or 'its'} files are missing",
+                        missing=lost,
+                    ) from None
+                raise UnsafeArchiveError(f"the cart's tar is malformed: {err}") from None
+            if member is None:
+                break
+            # Every entry must share the first entry's top folder.
+            top_seen, relative = _split_name(member, {top_seen} if top_seen else self.tops)
+            if member.isdir:
+                if relative and self._folders is not None and relative not in self._folders:
+                    raise ManifestError(
+                        f"the cart holds a folder nobody asked for: {relative!r}", unexpected=[relative]
                     )
-                if relative in received:
-                    raise ManifestError(f"the cart holds {relative!r} twice", duplicated=[relative])
-                received.add(relative)
-                if relative in done:
-                    continue  # verified and placed by an earlier attempt; the reader skips its bytes
-                final = _receive(stream, member, record or _unlisted(relative), self.destination, self.incoming,
-                                 self.on_bytes, verify=record is not None)
-                done.add(relative)
-                self.on_file(record, final)
-            missing = [] if wanted is None else sorted(set(wanted) - done)
-            if missing:
-                raise ManifestError(
-                    f"the cart's stream ended without {len(missing)} of the {len(wanted or ())} files requested "
-                    f"(first: {missing[0]!r})",
-                    missing=missing,
+                continue
+            if not member.isfile:
+                raise UnsafeArchiveError(
+                    f"the tar entry {member.name!r} is a {member.kind}, not a regular file; refused"
                 )
-        finally:
-            self.incoming.unreserve(0 if wanted is None else len(wanted) - len(done))
+            record = None if wanted is None else wanted.get(relative)
+            if wanted is not None and record is None:
+                raise ManifestError(
+                    f"the cart holds a file nobody asked for: {relative!r}", unexpected=[relative]
+                )
+            if relative in received:
+                raise ManifestError(f"the cart holds {relative!r} twice", duplicated=[relative])
+            received.add(relative)
+            if relative in done:
+                continue  # verified and placed by an earlier attempt; the reader skips its bytes
+            final = _receive(stream, member, record or _unlisted(relative), self.destination, self.incoming,
+                             self.on_bytes, verify=record is not None)
+            done.add(relative)
+            self.on_file(record, final)
+        missing = [] if wanted is None else sorted(set(wanted) - done)
+        if missing:
+            raise ManifestError(
+                f"the cart's stream ended without {len(missing)} of the {len(wanted or ())} files requested "
+                f"(first: {missing[0]!r})",
+                missing=missing,
+            )
 
 
 def _folders(wanted: Mapping[str, FileRecord] | None) -> set[str] | None:
