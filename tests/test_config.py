@@ -261,8 +261,8 @@ def test_retry_after_ignored_when_not_respected() -> None:
 
 def test_timeouts_defaults_and_replace() -> None:
     limits = Timeouts()
-    assert (limits.connect, limits.read, limits.wait, limits.stall, limits.stall_bytes, limits.progress) == (
-        10.0, 60.0, 3600.0, 30.0, 64 * 1024, 60.0,
+    assert (limits.connect, limits.read, limits.wait, limits.stall, limits.progress, limits.deadline) == (
+        10.0, 60.0, 3600.0, 30.0, 60.0, None,
     )
     changed = limits.replace(wait=600)
     assert changed.wait == 600 and limits.wait == 3600.0
@@ -271,10 +271,13 @@ def test_timeouts_defaults_and_replace() -> None:
 
 
 @pytest.mark.parametrize(
-    "field", ["connect", "read", "wait", "stall", "stall_bytes", "progress"]
+    "field", ["connect", "read", "wait", "stall", "progress", "deadline"]
 )
 @pytest.mark.parametrize("value", [0, -1, -0.5, True, "10", None])
 def test_timeouts_validation(field: str, value: Any) -> None:
+    if field == "deadline" and value is None:
+        assert Timeouts(deadline=None).deadline is None  # no bound of its own: the default
+        return
     with pytest.raises(ValueError, match=field):
         Timeouts(**{field: value})
     with pytest.raises(ValueError):

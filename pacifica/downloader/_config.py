@@ -88,33 +88,38 @@ def check_seconds(value: Any, name: str) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Timeouts:
-    """Every time limit of a download, in seconds.
+    """Every time bound of a download, in seconds: one name, one default, one meaning each.
 
-    * ``connect=10``: opening a TCP/TLS connection; a live server on any
-      network answers well within it.
-    * ``read=60``: the longest silence tolerated on a socket; Cartd answers
-      HEAD/POST at once and streams steadily, so a minute of silence is a
-      hang (a busy SQLite Cartd may hold a POST for tens of seconds).
-    * ``progress=60``: the longest the server may go without a sign of
-      progress (a request answered, or ``stall_bytes`` of stream bytes never
-      received before) before the download fails with
-      :class:`TransferError`, counted over the whole download, not per try:
-      retries, resumes and restarts happen inside it, and a request still
-      waiting for its answer (or for the rest of its headers) when it ends is
-      cut off.  A download whose server never answers ends 60 s after the
-      call; a cart that stages slowly is not affected, each poll answered is
-      progress.
-    * ``wait=3600``: the deadline for a cart to become ready, in wall-clock
-      time, spares included.  An hour covers a healthy cart of tens of
-      thousands of files at the pace of one Celery worker.  The ``timeout``
-      argument of the download methods sets it per call.
-    * ``stall=30``: during a transfer, the longest time allowed without
-      ``stall_bytes`` (64 KiB) arriving before the stream is resumed or
-      started over; this catches a trickle that keeps a socket alive but
-      would never finish, early enough that a second try fits in
-      ``progress``.
-    * What happens to a cart Cartd has lost is not a time limit: see
-      :class:`LostCarts`.
+    ============  ========  ==============================================================
+    name          default   bounds
+    ============  ========  ==============================================================
+    ``connect``   10        opening a TCP/TLS connection
+    ``read``      60        one silence on a socket (a wait for any byte)
+    ``stall``     30        a transfer without 64 KiB of new bytes, before the stream is
+                            resumed (``Range``) or started over
+    ``progress``  60        the whole download without any progress (a request answered,
+                            or 64 KiB of new stream bytes), retries included:
+                            then :class:`TransferError`
+    ``wait``      3600      a cart staging (wall clock, its spares included): then
+                            :class:`CartTimeoutError`; the download methods' ``timeout=``
+                            sets it per call
+    ``deadline``  None      the whole call (wall clock; None: no bound of its own): then
+                            :class:`CartTimeoutError`; the download methods'
+                            ``deadline=`` sets it per call
+    ============  ========  ==============================================================
+
+    Why these defaults: a live server on any network connects within
+    ``connect``; Cartd answers HEAD and POST at once and streams steadily, so
+    a minute of silence is a hang (a busy SQLite Cartd may hold a POST for
+    tens of seconds); ``stall`` catches a trickle that keeps a socket alive
+    early enough that a second try fits in ``progress``; an hour of ``wait``
+    covers a healthy cart of tens of thousands of files at the pace of one
+    Celery worker.  So a download whose server never answers ends
+    ``progress`` (60 s) after its last sign of progress, and one whose cart
+    stays staging on a server that answers ends after ``wait``.
+
+    What is done about a cart Cartd has lost is not a time bound but a
+    policy: see :class:`LostCarts`.
 
     >>> Timeouts().replace(wait=600).wait
     600
@@ -124,13 +129,15 @@ class Timeouts:
     read: float = 60.0
     wait: float = 3600.0
     stall: float = 30.0
-    stall_bytes: int = 64 * 1024
     progress: float = 60.0
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse non-positive limits."""
         for field in dataclasses.fields(self):
-            _check_positive(f"Timeouts.{field.name}", getattr(self, field.name))
+            value = getattr(self, field.name)
+            if field.name != "deadline" or value is not None:
+                _check_positive(f"Timeouts.{field.name}", value)
 
     def replace(self, **changes: Any) -> Timeouts:
         """Return a copy with ``changes`` applied: ``Timeouts().replace(wait=600)``."""

@@ -116,7 +116,8 @@ class BaseDownloader:
         """Download records already checked by :func:`validate_records`."""
         folder = check_folder_name(filename)
         wait = None if timeout is None else check_seconds(timeout, "timeout")
-        seconds = None if deadline is None else check_seconds(deadline, "deadline")
+        # the call's deadline, else the one of Timeouts (None: the call has no bound of its own)
+        seconds = self.cart_api.transport.timeouts.deadline if deadline is None else check_seconds(deadline, "deadline")
         root = self._location(location)
         destination = root / folder
         paths = [str(destination / record.path) for record in checked]

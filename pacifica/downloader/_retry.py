@@ -60,10 +60,6 @@ class Retry:
     jitter: float = 0.5
     statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
     respect_retry_after: bool = True
-    #: Why each failed try failed, in order, over the whole download (urllib3's ``history``).
-    history: tuple[str, ...] = dataclasses.field(default=(), compare=False, repr=False)
-    #: Tries failed since the last progress: the part of ``attempts`` spent.
-    spent: int = dataclasses.field(default=0, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """Refuse values that would make the policy meaningless."""
@@ -78,23 +74,6 @@ class Retry:
     def replace(self, **changes: Any) -> Retry:
         """Return a copy with ``changes`` applied: ``Retry().replace(attempts=10)``."""
         return dataclasses.replace(self, **changes)
-
-    def increment(self, reason: str) -> Retry:
-        """Return this policy with one more failed try spent, ``reason`` added to its history.
-
-        >>> Retry(attempts=2).increment("HTTP 503").increment("reset").exhausted
-        True
-        """
-        return dataclasses.replace(self, history=(*self.history, reason), spent=self.spent + 1)
-
-    def progressed(self) -> Retry:
-        """Return this policy with nothing spent (the server made progress), its history kept."""
-        return dataclasses.replace(self, history=self.history, spent=0)
-
-    @property
-    def exhausted(self) -> bool:
-        """Whether every try the policy allows in a row has failed (never, without ``attempts``)."""
-        return self.attempts is not None and self.spent >= self.attempts
 
     def delay(self, attempt: int, retry_after: str | None = None) -> float:
         """Seconds to wait after failed try number ``attempt`` (1-based).
@@ -112,8 +91,9 @@ class Retry:
 class RetryBudget:
     """The one retry budget of a download, spent by every layer and shared by the threads of its carts.
 
-    It holds the current :class:`Retry` value (which carries the history);
-    :meth:`spend` records a failed try and says how long to wait before the
+    It holds what a download has spent of its :class:`Retry` policy: the
+    tries failed since the last progress (:attr:`spent`) and why each failed
+    try failed (:attr:`history`); :meth:`spend` records a failed try and says how long to wait before the
     next one, or that none is left.  Progress gives the tries back and
     restarts the ``patience`` clock: :meth:`progressed` for a request the
     server answered, :meth:`reached` for stream bytes well beyond the
@@ -132,7 +112,10 @@ class RetryBudget:
         self, retry: Retry, patience: float | None = None, clock: Callable[[], float] = time.monotonic
     ) -> None:
         """Start with ``retry``'s tries unspent and the patience clock running from now."""
-        self._retry = retry.progressed()
+        self._retry = retry
+        self._history: list[str] = []
+        #: Tries failed since the last progress: the part of ``retry.attempts`` spent.
+        self.spent = 0
         self.patience = patience
         self._clock = clock
         self._last_progress = clock()
@@ -142,13 +125,14 @@ class RetryBudget:
 
     @property
     def retry(self) -> Retry:
-        """The policy as spent so far."""
+        """The policy this budget spends."""
         return self._retry
 
     @property
     def history(self) -> list[str]:
         """Why each failed try of the download failed, in order."""
-        return list(self._retry.history)
+        with self._lock:
+            return list(self._history)
 
     @property
     def quiet_deadline(self) -> float | None:
@@ -169,16 +153,17 @@ class RetryBudget:
         """Why the budget ended (or would end) the download, for the error message."""
         if self.patience is not None and (self._impatient or self.out_of_patience()):
             return f"no sign of progress from the server for {self.patience:g} s"
-        return f"{self._retry.spent} tries failed in a row"
+        return f"{self.spent} tries failed in a row"
 
     def spend(self, reason: str, retry_after: str | None = None) -> float | None:
         """Record a failed try; return the seconds to wait before the next, or None when the budget is spent
         (the next try would start after the patience ran out, or ``attempts`` failed in a row)."""
         with self._lock:
-            self._retry = self._retry.increment(reason)
-            if self._retry.exhausted:
+            self._history.append(reason)
+            self.spent += 1
+            if self._retry.attempts is not None and self.spent >= self._retry.attempts:
                 return None
-            delay = self._retry.delay(self._retry.spent, retry_after)
+            delay = self._retry.delay(self.spent, retry_after)
             ends = self._patience_ends()
             self._impatient = ends is not None and self._clock() + delay >= ends
             return None if self._impatient else delay
@@ -187,8 +172,7 @@ class RetryBudget:
         """The server answered: the tries spent so far are given back, the patience clock starts again."""
         with self._lock:
             self._last_progress = self._clock()
-            if self._retry.spent:
-                self._retry = self._retry.progressed()
+            self.spent = 0
 
     def reached(self, stream: str, position: int, step: int = 1) -> None:
         """Stream ``stream`` delivered bytes up to ``position``: progress once that is ``step`` bytes or more
@@ -198,8 +182,7 @@ class RetryBudget:
                 return
             self._furthest[stream] = position
             self._last_progress = self._clock()
-            if self._retry.spent:
-                self._retry = self._retry.progressed()
+            self.spent = 0
 
 
 def _parse_retry_after(value: str) -> float | None:

@@ -34,6 +34,10 @@ READ_SIZE = 1024 * 1024
 #: No honest tar read is larger: data is read in READ_SIZE pieces, headers are
 #: small.  A larger one is a hostile header (a giant pax record) and is refused.
 MAX_READ = 16 * 1024 * 1024
+#: New stream bytes that count as progress: a stream must bring this many within ``Timeouts.stall`` or be
+#: resumed, and each such piece counts against ``Timeouts.progress``.  Not a setting: 64 KiB is a sliver of a
+#: second on any live link, and far more than a trickle meant to keep a socket alive sends in 30 s.
+PROGRESS_BYTES = 64 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 #: Errors that mean the connection broke under a read.
@@ -178,10 +182,10 @@ class CartStream:
 
     def _count(self, nbytes: int) -> None:
         self._window_bytes += nbytes
-        if self._window_bytes >= self._timeouts.stall_bytes:
+        if self._window_bytes >= PROGRESS_BYTES:
             self._window_start = time.monotonic()
             self._window_bytes = 0
-            self._budget.reached(self._name, self._received(), self._timeouts.stall_bytes)
+            self._budget.reached(self._name, self._received(), PROGRESS_BYTES)
 
     def _check_time(self) -> None:
         now = time.monotonic()
@@ -198,7 +202,7 @@ class CartStream:
         if now - self._window_start > self._timeouts.stall:
             self._response.close()
             raise StreamBroken(
-                f"stalled: fewer than {self._timeouts.stall_bytes} bytes in {self._timeouts.stall:.0f} s",
+                f"stalled: fewer than {PROGRESS_BYTES} bytes in {self._timeouts.stall:.0f} s",
                 self._received(),
             )
 

@@ -264,7 +264,7 @@ class Transport:
             retry_after: str | None = None
             quiet = budget.quiet_deadline
             merged["timeout"] = kwargs.get("timeout") or self._timeout(deadline, quiet, budget, method, url)
-            LOGGER.debug("%s %s (try %d)", method, redact(url), budget.retry.spent + 1)
+            LOGGER.debug("%s %s (try %d)", method, redact(url), budget.spent + 1)
             cut_at = min((limit for limit in (deadline, quiet) if limit is not None), default=None)
             watch = Watch(cut_at)
             failed: TransferError | None = None
@@ -303,6 +303,6 @@ class Transport:
                 )
             LOGGER.warning(
                 "%s %s failed (%s); trying again in %.1f s (try %d since the server's last answer)",
-                method, redact(url), reason, delay, budget.retry.spent + 1,
+                method, redact(url), reason, delay, budget.spent + 1,
             )
             time.sleep(delay)
