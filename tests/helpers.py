@@ -10,7 +10,7 @@ import urllib3
 
 from pacifica.downloader._incoming import HIDDEN_DIR
 from pacifica.downloader._ledger import LEDGER_DIR
-from pacifica.downloader._task_starts import DELIVERIES_DIR
+from pacifica.downloader._task_starts import STARTS_DIR
 from pacifica.downloader._verified import INDEX_NAME
 
 
@@ -22,7 +22,7 @@ def incoming_leftovers(location: Path) -> list[str]:
         return [str(hidden)]
     if not hidden.exists():
         return []
-    records = (LEDGER_DIR, DELIVERIES_DIR)
+    records = (LEDGER_DIR, STARTS_DIR)
     left = [path.name for path in hidden.iterdir() if not path.name.startswith(INDEX_NAME) and path.name not in records]
     for folder in records:
         if (hidden / folder).is_dir():

@@ -12,10 +12,9 @@ from helpers import Clock
 from pacifica.downloader import CartAPI
 from pacifica.downloader import _cart as cart_module
 from pacifica.downloader import _polling as polling
-from pacifica.downloader._cart import Cart, Delivery
+from pacifica.downloader._cart import Cart, DownloadContext
 from pacifica.downloader._config import LostCarts, Timeouts
-from pacifica.downloader._exceptions import CartTimeoutError
-from pacifica.downloader._polling import CartLost
+from pacifica.downloader._exceptions import CartLost, CartTimeoutError
 from pacifica.downloader._progress import Progress, Tracker
 from pacifica.downloader._records import FileRecord
 from pacifica.downloader._retry import Retry, RetryBudget
@@ -70,9 +69,9 @@ def new_cart(clock: Clock, tmp_path: Path, stages: Callable[[int], float | None]
     server = FakeCartd(clock, timeouts, stages)
     api = CartAPI("http://cartd.invalid", transport=server)  # type: ignore[arg-type]
     reports: list[Progress] = []
-    delivery = Delivery(tmp_path, "data", None, Tracker(reports.append, RECORDS), None,  # type: ignore[arg-type]
+    context = DownloadContext(tmp_path, "data", None, Tracker(reports.append, RECORDS), None,  # type: ignore[arg-type]
                         RetryBudget(Retry()), lost=rule)
-    cart = Cart(api, RECORDS, delivery)
+    cart = Cart(api, RECORDS, context)
     cart.create()
     return cart, server, reports
 

@@ -9,7 +9,7 @@ from helpers import Clock
 
 from pacifica.downloader import _pace as pace
 from pacifica.downloader import _scheduler as scheduler
-from pacifica.downloader._cart import Cancelled
+from pacifica.downloader._exceptions import Cancelled
 from pacifica.downloader._scheduler import Scheduler as Slots
 
 

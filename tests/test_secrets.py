@@ -60,9 +60,9 @@ from pacifica.downloader import (
     _cli as cli,
 )
 from pacifica.downloader import _transport as transport_module
+from pacifica.downloader._exceptions import CartLost
 from pacifica.downloader._incoming import HIDDEN_DIR
 from pacifica.downloader._ledger import LEDGER_DIR
-from pacifica.downloader._polling import CartLost
 from pacifica.downloader._redaction import MASK, Secrets, escape_controls
 
 USER = "ann"

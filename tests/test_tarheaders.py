@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from support.tars import build_tar, reg, special
 
 from pacifica.downloader._config import Timeouts
-from pacifica.downloader._exceptions import UnsafeArchiveError
+from pacifica.downloader._exceptions import MalformedTar, StreamBroken, UnsafeArchiveError
 from pacifica.downloader._retry import Retry, RetryBudget
-from pacifica.downloader._stream import CartStream, StreamBroken
-from pacifica.downloader._tarheaders import BLOCK, MalformedTar, TarMember, TarReader
+from pacifica.downloader._stream import CartStream
+from pacifica.downloader._tarheaders import BLOCK, TarMember, TarReader
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 

@@ -26,10 +26,10 @@ from pacifica.downloader import (  # noqa: E402
     UnsafeArchiveError,
     tasks,  # noqa: E402
 )
+from pacifica.downloader._exceptions import CartLost  # noqa: E402
 from pacifica.downloader._incoming import hidden_folder  # noqa: E402
-from pacifica.downloader._polling import CartLost  # noqa: E402
 from pacifica.downloader._progress import Progress  # noqa: E402
-from pacifica.downloader._task_starts import Deliveries, RedeliveryError  # noqa: E402
+from pacifica.downloader._task_starts import RedeliveryError, TaskStarts  # noqa: E402
 
 EVENT = event_for({"a/one.txt": b"one\n", "two.txt": b"two\n"})
 ENVIRON = {"BROKER_URL": "memory://", "BACKEND_URL": "cache+memory://", "DOWNLOADER_RETRY_BACKOFF": "0",
@@ -201,7 +201,7 @@ def test_errors_keep_their_type_and_facts_through_json(
 
 
 def test_starts_are_counted_and_bounded(tmp_path: Path) -> None:
-    starts = Deliveries(tmp_path, "task-1")
+    starts = TaskStarts(tmp_path, "task-1")
     assert [starts.start(limit=3) for _ in range(3)] == [1, 2, 3]
     with pytest.raises(RedeliveryError, match="started 3 times and the worker running it died each time"):
         starts.start(limit=3)
@@ -211,14 +211,14 @@ def test_starts_are_counted_and_bounded(tmp_path: Path) -> None:
 
 
 def test_retries_count_apart_and_odd_ids_stay_inside_the_folder(tmp_path: Path) -> None:
-    first, retry = Deliveries(tmp_path, "../../x", 0), Deliveries(tmp_path, "../../x", 1)
+    first, retry = TaskStarts(tmp_path, "../../x", 0), TaskStarts(tmp_path, "../../x", 1)
     assert first.start(limit=1) == 1 and retry.start(limit=1) == 1
     assert first.path.parent == tmp_path / "tasks" and first.path != retry.path
 
 
 def test_a_task_whose_workers_died_is_not_started_again(app: Any, scripted: Any, tmp_path: Path) -> None:
     task = app.tasks[tasks.TASK_NAME]
-    dead = Deliveries(hidden_folder(tmp_path), "dead-task")
+    dead = TaskStarts(hidden_folder(tmp_path), "dead-task")
     for _ in range(3):
         dead.start(limit=3)  # three starts whose worker never ended them
     result = task.apply(args=(EVENT, str(tmp_path)), task_id="dead-task")

@@ -27,16 +27,16 @@ import requests
 
 from ._cartapi import BaseCartAPI
 from ._config import LostCarts
-from ._exceptions import CartError, CartTimeoutError, DownloaderError, TransferError
+from ._exceptions import Cancelled, CartError, CartLost, CartTimeoutError, DownloaderError, StreamBroken, TransferError
 from ._incoming import IncomingArea
 from ._ledger import CartLedger
-from ._polling import CartLost, PollSchedule, poll_until_ready
+from ._polling import PollSchedule, poll_until_ready
 from ._progress import Tracker
 from ._receive import CartReceiver
 from ._records import FileRecord
 from ._redaction import redact
 from ._retry import RetryBudget
-from ._stream import CartStream, StreamBroken
+from ._stream import CartStream
 from ._verified import VerifiedIndex
 
 LOGGER = logging.getLogger(__name__)
@@ -45,12 +45,8 @@ LOGGER = logging.getLogger(__name__)
 RECHECK_DELETED = (0.1, 0.3, 0.6, 1.0, 2.0)
 
 
-class Cancelled(Exception):
-    """Internal: another cart of the same download failed, or the caller interrupted it."""
-
-
 @dataclass
-class Delivery:
+class DownloadContext:
     """Where and how the carts of one download deliver their files; shared by them all.
 
     ``timeout``: seconds a cart may stage; ``deadline``: the monotonic time
@@ -109,21 +105,21 @@ class Cart:
     are received unverified, and it gets no spare).  ``keep`` leaves the
     copy downloaded on the server at the end.
 
-    >>> cart = Cart(api, records, delivery)       # doctest: +SKIP
+    >>> cart = Cart(api, records, context)       # doctest: +SKIP
     >>> cart.create(); cart.wait(); cart.receive(); cart.delete()    # doctest: +SKIP
     """
 
     def __init__(
-        self, api: BaseCartAPI, records: list[FileRecord] | None, delivery: Delivery | None, *, keep: bool = False,
-        url: str | None = None,
+        self, api: BaseCartAPI, records: list[FileRecord] | None, context: DownloadContext | None, *,
+        keep: bool = False, url: str | None = None,
     ) -> None:
         """A cart of ``records``; with ``url``, one that already exists on the server (state ``created``).
 
-        ``delivery`` may come later (it is needed from :meth:`create` on; :meth:`delete` does without).
+        ``context`` may come later (it is needed from :meth:`create` on; :meth:`delete` does without).
         """
         self.api = api
         self.records = records
-        self.delivery = delivery
+        self.context = context
         self.keep = keep
         self.url = url
         self.state = "new" if url is None else "created"
@@ -141,15 +137,15 @@ class Cart:
         """POST the cart; return its URL."""
         if self.records is None:
             raise ValueError("a cart of unknown files cannot be created")
-        delivery = self._delivery()
-        delivery.check()
+        context = self._context()
+        context.check()
         url = self.api.new_cart_url()
-        ledger = None if self.keep else delivery.ledger
+        ledger = None if self.keep else context.ledger
         if ledger is not None:
             ledger.add(url)  # before the POST: a run killed during it still leaves a record
         self.url = url
         try:
-            self.api.post_cart(url, self.records, budget=delivery.budget)
+            self.api.post_cart(url, self.records, budget=context.budget)
         except CartError:
             if ledger is not None:
                 ledger.remove(url)  # Cartd answered and refused: no cart was made
@@ -158,7 +154,7 @@ class Cart:
         # deletes it if it exists), and state "new" means this run sends no DELETE for it.
         self.state = "created"
         self.copies = [_Copy(self.url, created=True, since=time.monotonic())]
-        delivery.tracker.cart_created(self.url)
+        context.tracker.cart_created(self.url)
         return self.url
 
     def wait(self, schedule: PollSchedule = PollSchedule(), relaxed: threading.Event | None = None) -> None:
@@ -173,20 +169,20 @@ class Cart:
         posted.  The wait limit (``timeout``, ``Timeouts.wait``) counts from
         the first call, spares included; past it, :class:`CartTimeoutError`.
         """
-        url, delivery = self._url(), self._delivery()
-        timeouts, lost = self.api.transport.timeouts, delivery.lost
+        url, context = self._url(), self._context()
+        timeouts, lost = self.api.transport.timeouts, context.lost
         now = time.monotonic()
         if self._waiting_since is None:
             self._waiting_since = now
-            self._wait_ends = now + delivery.wait_limit(timeouts.wait)
+            self._wait_ends = now + context.wait_limit(timeouts.wait)
             self.copies[0].since = now
         due = None
         if self.records is not None and self.spares < lost.spares:
             due = self.copies[-1].since + lost.spare_after(len(self.records), self._draw) - now
 
         def polled(status: str) -> None:
-            delivery.check()
-            delivery.tracker("staging")
+            context.check()
+            context.tracker("staging")
 
         try:
             poll_until_ready(self._probe, schedule, max(self._wait_ends - now, 0.0), url, on_poll=polled,
@@ -213,11 +209,11 @@ class Cart:
 
     def _probe(self, deadline: float) -> str:
         """Ask how each copy is doing, oldest first; "ready" as soon as one is (it becomes :attr:`url`)."""
-        delivery = self._delivery()
+        context = self._context()
         for copy in self.copies:
             if not copy.created or copy.deleted:
                 continue
-            status = self.api.probe(copy.url, deadline=deadline, budget=delivery.budget)
+            status = self.api.probe(copy.url, deadline=deadline, budget=context.budget)
             if status == "ready":
                 if copy.url != self.url:
                     LOGGER.info("spare %s of cart %s was ready first; downloading it", redact(copy.url),
@@ -228,24 +224,24 @@ class Cart:
 
     def post_spare(self) -> None:
         """POST a spare of the cart: the same files under a new id (see :class:`.config.LostCarts`)."""
-        delivery = self._delivery()
+        context = self._context()
         if self.records is None:
             raise ValueError("a cart of unknown files cannot get a spare")
-        delivery.check()
+        context.check()
         copy = _Copy(self.api.new_cart_url())
         self.copies.append(copy)
-        if delivery.ledger is not None:
-            delivery.ledger.add(copy.url)  # before the POST, as every cart
+        if context.ledger is not None:
+            context.ledger.add(copy.url)  # before the POST, as every cart
         try:
-            self.api.post_cart(copy.url, self.records, budget=delivery.budget)
+            self.api.post_cart(copy.url, self.records, budget=context.budget)
         except CartError:
-            if delivery.ledger is not None:
-                delivery.ledger.remove(copy.url)  # Cartd answered and refused: no cart was made
+            if context.ledger is not None:
+                context.ledger.remove(copy.url)  # Cartd answered and refused: no cart was made
             self.copies.remove(copy)
             raise
         copy.created, copy.since = True, time.monotonic()
         self.state = "created"
-        delivery.tracker.spare_posted()
+        context.tracker.spare_posted()
 
     def drop_spares(self) -> None:
         """Delete every copy but the one ready (:attr:`url`), which the download goes on with."""
@@ -256,40 +252,40 @@ class Cart:
 
         ``done`` holds the paths already in place, whose bytes are skipped.
         """
-        url, delivery = self._url(), self._delivery()
+        url, context = self._url(), self._context()
         wanted = None if self.records is None else {record.path: record for record in self.records}
-        tops = {delivery.filename.replace(".tar", ""), url.rsplit("/", 1)[-1]}
+        tops = {context.filename.replace(".tar", ""), url.rsplit("/", 1)[-1]}
         verified: list[tuple[str, str, str, str]] = []  # recorded in the index once per try, not per file
         transferred = [0]
 
         def placed(record: FileRecord | None, path: str) -> None:
             if record is not None:  # a file of an unknown cart was not verified: never trust it later
-                verified.append((f"{delivery.filename}/{record.path}", path, record.hashtype, record.hashsum))
-            delivery.tracker.file_placed()
+                verified.append((f"{context.filename}/{record.path}", path, record.hashtype, record.hashsum))
+            context.tracker.file_placed()
 
         def received(count: int) -> None:
-            delivery.check()
+            context.check()
             transferred[0] += count
-            delivery.tracker.add_bytes(count)
+            context.tracker.add_bytes(count)
 
         def reopen(offset: int) -> requests.Response:
-            return self.api.open_cart(url, delivery.filename, offset=offset, deadline=delivery.deadline,
-                                      budget=delivery.budget)
+            return self.api.open_cart(url, context.filename, offset=offset, deadline=context.deadline,
+                                      budget=context.budget)
 
-        receiver = CartReceiver(wanted, tops, delivery.destination, delivery.incoming, done or (), received, placed)
+        receiver = CartReceiver(wanted, tops, context.destination, context.incoming, done or (), received, placed)
         started = time.monotonic()
         while True:
-            stream = CartStream(reopen(0), reopen, timeouts=self.api.transport.timeouts, budget=delivery.budget,
-                                name=url, deadline=delivery.deadline)
+            stream = CartStream(reopen(0), reopen, timeouts=self.api.transport.timeouts, budget=context.budget,
+                                name=url, deadline=context.deadline)
             try:
-                delivery.tracker("transferring")
+                context.tracker("transferring")
                 receiver.receive(stream)
             except StreamBroken as err:
                 self._before_restart(err.reason, receiver)
                 continue
             finally:
                 stream.close()
-                delivery.index.remember(verified)
+                context.index.remember(verified)
                 verified.clear()
             break
         self.state = "received"
@@ -302,7 +298,7 @@ class Cart:
     def _before_restart(self, reason: str, receiver: CartReceiver) -> None:
         """Spend a try on a stream that must start over; wait the backoff, or raise when the budget is spent."""
         total = len(receiver.wanted or receiver.done)
-        budget = self._delivery().budget
+        budget = self._context().budget
         delay = budget.spend(reason)
         if delay is None:
             raise TransferError(
@@ -335,7 +331,7 @@ class Cart:
         self._delete(targets, unfinished=still_staging)
         # The download's budget: a server that stopped answering is not waited for again (the ledger keeps
         # the cart for the next run), so the download's error comes within its bound.
-        budget = None if self.delivery is None else self.delivery.budget
+        budget = None if self.context is None else self.context.budget
         rechecked = [copy for copy in targets if copy.deleted and copy.unfinished]
         for pause in RECHECK_DELETED if rechecked else ():
             time.sleep(pause)
@@ -353,16 +349,16 @@ class Cart:
         for copy in rechecked:
             copy.unfinished = False
         gone = all(copy.deleted for copy in targets if copy.created)
-        if self.keep and self.delivery is not None and self.delivery.ledger is not None and self.url is not None:
-            self.delivery.ledger.remove(self.url)  # a spare downloaded and kept on purpose: no next run deletes it
+        if self.keep and self.context is not None and self.context.ledger is not None and self.url is not None:
+            self.context.ledger.remove(self.url)  # a spare downloaded and kept on purpose: no next run deletes it
         if gone and not self.keep:
             self.state = "deleted"
         return gone
 
     def _delete(self, copies: list[_Copy], unfinished: bool) -> None:
         """DELETE each created copy not deleted yet; note it in the ledger; log (never raise) a failure."""
-        budget = None if self.delivery is None else self.delivery.budget
-        ledger = None if self.delivery is None else self.delivery.ledger
+        budget = None if self.context is None else self.context.budget
+        ledger = None if self.context is None else self.context.ledger
         for copy in copies:
             if copy.deleted or not copy.created:
                 continue
@@ -375,10 +371,10 @@ class Cart:
             if ledger is not None:
                 ledger.remove(copy.url)
 
-    def _delivery(self) -> Delivery:
-        if self.delivery is None:
-            raise ValueError("the cart has no delivery to deliver its files to")
-        return self.delivery
+    def _context(self) -> DownloadContext:
+        if self.context is None:
+            raise ValueError("the cart has no context to deliver its files to")
+        return self.context
 
     def _url(self) -> str:
         if self.url is None:

@@ -13,11 +13,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Union
 
-from ._cart import Cart, Delivery
+from ._cart import Cart, DownloadContext
 from ._cartapi import BaseCartAPI
 from ._config import LostCarts, check_seconds
-from ._exceptions import DestinationError, InvalidInputError
-from ._incoming import IncomingArea, hidden_folder, os_error
+from ._exceptions import DestinationError, InvalidInputError, os_error
+from ._incoming import IncomingArea, hidden_folder
 from ._ledger import CartLedger
 from ._permissions import make_folders
 from ._pipeline import run_carts
@@ -138,13 +138,13 @@ class BaseDownloader:
             tracker = Tracker(self.progress, todo)
             tracker("validating")
             incoming = IncomingArea(root)
-            delivery = Delivery(destination, folder, incoming, tracker, index,
+            context = DownloadContext(destination, folder, incoming, tracker, index,
                                 self.cart_api.transport.new_budget(), timeout=wait, deadline=call_deadline,
                                 ledger=ledger, lost=self.lost_carts)
             try:
-                carts = [Cart(self.cart_api, batch, delivery, keep=self.keep_cart)
+                carts = [Cart(self.cart_api, batch, context, keep=self.keep_cart)
                          for batch in split_batches(todo, self.limits)]
-                run_carts(carts, self.limits.max_staging, delivery.cancelled)
+                run_carts(carts, self.limits.max_staging, context.cancelled)
             finally:
                 incoming.remove()
             tracker("done")
@@ -186,7 +186,7 @@ class BaseDownloader:
             tracker = Tracker(self.progress, records or [])
             incoming = IncomingArea(root)
             # The released flow hands over a cart already ready: no spare is posted for it.
-            cart.delivery = Delivery(root / folder, folder, incoming, tracker, index,
+            cart.context = DownloadContext(root / folder, folder, incoming, tracker, index,
                                      self.cart_api.transport.new_budget(), lost=LostCarts(spares=0))
             cart.wait()  # already ready in the released flow: one HEAD
             cart.receive(done)

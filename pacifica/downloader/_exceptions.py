@@ -1,5 +1,26 @@
 """Every error this library raises, in one shallow hierarchy.
 
+Our exception hierarchy (public: importable from :mod:`pacifica.downloader`)::
+
+    DownloaderError
+    ├── InvalidInputError      the event, document or arguments cannot give a download; nothing was sent
+    ├── PolicyError            the Policy service gave no transaction document
+    ├── CartError              Cartd refused a request about a cart
+    │   ├── CartNotFoundError  the cart does not exist (deleted, never created)
+    │   ├── CartFailedError    Cartd could not stage it (its reason in ``server_message``)
+    │   └── CartTimeoutError   not ready before ``Timeouts.wait``, or the call's deadline passed
+    ├── TransferError          the server gave no sign of progress for ``Timeouts.progress``
+    ├── IntegrityError         a file did not match its hash
+    │   └── ManifestError      the cart lacked files asked for, or held others
+    ├── UnsafeArchiveError     the tar tried to write outside its folder, or held links or devices
+    └── DestinationError       the download directory cannot be written (full, read-only, a conflict)
+
+    pacifica.downloader.tasks.RedeliveryError (DownloaderError): a queued download killed its worker too often
+    SubscriptionError (DownloaderError): Notifications refused the event match (the subscribe command)
+
+Internal, never meant to reach a caller (at the end of this module): ``Cancelled``, ``StreamBroken``,
+``MalformedTar`` and ``CartLost`` (a :class:`CartTimeoutError`, as which it would reach a caller).
+
 All of them derive from :class:`DownloaderError`, so ``except DownloaderError``
 catches anything the library means to report.  Each class answers one question
 a caller asks when a download fails: was my input wrong, did the cart fail on
@@ -14,6 +35,7 @@ it) leaves its ``response`` behind, whose request holds the headers sent.
 """
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from typing import Any
 
@@ -242,3 +264,57 @@ class PolicyError(DownloaderError):
     >>> issubclass(PolicyError, DownloaderError)
     True
     """
+
+
+# -- internal: raised and caught inside the library, never meant to reach a caller ------------------------
+
+
+class Cancelled(Exception):
+    """Internal: another cart of the same download failed, or the caller interrupted it."""
+
+
+class StreamBroken(Exception):
+    """The connection broke and could not be resumed in place; ``reason`` says why.
+
+    Internal: the downloader catches it and starts the cart's stream over.
+    """
+
+    def __init__(self, reason: str, position: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.position = position
+
+
+class CartLost(CartTimeoutError):
+    """A cart still "staging" ``lost_after`` seconds in: Cartd may have lost its tasks.
+
+    Raised by :func:`poll_until_ready` at its ``lost_after``; the cart's
+    driver posts a spare of it (see ``LostCarts``) and waits again.  Should
+    it reach a caller, it is the :class:`CartTimeoutError` it derives from.
+    """
+
+    def __init__(self, message: str, cart_url: str, waited: float) -> None:
+        super().__init__(message, cart_url=cart_url)
+        self.waited = waited
+
+
+class MalformedTar(Exception):
+    """A header is not a valid tar header; ``first`` is True when it was the stream's first."""
+
+    def __init__(self, message: str, first: bool) -> None:
+        super().__init__(message)
+        self.first = first
+
+
+def os_error(err: OSError, path: str, doing: str) -> DestinationError:
+    """Turn an OSError while writing ``path`` into a DestinationError that says what to do."""
+    advice = {
+        errno.ENOSPC: "the disk is full; free space or choose another location",
+        errno.EDQUOT: "the disk quota is exhausted; free space or choose another location",
+        errno.EACCES: "permission denied; choose a location you can write to",
+        errno.EPERM: "operation not permitted; choose a location you can write to",
+        errno.EROFS: "the filesystem is read-only; choose another location",
+    }.get(err.errno or 0, "check the download location")
+    return DestinationError(
+        f"cannot {doing} {path}: {err.strerror or err} ({advice})", path=path, errno=err.errno
+    )

@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from ._incoming import os_error
+from ._exceptions import os_error
 
 #: Algorithms whose digest has a fixed length; SHAKE needs a length and Cartd
 #: cannot check it, so it is refused.

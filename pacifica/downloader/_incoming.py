@@ -11,7 +11,6 @@ the next download into the same directory.
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import logging
 import math
@@ -24,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ._exceptions import DestinationError, UnsafeArchiveError
+from ._exceptions import DestinationError, UnsafeArchiveError, os_error
 from ._permissions import FILE_MODE, FOLDER_MODE
 
 LOGGER = logging.getLogger(__name__)
@@ -35,20 +34,6 @@ HIDDEN_DIR = ".pacifica-downloader"
 LEFTOVER_PREFIXES = ("incoming", "staging")
 #: A new incoming file: write-only, never an existing name, not inherited by child processes.
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-
-
-def os_error(err: OSError, path: str, doing: str) -> DestinationError:
-    """Turn an OSError while writing ``path`` into a DestinationError that says what to do."""
-    advice = {
-        errno.ENOSPC: "the disk is full; free space or choose another location",
-        errno.EDQUOT: "the disk quota is exhausted; free space or choose another location",
-        errno.EACCES: "permission denied; choose a location you can write to",
-        errno.EPERM: "operation not permitted; choose a location you can write to",
-        errno.EROFS: "the filesystem is read-only; choose another location",
-    }.get(err.errno or 0, "check the download location")
-    return DestinationError(
-        f"cannot {doing} {path}: {err.strerror or err} ({advice})", path=path, errno=err.errno
-    )
 
 
 def _refuse_link(path: Path) -> None:

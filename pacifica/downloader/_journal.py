@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from ._exceptions import DestinationError
-from ._incoming import hidden_folder, os_error
+from ._exceptions import DestinationError, os_error
+from ._incoming import hidden_folder
 
 LOGGER = logging.getLogger(__name__)
 

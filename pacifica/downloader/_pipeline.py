@@ -14,9 +14,9 @@ import logging
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
-from ._cart import Cancelled, Cart
-from ._exceptions import CartFailedError, CartTimeoutError, TransferError
-from ._polling import CartLost, PollSchedule
+from ._cart import Cart
+from ._exceptions import Cancelled, CartFailedError, CartLost, CartTimeoutError, TransferError
+from ._polling import PollSchedule
 from ._scheduler import Scheduler
 
 LOGGER = logging.getLogger(__name__)

@@ -17,23 +17,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from ._exceptions import CartTimeoutError
+from ._exceptions import CartLost, CartTimeoutError
 from ._redaction import redact
 
 LOGGER = logging.getLogger(__name__)
-
-
-class CartLost(CartTimeoutError):
-    """A cart still "staging" ``lost_after`` seconds in: Cartd may have lost its tasks.
-
-    Raised by :func:`poll_until_ready` at its ``lost_after``; the cart's
-    driver posts a spare of it (see ``LostCarts``) and waits again.  Should
-    it reach a caller, it is the :class:`CartTimeoutError` it derives from.
-    """
-
-    def __init__(self, message: str, cart_url: str, waited: float) -> None:
-        super().__init__(message, cart_url=cart_url)
-        self.waited = waited
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,12 +29,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Callable
 
-from ._exceptions import IntegrityError, ManifestError, UnsafeArchiveError
+from ._exceptions import IntegrityError, MalformedTar, ManifestError, StreamBroken, UnsafeArchiveError, os_error
 from ._hashing import new_hash
-from ._incoming import IncomingArea, os_error, usable_mtime
+from ._incoming import IncomingArea, usable_mtime
 from ._records import FileRecord, join_path
-from ._stream import CartStream, StreamBroken
-from ._tarheaders import MalformedTar, TarMember, TarReader
+from ._stream import CartStream
+from ._tarheaders import TarMember, TarReader
 
 LOGGER = logging.getLogger(__name__)
 

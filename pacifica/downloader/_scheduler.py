@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ._cart import Cancelled
+from ._exceptions import Cancelled
 from ._pace import ServerPace
 
 #: Seconds a ready cart's transfer waits for the next cart's POST to return, at most.

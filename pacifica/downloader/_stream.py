@@ -22,7 +22,7 @@ import requests
 import urllib3
 
 from ._config import Timeouts
-from ._exceptions import CartTimeoutError, TransferError, UnsafeArchiveError
+from ._exceptions import CartTimeoutError, StreamBroken, TransferError, UnsafeArchiveError
 from ._redaction import quote_known
 from ._retry import RetryBudget
 from ._transport import RETRYABLE_ERRORS
@@ -42,18 +42,6 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 #: Errors that mean the connection broke under a read.
 BROKEN = RETRYABLE_ERRORS + (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
-
-
-class StreamBroken(Exception):
-    """The connection broke and could not be resumed in place; ``reason`` says why.
-
-    Internal: the downloader catches it and starts the cart's stream over.
-    """
-
-    def __init__(self, reason: str, position: int) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.position = position
 
 
 class CartStream:

@@ -26,7 +26,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from ._stream import CartStream, StreamBroken
+from ._exceptions import MalformedTar, StreamBroken
+from ._stream import CartStream
 
 #: The tar block size.
 BLOCK = 512
@@ -39,14 +40,6 @@ _KNOWN_TYPES = frozenset(bytes([flag]) for flag in b"0\x0001234567LKSxgX")
 _PAX_TYPES = frozenset([b"x", b"X"])
 _GNU_TYPES = frozenset([b"L", b"K", b"S"])
 _SIGNED = struct.Struct("148b8x356b")
-
-
-class MalformedTar(Exception):
-    """A header is not a valid tar header; ``first`` is True when it was the stream's first."""
-
-    def __init__(self, message: str, first: bool) -> None:
-        super().__init__(message)
-        self.first = first
 
 
 #: Type flags of plain regular files, and of folders.

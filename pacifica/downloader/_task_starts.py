@@ -26,17 +26,17 @@ from ._permissions import FOLDER_MODE, open_append
 LOGGER = logging.getLogger(__name__)
 
 #: The folder of the start records, inside the location's hidden folder.
-DELIVERIES_DIR = "tasks"
+STARTS_DIR = "tasks"
 
 
 class RedeliveryError(DownloaderError):
     """A queued download was started ``limit`` times and its worker died each time; it is not started again."""
 
 
-class Deliveries:
+class TaskStarts:
     """The starts of one task (``task_id``, its ``retries``-th retry) in ``hidden``, the location's hidden folder.
 
-    >>> starts = Deliveries(hidden, request.id, request.retries)   # doctest: +SKIP
+    >>> starts = TaskStarts(hidden, request.id, request.retries)   # doctest: +SKIP
     >>> starts.start(limit=3); ...; starts.finish()                # doctest: +SKIP
     """
 
@@ -44,7 +44,7 @@ class Deliveries:
         """Keep the starts of this task in ``hidden/tasks``."""
         self.task_id = task_id
         name = re.sub(r"[^\w.-]", "_", task_id)[:200] or "task"
-        self.path = hidden / DELIVERIES_DIR / f"{name}-{int(retries)}"
+        self.path = hidden / STARTS_DIR / f"{name}-{int(retries)}"
 
     def start(self, limit: int) -> int:
         """Write this start down; return how many starts there have been, or raise :class:`RedeliveryError`.

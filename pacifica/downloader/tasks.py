@@ -73,13 +73,13 @@ from celery.result import AsyncResult
 from ._compat import Downloader
 from ._downloader import as_path
 from ._events import event_records
-from ._exceptions import CartError, DownloaderError, InvalidInputError, TransferError
-from ._incoming import hidden_folder, os_error
+from ._exceptions import CartError, DownloaderError, InvalidInputError, TransferError, os_error
+from ._incoming import hidden_folder
 from ._manifest import manifest
 from ._permissions import make_folders
 from ._progress import Progress
 from ._redaction import redact
-from ._task_starts import Deliveries, RedeliveryError
+from ._task_starts import RedeliveryError, TaskStarts
 
 __all__ = [
     "OPTIONS",
@@ -195,7 +195,7 @@ def _run(task: Task, event: Any, location: str, **options: Any) -> list[dict[str
         make_folders(root)
     except OSError as err:
         raise os_error(err, str(root), "create the download directory") from err
-    starts = Deliveries(hidden_folder(root), str(task.request.id), int(task.request.retries or 0))
+    starts = TaskStarts(hidden_folder(root), str(task.request.id), int(task.request.retries or 0))
     starts.start(int(_setting(task, "max_deliveries", 3)))
     try:
         paths = _download(task, records, root, options)
