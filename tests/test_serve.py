@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from support.events import event_for
 from pacifica.downloader import InvalidInputError
 from pacifica.downloader._bearer import BearerToken, token_from_environment
 from pacifica.downloader._journal import QUEUED, RECEIVED, REJECTED, EventJournal, EventRecord
-from pacifica.downloader._serve import DownloadService, EventServer, record_key
+from pacifica.downloader._serve import MAX_EVENT_BYTES, REQUEST_TIMEOUT, DownloadService, EventServer, record_key
 
 TOKEN = "tok-Serve-S3cret-41"
 
@@ -59,8 +60,18 @@ def service(tmp_path: Path, broker: Broker) -> DownloadService:
 
 @pytest.fixture
 def server(service: DownloadService) -> Iterator[str]:
-    http = EventServer(("127.0.0.1", 0), service, BearerToken(TOKEN), max_event_bytes=64 * 1024,
-                       request_timeout=5.0)
+    """The service over HTTP with small limits (64 KiB events, 5 s per request); ``default_server`` has the real."""
+    yield from serving(EventServer(("127.0.0.1", 0), service, BearerToken(TOKEN), max_event_bytes=64 * 1024,
+                                   request_timeout=5.0))
+
+
+@pytest.fixture
+def default_server(service: DownloadService) -> Iterator[str]:
+    """The service over HTTP with the limits a user gets (256 MiB events, 30 s per request)."""
+    yield from serving(EventServer(("127.0.0.1", 0), service, BearerToken(TOKEN)))
+
+
+def serving(http: EventServer) -> Iterator[str]:
     thread = threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -251,6 +262,41 @@ def test_a_body_over_the_limit_is_read_and_rejected(server: str, service: Downlo
     answer = post(server, b"[" + b"0," * 40_000 + b"0]")
     assert answer.status_code == 200 and answer.json()["state"] == REJECTED
     assert "more than the 65536 read" in answer.json()["reason"]
+
+
+def raw_connection(url: str) -> socket.socket:
+    host, port = url.rsplit("//", 1)[1].split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def test_with_defaults_a_body_over_256_mib_is_drained_and_rejected(default_server: str, broker: Broker) -> None:
+    """The limit a user gets: one byte more than MAX_EVENT_BYTES is read off the socket (so the answer reaches a
+    client still sending) but never kept, and the event is rejected, not recorded as an event."""
+    length = MAX_EVENT_BYTES + 1
+    with raw_connection(default_server) as conn:
+        conn.sendall(f"POST / HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode())
+        chunk = b" " * (1 << 20)
+        left = length
+        while left:
+            left -= conn.send(chunk[:min(left, len(chunk))])
+        conn.shutdown(socket.SHUT_WR)
+        answer = b"".join(iter(lambda: conn.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0]
+    reply = json.loads(body)
+    assert reply["state"] == REJECTED
+    assert f"more than the {MAX_EVENT_BYTES} read" in reply["reason"]
+    assert broker.sent == [], "nothing is queued"
+
+
+def test_with_defaults_a_silent_client_is_let_go(default_server: str) -> None:
+    """A client that opens a connection and stops mid-headers is disconnected by the server after
+    REQUEST_TIMEOUT (30 s), the limit a user gets; the test's own bound is four times that."""
+    with raw_connection(default_server) as conn:
+        conn.sendall(b"POST / HTTP/1.1\r\nHost: test\r\n")  # and then nothing
+        conn.settimeout(REQUEST_TIMEOUT * 4)
+        assert conn.recv(65536) == b"", "the server closed the connection"
 
 
 def test_broker_down_the_event_waits_and_is_queued_when_it_is_back(
