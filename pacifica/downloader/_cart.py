@@ -16,6 +16,7 @@ each step may run, a spare's POST included.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -30,7 +31,7 @@ from ._config import LostCarts
 from ._exceptions import Cancelled, CartError, CartLost, CartTimeoutError, DownloaderError, StreamBroken, TransferError
 from ._incoming import IncomingArea
 from ._ledger import CartLedger
-from ._polling import PollSchedule, poll_until_ready
+from ._polling import Polls, PollSchedule
 from ._progress import Tracker
 from ._receive import CartReceiver
 from ._records import FileRecord
@@ -180,13 +181,18 @@ class Cart:
         if self.records is not None and self.spares < lost.spares:
             due = self.copies[-1].since + lost.spare_after(len(self.records), self._draw) - now
 
-        def polled(status: str) -> None:
-            context.check()
-            context.tracker("staging")
-
+        polls = Polls(schedule, max(self._wait_ends - now, 0.0), url, relaxed=relaxed,
+                      lost_after=None if due is None else max(due, 0.0))
         try:
-            poll_until_ready(self._probe, schedule, max(self._wait_ends - now, 0.0), url, on_poll=polled,
-                             relaxed=relaxed, lost_after=None if due is None else max(due, 0.0))
+            for deadline in polls:
+                try:
+                    status = self._probe(deadline)
+                except CartTimeoutError as err:
+                    raise polls.timed_out() from err
+                polls.answered(status)
+                if status != "ready":
+                    context.check()
+                    context.tracker("staging")
         except CartLost:
             self.state = "lost"
             LOGGER.warning(
@@ -256,30 +262,31 @@ class Cart:
         wanted = None if self.records is None else {record.path: record for record in self.records}
         tops = {context.filename.replace(".tar", ""), url.rsplit("/", 1)[-1]}
         verified: list[tuple[str, str, str, str]] = []  # recorded in the index once per try, not per file
-        transferred = [0]
-
-        def placed(record: FileRecord | None, path: str) -> None:
-            if record is not None:  # a file of an unknown cart was not verified: never trust it later
-                verified.append((f"{context.filename}/{record.path}", path, record.hashtype, record.hashsum))
-            context.tracker.file_placed()
-
-        def received(count: int) -> None:
-            context.check()
-            transferred[0] += count
-            context.tracker.add_bytes(count)
+        transferred = 0
 
         def reopen(offset: int) -> requests.Response:
             return self.api.open_cart(url, context.filename, offset=offset, deadline=context.deadline,
                                       budget=context.budget)
 
-        receiver = CartReceiver(wanted, tops, context.destination, context.incoming, done or (), received, placed)
+        receiver = CartReceiver(wanted, tops, context.destination, context.incoming, done or ())
         started = time.monotonic()
         while True:
             stream = CartStream(reopen(0), reopen, timeouts=self.api.transport.timeouts, budget=context.budget,
                                 name=url, deadline=context.deadline)
             try:
                 context.tracker("transferring")
-                receiver.receive(stream)
+                # closed at once when this stops early (a cancel): the file half written goes with it
+                with contextlib.closing(receiver.receive(stream)) as steps:
+                    for step in steps:
+                        if isinstance(step, int):
+                            context.check()
+                            transferred += step
+                            context.tracker.add_bytes(step)
+                        else:
+                            if step.record is not None:  # a file of an unknown cart is not verified: never trusted
+                                verified.append((f"{context.filename}/{step.record.path}", step.path,
+                                                 step.record.hashtype, step.record.hashsum))
+                            context.tracker.file_placed()
             except StreamBroken as err:
                 self._before_restart(err.reason, receiver)
                 continue
@@ -292,7 +299,7 @@ class Cart:
         elapsed = time.monotonic() - started
         LOGGER.info(
             "cart %s downloaded: %d files, %d bytes verified and placed in %.2f s (%.1f MB/s)",
-            redact(url), len(receiver.done), transferred[0], elapsed, transferred[0] / 1e6 / max(elapsed, 1e-6),
+            redact(url), len(receiver.done), transferred, elapsed, transferred / 1e6 / max(elapsed, 1e-6),
         )
 
     def _before_restart(self, reason: str, receiver: CartReceiver) -> None:

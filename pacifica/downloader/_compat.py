@@ -24,8 +24,8 @@ from ._cartapi import BaseCartAPI
 from ._config import check_seconds
 from ._downloader import BaseDownloader, PathLike
 from ._events import event_records
-from ._exceptions import InvalidInputError
-from ._polling import PollSchedule, poll_until_ready
+from ._exceptions import CartTimeoutError, InvalidInputError
+from ._polling import Polls, PollSchedule
 from ._records import entries_callable, validate_records
 from ._retry import RetryBudget
 from ._transactions import transaction_records
@@ -84,12 +84,16 @@ class CartAPI(BaseCartAPI):
         """
         limit = self.transport.timeouts.wait if timeout is None else check_seconds(timeout, "timeout")
         cart_url = self._clean(cart_url)
-        poll_until_ready(
-            lambda deadline: self.probe(cart_url, deadline=deadline, budget=budget),
-            schedule, limit, cart_url, on_poll=on_poll,
-        )
+        polls = Polls(schedule, limit, cart_url)
+        for deadline in polls:
+            try:
+                status = self.probe(cart_url, deadline=deadline, budget=budget)
+            except CartTimeoutError as err:
+                raise polls.timed_out() from err
+            polls.answered(status)
+            if status != "ready" and on_poll is not None:
+                on_poll(status)
         return cart_url
-
 
 
 class CloudEvent:

@@ -288,7 +288,7 @@ class StreamBroken(Exception):
 class CartLost(CartTimeoutError):
     """A cart still "staging" ``lost_after`` seconds in: Cartd may have lost its tasks.
 
-    Raised by :func:`poll_until_ready` at its ``lost_after``; the cart's
+    Raised by :class:`~._polling.Polls` at its ``lost_after``; the cart's
     driver posts a spare of it (see ``LostCarts``) and waits again.  Should
     it reach a caller, it is the :class:`CartTimeoutError` it derives from.
     """

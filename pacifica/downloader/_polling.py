@@ -7,7 +7,7 @@ cart took is known (``expect``), polls start at ``cap`` and come every
 ``near`` seconds from ``near_share`` of that time on, so the moment the cart
 is ready is seen at once without polling fast all along: each HEAD costs
 Cartd a request and a database connection on the cores that stage the files.
-:func:`poll_until_ready` runs a schedule against one status probe.
+:class:`Polls` runs a schedule for one cart; whoever iterates it makes the polls.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Iterator
+from typing import Any
 
 from ._exceptions import CartLost, CartTimeoutError
 from ._redaction import redact
@@ -63,63 +64,74 @@ class PollSchedule:
         return min(interval * self.growth, self.cap)
 
 
-def poll_until_ready(
-    probe: Callable[[float], str],
-    schedule: PollSchedule,
-    limit: float,
-    cart_url: str,
-    *,
-    on_poll: Callable[[str], None] | None = None,
-    relaxed: threading.Event | None = None,
-    lost_after: float | None = None,
-) -> float:
-    """Call ``probe(deadline)`` on ``schedule`` until it answers ``"ready"``; return the seconds it took.
+class Polls:
+    """The polls of one staging cart, as an iterator: the caller makes each poll, the schedule says when.
 
-    ``probe`` makes one status request (no later than the monotonic
-    ``deadline``) and returns the cart's status, raising for a final one
-    (failed, unknown).  ``on_poll(status)`` is called after each poll that
-    finds the cart still staging; ``relaxed``, once set, says that nothing
-    waits for the moment it is ready any more (see :meth:`PollSchedule.pause`).  Raises
+    Each item is the monotonic deadline of one poll; the caller asks the
+    server (no later than it) and tells the answer with :meth:`answered`
+    before asking for the next.  Iteration ends once the answer is
+    ``"ready"`` (:attr:`took` then holds the seconds it took), and raises
     :class:`CartTimeoutError` once ``limit`` seconds pass, and
     :class:`CartLost` when the cart is still staging ``lost_after`` seconds
-    in (a poll is made at that moment).
-    """
-    started = time.monotonic()
-    deadline = started + limit
-    interval = schedule.first_interval()
-    status = "staging"
+    in (a poll is made at that moment).  ``relaxed``, once set, says that
+    nothing waits for the moment it is ready any more (see
+    :meth:`PollSchedule.pause`).  A poll that raises :class:`CartTimeoutError`
+    itself (the request's deadline) is ended with :meth:`timed_out`.
 
-    def timed_out() -> CartTimeoutError:
+    >>> polls = Polls(PollSchedule(), 60.0, url)                  # doctest: +SKIP
+    >>> for deadline in polls:                                    # doctest: +SKIP
+    ...     polls.answered(api.probe(url, deadline=deadline))
+    """
+
+    def __init__(self, schedule: PollSchedule, limit: float, cart_url: str, *,
+                 relaxed: threading.Event | None = None, lost_after: float | None = None) -> None:
+        """Poll ``cart_url`` on ``schedule`` for at most ``limit`` seconds; see the class docstring."""
+        self.schedule = schedule
+        self.limit = limit
+        self.cart_url = cart_url
+        self.relaxed = relaxed
+        self.lost_after = lost_after
+        self.status = "staging"
+        self.took: float | None = None
+
+    def answered(self, status: str) -> None:
+        """The last poll's answer: ``"ready"``, or a status still staging."""
+        self.status = status
+
+    def timed_out(self) -> CartTimeoutError:
+        """The error for a cart not ready within the limit."""
         return CartTimeoutError(
-            f"the cart {redact(cart_url)} was still {status!r} after {limit:.0f} s; raise the timeout for large carts",
-            cart_url=cart_url,
+            f"the cart {redact(self.cart_url)} was still {self.status!r} after {self.limit:.0f} s; "
+            "raise the timeout for large carts",
+            cart_url=self.cart_url,
         )
 
-    while True:
-        try:
-            status = probe(deadline)
-        except CartTimeoutError as err:
-            raise timed_out() from err
-        if status == "ready":
-            took = time.monotonic() - started
-            LOGGER.info("cart %s ready after %.2f s", redact(cart_url), took)
-            return took
-        elapsed = time.monotonic() - started
-        if lost_after is not None and elapsed >= lost_after and time.monotonic() < deadline:
-            raise CartLost(
-                f"the cart {redact(cart_url)} was still {status!r} after {elapsed:.0f} s: "
-                "Cartd may have lost its tasks",
-                cart_url=cart_url,
-                waited=elapsed,
-            )
-        if on_poll is not None:
-            on_poll(status)
-        remaining = deadline - time.monotonic()
-        if remaining > 0:
-            pause = schedule.pause(elapsed, interval, relaxed is not None and relaxed.is_set())
-            if lost_after is not None:
-                pause = min(pause, max(0.0, lost_after - elapsed))  # poll at the moment the cart is suspected
-            time.sleep(max(0.0, min(pause, remaining)))
-            interval = schedule.next_interval(interval)
-        if time.monotonic() >= deadline:
-            raise timed_out()
+    def __iter__(self) -> Iterator[float]:
+        """Yield each poll's deadline, pausing on the schedule between them."""
+        schedule, lost_after = self.schedule, self.lost_after
+        started = time.monotonic()
+        deadline = started + self.limit
+        interval = schedule.first_interval()
+        while True:
+            yield deadline
+            if self.status == "ready":
+                self.took = time.monotonic() - started
+                LOGGER.info("cart %s ready after %.2f s", redact(self.cart_url), self.took)
+                return
+            elapsed = time.monotonic() - started
+            if lost_after is not None and elapsed >= lost_after and time.monotonic() < deadline:
+                raise CartLost(
+                    f"the cart {redact(self.cart_url)} was still {self.status!r} after {elapsed:.0f} s: "
+                    "Cartd may have lost its tasks",
+                    cart_url=self.cart_url,
+                    waited=elapsed,
+                )
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                pause = schedule.pause(elapsed, interval, self.relaxed is not None and self.relaxed.is_set())
+                if lost_after is not None:
+                    pause = min(pause, max(0.0, lost_after - elapsed))  # poll at the moment the cart is suspected
+                time.sleep(max(0.0, min(pause, remaining)))
+                interval = schedule.next_interval(interval)
+            if time.monotonic() >= deadline:
+                raise self.timed_out()

@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from pathlib import Path
-from typing import Callable
+from typing import NamedTuple
 
 from ._exceptions import IntegrityError, MalformedTar, ManifestError, StreamBroken, UnsafeArchiveError, os_error
 from ._hashing import new_hash
@@ -54,6 +54,14 @@ def _split_name(member: TarMember, tops: Iterable[str]) -> tuple[str, str]:
     return parts[0], "/".join(parts[1:])
 
 
+class Placed(NamedTuple):
+    """A file placed: its ``record`` (None for a file of a cart whose files are not known: not verified) and
+    the ``path`` it now has."""
+
+    record: FileRecord | None
+    path: str
+
+
 class CartReceiver:
     """Receives one cart's tar into ``destination``, verifying every file; owns what is placed across tries.
 
@@ -61,13 +69,15 @@ class CartReceiver:
     cart's files are not known; every regular file is taken, unverified);
     ``tops`` are the acceptable names of the tar's top folder (the
     ``filename`` asked for, or the cart's id when Cartd bundles); ``done``
-    the paths already in place, whose bytes are skipped.  ``on_bytes(n)``
-    and ``on_file(record, path)`` report progress (``record`` None for an
-    unverified file).  Call :meth:`receive` with each try's stream: a try
-    that broke leaves in :attr:`done` what it placed, and the next skips it.
+    the paths already in place, whose bytes are skipped.  :meth:`receive`
+    reads each try's stream and yields its progress to the caller, who
+    decides what to do with it (it calls nothing back): the number of bytes
+    of each piece written, and a :class:`Placed` for each file placed.  A
+    try that broke leaves in :attr:`done` what it placed, and the next
+    skips it.
 
     >>> receiver = CartReceiver(wanted, {"data"}, destination, incoming)   # doctest: +SKIP
-    >>> receiver.receive(stream)                                          # doctest: +SKIP
+    >>> for step in receiver.receive(stream): ...                           # doctest: +SKIP
     """
 
     def __init__(
@@ -77,8 +87,6 @@ class CartReceiver:
         destination: Path,
         incoming: IncomingArea,
         done: Iterable[str] = (),
-        on_bytes: Callable[[int], None] = lambda count: None,
-        on_file: Callable[[FileRecord | None, str], None] = lambda record, path: None,
     ) -> None:
         """Prepare to receive the cart; see the class docstring."""
         self.wanted = wanted
@@ -86,12 +94,12 @@ class CartReceiver:
         self.destination = destination
         self.incoming = incoming
         self.done: set[str] = set(done)
-        self.on_bytes = on_bytes
-        self.on_file = on_file
         self._folders = _folders(wanted)
 
-    def receive(self, stream: CartStream) -> None:
+    def receive(self, stream: CartStream) -> Generator[int | Placed, None, None]:
         """Read one try's stream to its end, placing each verified file; raise if the cart is not exactly right.
+
+        Yields the size of each piece written and a :class:`Placed` for each file placed.
 
         Raises :class:`StreamBroken` when the connection broke and the stream
         must start over, and the library's typed errors for everything else.
@@ -135,10 +143,10 @@ class CartReceiver:
             received.add(relative)
             if relative in done:
                 continue  # verified and placed by an earlier attempt; the reader skips its bytes
-            final = _receive(stream, member, record or _unlisted(relative), self.destination, self.incoming,
-                             self.on_bytes, verify=record is not None)
+            final = yield from _receive(stream, member, record or _unlisted(relative), self.destination,
+                                        self.incoming, verify=record is not None)
             done.add(relative)
-            self.on_file(record, final)
+            yield Placed(record, final)
         missing = [] if wanted is None else sorted(set(wanted) - done)
         if missing:
             raise ManifestError(
@@ -176,10 +184,11 @@ def _receive(
     record: FileRecord,
     destination: Path,
     incoming: IncomingArea,
-    on_bytes: Callable[[int], None],
     verify: bool = True,
-) -> str:
+) -> Generator[int, None, str]:
     """Copy one member into an incoming file while hashing it; place it if the digest matches; return its path.
+
+    Yields the size of each piece written.
 
     The member's bytes are read straight from the stream, as views of the
     received chunks, and go to the hash and to the file without a copy;
@@ -199,7 +208,7 @@ def _receive(
                         digest.update(piece)
                     _write_all(fd, piece)
                     received += len(piece)
-                    on_bytes(len(piece))
+                    yield len(piece)
             finally:
                 os.close(fd)
         except OSError as err:
