@@ -52,7 +52,7 @@ def venv_python(path: Path) -> Path:
 def ensure_dev_venv() -> Path:
     """Create ``.venv`` with the library (editable) and the dev tools, unless already done."""
     python = venv_python(VENV)
-    wanted = "\n".join(DEV_REQUIREMENTS + [DEV_EXTRAS, (ROOT / "setup.cfg").read_text()])
+    wanted = "\n".join(DEV_REQUIREMENTS + [DEV_EXTRAS, (ROOT / "pyproject.toml").read_text()])
     stamp = hashlib.sha256(wanted.encode()).hexdigest()
     marker = VENV / "pacifica-dev.stamp"
     if python.exists() and marker.exists() and marker.read_text() == stamp:
@@ -107,7 +107,7 @@ def lint(python: Path) -> int:
     return subprocess.call([str(python), "-m", "ruff", "check", *checked]) or status
 
 
-#: The docs' tools (setup.cfg's docs extra) need Python 3.11+; older ones install none and build no docs.
+#: The docs' tools (the docs extra of pyproject.toml) need Python 3.11+; older ones install none and build no docs.
 DOCS_PYTHON = (3, 11)
 
 
@@ -132,7 +132,8 @@ def other_pythons(pytest_args: list[str]) -> int:
         env_dir = ROOT / f".venv-py{version}"
         python = venv_python(env_dir)
         marker = env_dir / "pacifica-dev.stamp"
-        stamp = hashlib.sha256((" ".join(OTHER_REQUIREMENTS) + (ROOT / "setup.cfg").read_text()).encode()).hexdigest()
+        wanted = " ".join(OTHER_REQUIREMENTS) + (ROOT / "pyproject.toml").read_text()
+        stamp = hashlib.sha256(wanted.encode()).hexdigest()
         if not (python.exists() and marker.exists() and marker.read_text() == stamp):
             print(f"dev.py: preparing {env_dir}", flush=True)
             subprocess.run([interpreter, "-m", "venv", "--clear", str(env_dir)], check=True)
