@@ -67,10 +67,10 @@ def ensure_dev_venv() -> Path:
 
 
 def ensure_stack() -> None:
-    """Create ``.venv-stack`` (Cartd, tests/cartd_stack.py) and ``.venv-facility`` (the rest of a facility)."""
+    """Create ``.venv-stack`` (Cartd, tests/support/cartd_stack.py) and ``.venv-facility`` (the rest of a facility)."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from cartd_stack import default_stack_venv_path, ensure_stack_venv
-    from facility_stack import ensure_facility_venv
+    from support.cartd_stack import default_stack_venv_path, ensure_stack_venv
+    from support.facility_stack import ensure_facility_venv
 
     ensure_stack_venv(default_stack_venv_path())
     ensure_facility_venv()

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import requests
-from released_programs import DISPATCHER_TEST, ReleasedPrograms, ensure_released_programs
 from support.events import archive, event_with
+from support.released_programs import DISPATCHER_TEST, ReleasedPrograms, ensure_released_programs
 
 #: Seconds any one released program may take here; they finish in a few.
 BOUND = 120

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv, reachable_by_others
+from support.cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv, reachable_by_others
 
 from pacifica.downloader import Downloader
 
