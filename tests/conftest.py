@@ -44,7 +44,8 @@ def facility(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Conf
         yield stack
 
 
-#: The fixtures that start real services: a test using one is marked ``stack``.
+#: The fixtures that start real services: a test using one, directly or through another fixture, is marked
+#: ``stack``.  A test that starts a stack itself, or needs a Pacifica venv, carries the mark explicitly.
 STACK_FIXTURES = {"cartd_stack", "facility"}
 
 

@@ -19,6 +19,9 @@ import requests
 from support.events import archive, event_with
 from support.released_programs import DISPATCHER_TEST, ReleasedPrograms, ensure_released_programs
 
+# Every test here runs the released programs' venv, installed from the package index: never offline.
+pytestmark = pytest.mark.stack
+
 #: Seconds any one released program may take here; they finish in a few.
 BOUND = 120
 FILES = {

@@ -107,6 +107,7 @@ def _private_stack_venv(real_venv: Path, checkout: Path) -> Path:
     return venv
 
 
+@pytest.mark.stack  # starts a stack of its own, not the cartd_stack fixture's
 def test_stack_starts_from_a_private_folder_with_spaces(tmp_path: Path) -> None:
     """A clone in a home only its owner may enter (as root's is), below a path with spaces, still runs the stack.
 
