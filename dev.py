@@ -99,12 +99,14 @@ def find_python(version: str) -> str | None:
 
 
 def lint(python: Path) -> int:
-    """mypy --strict on the library, ruff on everything."""
+    """mypy --strict on the library; ruff's checks and its formatting on all the Python of the repository."""
     print("dev.py: mypy --strict", flush=True)
     status = subprocess.call([str(python), "-m", "mypy"])
+    checked = ["pacifica", "tests", "benchmarks", "examples", "docs", "dev.py", "conftest.py", "setup.py"]
     print("dev.py: ruff check", flush=True)
-    checked = ["pacifica", "tests", "benchmarks", "examples", "docs", "dev.py"]
-    return subprocess.call([str(python), "-m", "ruff", "check", *checked]) or status
+    status = subprocess.call([str(python), "-m", "ruff", "check", *checked]) or status
+    print("dev.py: ruff format --check", flush=True)
+    return subprocess.call([str(python), "-m", "ruff", "format", "--check", *checked]) or status
 
 
 #: The docs' tools (the docs extra of pyproject.toml) need Python 3.11+; older ones install none and build no docs.
