@@ -122,7 +122,7 @@ def make_event(
     """Build the event's CloudEvent; archive its files with ``put_file`` unless already archived.
 
     Files go one request at a time: the archive interface serves a single
-    request thread (see ``tests/cartd_stack.py``).  Its first and last ids
+    request thread (see ``tests/support/cartd_stack.py``).  Its first and last ids
     are checked, so a stack restarted on the same work directory (whose
     archive is kept) is not loaded again.
     """

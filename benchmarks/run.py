@@ -7,7 +7,7 @@
     python3 dev.py bench --quick         # a smoke run with small events (about two minutes)
     python benchmarks/run.py --help      # every option (runs per event, sizes, work directory ...)
 
-It starts the loopback stack of ``tests/cartd_stack.py`` (one solo worker),
+It starts the loopback stack of ``tests/support/cartd_stack.py`` (one solo worker),
 archives three events (10 × 1 KiB, 2000 × 64 KiB, 200 × 5 MiB), and for each
 one, run after run:
 
@@ -44,7 +44,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cartd_stack import STACK_REQUIREMENTS, CartdStack, default_stack_venv_path, ensure_stack_venv  # noqa: E402
 from clients import (  # noqa: E402
     POLL_INTERVAL,
     RELEASE_REQUIREMENT,
@@ -74,6 +73,7 @@ from report import (  # noqa: E402
     render,
     write_readme,
 )
+from support.cartd_stack import STACK_REQUIREMENTS, CartdStack, default_stack_venv_path, ensure_stack_venv  # noqa: E402
 from workerlog import log_end, worker_time  # noqa: E402
 
 #: Archive ids of each event start here, so events never share a file.

@@ -6,7 +6,7 @@
     python3 dev.py bench-workers              # 20 events × 50 files × 64 KiB, two rounds
     python benchmarks/workers.py --help
 
-It starts the loopback stack of ``tests/cartd_stack.py`` with two Cartd
+It starts the loopback stack of ``tests/support/cartd_stack.py`` with two Cartd
 worker processes (a site that runs download workers runs more than one
 Cartd worker), archives the events, and in each round times, side by side:
 
@@ -15,7 +15,7 @@ Cartd worker), archives the events, and in each round times, side by side:
 * **workers**: the twenty events enqueued at once
   (``pacifica.downloader.tasks.enqueue``) to three download-worker
   processes under two node names (a prefork pool of two children, and a
-  second worker of one, as ``tests/download_workers.py`` starts them),
+  second worker of one, as ``tests/support/download_workers.py`` starts them),
   until every result is in.
 
 The order of the two alternates between rounds.  Cartd's worker log gives
@@ -42,10 +42,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv  # noqa: E402
-from download_workers import DownloadWorkers  # noqa: E402
 from events import KIB, Event, EventSpec, make_event, verify_download  # noqa: E402
 from report import machine_lines  # noqa: E402
+from support.cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv  # noqa: E402
+from support.download_workers import DownloadWorkers  # noqa: E402
 from workerlog import log_end, worker_time  # noqa: E402
 
 from pacifica.downloader import __version__  # noqa: E402

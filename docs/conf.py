@@ -4,7 +4,7 @@ Build with ``python3 dev.py docs`` (every warning an error, as Read the Docs bui
 """
 from __future__ import annotations
 
-import configparser
+import tomllib  # the docs build needs Python 3.11+ (Sphinx 9), which has it
 from pathlib import Path
 
 from docutils.nodes import Element
@@ -15,12 +15,12 @@ from sphinx.environment import BuildEnvironment
 import pacifica.downloader
 
 ROOT = Path(__file__).resolve().parent.parent
-# The project's name and author are written once, in setup.cfg.
-METADATA = configparser.ConfigParser(interpolation=None)
-METADATA.read(ROOT / "setup.cfg", encoding="utf-8")
+# The project's name and author are written once, in pyproject.toml.
+with open(ROOT / "pyproject.toml", "rb") as file:
+    METADATA = tomllib.load(file)["project"]
 
-project = METADATA["metadata"]["name"]
-author = METADATA["metadata"]["author"]
+project = METADATA["name"]
+author = ", ".join(person["name"] for person in METADATA["authors"])
 copyright = author
 release = version = pacifica.downloader.__version__
 

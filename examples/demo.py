@@ -2,7 +2,7 @@
 """A demo download on a local stack: start Cartd, archive sample files, download an event.
 
 Run it through ``python3 dev.py demo``, which installs everything first.
-It starts the local Cartd stack (see tests/cartd_stack.py), archives a few
+It starts the local Cartd stack (see tests/support/cartd_stack.py), archives a few
 sample files, writes a Notifications CloudEvent for them to
 ``demo-download/event.json``, downloads it with the ``pacifica-downloader``
 command line (progress shows on a terminal), lists the verified files, runs
@@ -23,7 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv  # noqa: E402
+from support.cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv  # noqa: E402
 
 DEMO_DIR = ROOT / "demo-download"
 SAMPLES = {

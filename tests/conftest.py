@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cartd_stack import REPO_ROOT, CartdStack, default_stack_venv_path, ensure_stack_venv
-from facility_stack import FacilityStack, ensure_facility_venv
+from support.cartd_stack import REPO_ROOT, CartdStack, default_stack_venv_path, ensure_stack_venv
+from support.facility_stack import FacilityStack, ensure_facility_venv
 
 #: Where the logs of a failed session's stacks are kept.
 TEST_LOGS_DIR: Path = REPO_ROOT / "test-logs"
@@ -44,7 +44,8 @@ def facility(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Conf
         yield stack
 
 
-#: The fixtures that start real services: a test using one is marked ``stack``.
+#: The fixtures that start real services: a test using one, directly or through another fixture, is marked
+#: ``stack``.  A test that starts a stack itself, or needs a Pacifica venv, carries the mark explicitly.
 STACK_FIXTURES = {"cartd_stack", "facility"}
 
 

@@ -26,10 +26,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from helpers import is_index_file
-from stub_cartd import StubCartd
 from support.events import files_object
+from support.helpers import is_index_file
 from support.processes import run_on_pty, subprocess_env
+from support.stub_cartd import StubCartd
 from support.tars import make_tar
 
 from pacifica.downloader import PolicyError

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import is_index_file
 from support.events import archive, event_with, fresh_id
+from support.helpers import is_index_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 180  # seconds for one command, cart staging included

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_proxy import Fault, FaultProxy
-from helpers import assert_tree, incoming_leftovers
 from support.events import make_event
+from support.fault_proxy import Fault, FaultProxy
+from support.helpers import assert_tree, incoming_leftovers
 
 from pacifica.downloader import Downloader, Retry, Timeouts
 

@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import json
 import math
+import sys
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
@@ -464,9 +465,12 @@ def test_pacifica_is_a_namespace_package() -> None:
 def test_py_typed_shipped() -> None:
     package_dir = Path(downloader.__file__).resolve().parent
     assert (package_dir / "py.typed").is_file()
-    setup_cfg = package_dir.parent.parent / "setup.cfg"
-    if setup_cfg.is_file():
-        assert "py.typed" in setup_cfg.read_text(encoding="utf-8")
+    pyproject = package_dir.parent.parent / "pyproject.toml"
+    if pyproject.is_file() and sys.version_info >= (3, 11):  # a checkout, and tomllib to read its metadata
+        import tomllib
+
+        package_data = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+        assert "py.typed" in package_data["pacifica.downloader"]
 
 
 def test_every_public_name_has_a_docstring_with_an_example() -> None:

@@ -35,16 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_tree, cart_gone
+from support.child import CHILD
 from support.events import make_event
+from support.helpers import assert_tree, cart_gone
 from support.sessions import RecordingSession
 
 from pacifica.downloader import DestinationError, Downloader, Progress
 from pacifica.downloader._incoming import HIDDEN_DIR, IncomingArea
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent
-CHILD = HERE / "download_child.py"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Seconds any one download of these tests may take, cart staging included.
 DEADLINE = 30
 

@@ -1,4 +1,4 @@
-"""Downloads as Celery tasks on real workers (tests/download_workers.py), against the real Cartd stack.
+"""Downloads as Celery tasks on real workers (tests/support/download_workers.py), against the real Cartd stack.
 
 Three worker processes under two node names (a prefork pool of two
 children, and a second worker of one) consume the tasks.  A fault proxy in
@@ -20,10 +20,10 @@ import pytest
 
 pytest.importorskip("celery")
 
-from download_workers import DownloadWorkers  # noqa: E402
-from fault_proxy import Fault, FaultProxy  # noqa: E402
-from helpers import assert_tree, cart_gone, incoming_leftovers, wait_until  # noqa: E402
+from support.download_workers import DownloadWorkers  # noqa: E402
 from support.events import archive, event_for, event_with  # noqa: E402
+from support.fault_proxy import Fault, FaultProxy  # noqa: E402
+from support.helpers import assert_tree, cart_gone, incoming_leftovers, wait_until  # noqa: E402
 
 from pacifica.downloader._incoming import HIDDEN_DIR  # noqa: E402
 from pacifica.downloader._ledger import LEDGER_DIR  # noqa: E402

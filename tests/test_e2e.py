@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_tree, cart_gone, incoming_leftovers
 from support.events import fresh_id, make_event
+from support.helpers import assert_tree, cart_gone, incoming_leftovers
 from support.sessions import RecordingSession
 
 from pacifica.downloader import (

@@ -1,10 +1,10 @@
 """In a real Pacifica facility: uploads through Ingest, the events Notifications delivers, Policy's documents.
 
-The ``facility`` fixture (tests/facility_stack.py) runs the upstream services
+The ``facility`` fixture (tests/support/facility_stack.py) runs the upstream services
 from PyPI; files are uploaded with ``pacifica-cli upload`` as at a site. The
 download service (``pacifica-downloader serve``, tests/support/service.py) is
 subscribed to Notifications with ``pacifica-downloader subscribe`` and queues
-each event for two real download workers (tests/download_workers.py) on the
+each event for two real download workers (tests/support/download_workers.py) on the
 facility's downloads broker, which the tests stop and start; the service
 itself is SIGKILLed and started again. Every condition is waited for by
 observing it (an event's status, the files), within a bound.
@@ -26,9 +26,9 @@ import requests
 
 pytest.importorskip("celery")  # the download workers and the service's queuing; other Pythons run without it
 
-from download_workers import DownloadWorkers  # noqa: E402
-from facility_stack import INSTRUMENT_ID, PROJECT_ID, USER_ID, FacilityStack  # noqa: E402
-from fault_proxy import FaultProxy  # noqa: E402
+from support.download_workers import DownloadWorkers  # noqa: E402
+from support.facility_stack import INSTRUMENT_ID, PROJECT_ID, USER_ID, FacilityStack  # noqa: E402
+from support.fault_proxy import FaultProxy  # noqa: E402
 from support.service import ServeProcess, wait_until  # noqa: E402
 from support.sessions import RecordingSession  # noqa: E402
 

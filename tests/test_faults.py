@@ -28,11 +28,11 @@ from typing import Any
 
 import pytest
 import requests
-from fault_proxy import Fault, FaultProxy
-from helpers import Clock, FakeBody, FakeResponse, assert_tree, incoming_leftovers
-from stub_cartd import StubCartd
 from support.events import make_event
+from support.fault_proxy import Fault, FaultProxy
+from support.helpers import Clock, FakeBody, FakeResponse, assert_tree, incoming_leftovers
 from support.sessions import RecordingSession
+from support.stub_cartd import StubCartd
 
 from pacifica.downloader import (
     CartAPI,

@@ -34,9 +34,9 @@ from typing import Any, Callable
 
 import pytest
 import requests
-from helpers import incoming_leftovers, is_index_file
-from stub_cartd import StubCartd
 from support.events import event_for
+from support.helpers import incoming_leftovers, is_index_file
+from support.stub_cartd import StubCartd
 from support.tars import Member, build_tar, reg, special
 
 from pacifica.downloader import (

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stub_cartd import HOSTILE, StubCartd
+from support.child import CHILD
 from support.events import event_for
 from support.processes import REPO_ROOT, run_measured, run_on_pty, subprocess_env
+from support.stub_cartd import HOSTILE, StubCartd
 from support.tars import make_tar
 
 from pacifica.downloader import Downloader, TransferError
@@ -32,7 +33,6 @@ from pacifica.downloader import _cli as cli
 MIB = 1024 * 1024
 FILES = {"a/one.txt": b"one\n", "two.txt": b"two\n"}
 EVENT = event_for(FILES)
-CHILD = Path(__file__).resolve().parent / "download_child.py"
 #: The most a hostile answer may add to the client's peak memory; the whole body would add 300 MiB and more.
 MEMORY_BOUND = 32 * MIB
 

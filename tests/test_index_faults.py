@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_tree
 from support.events import make_event
+from support.helpers import assert_tree
 from support.sessions import RecordingSession
 
 from pacifica.downloader import Downloader

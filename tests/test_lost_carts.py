@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers import Clock
+from support.helpers import Clock
 
 from pacifica.downloader import CartAPI
 from pacifica.downloader import _cart as cart_module

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import Clock
+from support.helpers import Clock
 
 from pacifica.downloader._pace import PREPOST_SHARE, SAFE_AFTER, SAFE_PER_FILE, ServerPace
 

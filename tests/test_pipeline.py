@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from helpers import Clock
+from support.helpers import Clock
 
 from pacifica.downloader import _pace as pace
 from pacifica.downloader import _scheduler as scheduler

@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 import pytest
-from helpers import Clock
+from support.helpers import Clock
 
 from pacifica.downloader import CartAPI
 from pacifica.downloader import _polling as polling

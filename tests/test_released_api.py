@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import incoming_leftovers
-from stub_cartd import StubCartd
 from support.events import event_for
+from support.helpers import incoming_leftovers
 from support.sessions import RecordingSession
+from support.stub_cartd import StubCartd
 from support.tars import make_tar
 
 from pacifica.downloader import (

@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 import requests
-from released_programs import DISPATCHER_TEST, ReleasedPrograms, ensure_released_programs
 from support.events import archive, event_with
+from support.released_programs import DISPATCHER_TEST, ReleasedPrograms, ensure_released_programs
+
+# Every test here runs the released programs' venv, installed from the package index: never offline.
+pytestmark = pytest.mark.stack
 
 #: Seconds any one released program may take here; they finish in a few.
 BOUND = 120

@@ -21,9 +21,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from helpers import assert_tree, cart_gone, incoming_leftovers
 from support.child import file_ids, run_and_kill
 from support.events import make_event
+from support.helpers import assert_tree, cart_gone, incoming_leftovers
 from support.sessions import RecordingSession
 
 from pacifica.downloader import CartAPI, Downloader

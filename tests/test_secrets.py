@@ -33,8 +33,8 @@ from urllib.parse import quote
 import pytest
 import requests
 import urllib3
-from stub_cartd import HOSTILE, STAGING, StubCartd
 from support.events import event_for
+from support.stub_cartd import HOSTILE, STAGING, StubCartd
 from support.tars import make_tar
 
 from pacifica.downloader import (

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv
-from fault_proxy import Fault
-from helpers import assert_tree, cart_gone, incoming_leftovers, wait_until
+from support.cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv
 from support.child import file_ids, run_and_kill
 from support.events import make_event
+from support.fault_proxy import Fault
+from support.helpers import assert_tree, cart_gone, incoming_leftovers, wait_until
 from support.sessions import RecordingSession
 
 from pacifica.downloader import Downloader, LostCarts, Progress, Retry, TransferError

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv, reachable_by_others
+from support.cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv, reachable_by_others
 
 from pacifica.downloader import Downloader
 
@@ -107,6 +107,7 @@ def _private_stack_venv(real_venv: Path, checkout: Path) -> Path:
     return venv
 
 
+@pytest.mark.stack  # starts a stack of its own, not the cartd_stack fixture's
 def test_stack_starts_from_a_private_folder_with_spaces(tmp_path: Path) -> None:
     """A clone in a home only its owner may enter (as root's is), below a path with spaces, still runs the stack.
 

@@ -12,9 +12,9 @@ import tarfile
 from typing import Any
 
 import pytest
-from helpers import fake_response
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support.helpers import fake_response
 from support.tars import build_tar, reg, special
 
 from pacifica.downloader._config import Timeouts

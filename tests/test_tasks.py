@@ -13,8 +13,8 @@ import pytest
 
 celery = pytest.importorskip("celery")
 
-from helpers import Clock  # noqa: E402
 from support.events import event_for  # noqa: E402
+from support.helpers import Clock  # noqa: E402
 
 from pacifica.downloader import (  # noqa: E402
     CartFailedError,

@@ -4,8 +4,8 @@ the fault proxy; the patience is scaled down to a second so the test is short.""
 from __future__ import annotations
 
 import requests
-from fault_proxy import Fault, FaultProxy
-from stub_cartd import StubCartd
+from support.fault_proxy import Fault, FaultProxy
+from support.stub_cartd import StubCartd
 
 from pacifica.downloader import CartAPI, Retry, Timeouts, TransferError
 from pacifica.downloader._watchdog import WatchedAdapter

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from cartd_stack import _Service
+
+from support.cartd_stack import _Service
 
 __all__ = ["ServeProcess", "wait_until"]
 

@@ -24,7 +24,7 @@ The services live in a virtualenv of their own (:func:`ensure_facility_venv`,
 ``.venv-facility``): Metadata needs ``peewee<4`` and Cartd runs with peewee 4.
 Only the standard library is used, so this module also runs as a script::
 
-    python tests/facility_stack.py up [--workdir DIR]
+    python tests/support/facility_stack.py up [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -44,7 +44,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from cartd_stack import (
+if __name__ == "__main__":
+    # Run by path (python tests/support/facility_stack.py), Python puts the script's own folder first on sys.path;
+    # tests/ goes there instead, so that the support package is imported under the name the tests give it.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from support.cartd_stack import (
     _HTTP,
     _LOOPBACK,
     _WORKER_READY,

@@ -27,7 +27,7 @@ The Pacifica service packages install a ``pacifica/__init__.py`` of their own
 module needs nothing but the standard library (POSIX only), so it can be
 imported from the test environment and run with any Python 3 as a CLI::
 
-    python tests/cartd_stack.py up [--workdir DIR] [--workers N] [--database postgres|sqlite]
+    python tests/support/cartd_stack.py up [--workdir DIR] [--workers N] [--database postgres|sqlite]
 
 With ``archive_proxy=True`` Cartd reaches the archive interface through a
 :class:`fault_proxy.FaultProxy` (``stack.archive_proxy``), whose faults a
@@ -67,8 +67,8 @@ from typing import IO, Any, Callable
 
 LOGGER = logging.getLogger(__name__)
 
-#: The repository root (this file lives in ``<repo>/tests/``).
-REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The repository root (this file lives in ``<repo>/tests/support/``).
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: What the stack virtualenv gets; pinned so that every machine runs the same stack.
 STACK_REQUIREMENTS: list[str] = [
@@ -658,7 +658,7 @@ class CartdStack:
             self.archive_proxy.close()
             self.archive_proxy = None
         if self.archive_proxy is None:
-            from fault_proxy import FaultProxy  # standard library only, like this module
+            from support.fault_proxy import FaultProxy  # standard library only, like this module
 
             # Generous bounds: a test may make the archive answer its stage requests tens of seconds late.
             self.archive_proxy = FaultProxy(archive_port, timeout=120.0, max_hold=120.0).start()

@@ -21,11 +21,16 @@ import json
 import os
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
-from support.sessions import RecordingSession
+if __name__ == "__main__":
+    # Run by path, Python puts the script's own folder (tests/support) first on sys.path; tests/ goes there instead,
+    # so that the support package is imported under the name the tests give it.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from pacifica.downloader import DestinationError, Downloader, DownloaderError, Progress
+from support.sessions import RecordingSession
 
 
 def _say(obj: Any) -> None:

@@ -17,9 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cartd_stack import _Service
-
 from pacifica.downloader.tasks import make_app
+from support.cartd_stack import _Service
 
 #: Seconds a worker has to say it is ready.
 READY_WITHIN = 60.0

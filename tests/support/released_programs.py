@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cartd_stack import REPO_ROOT, StackError
+from support.cartd_stack import REPO_ROOT, StackError
 
 #: The released programs, pinned: the versions on the package index that call this library.
 RELEASED_PROGRAMS = ["pacifica-cli==0.5.2", "pacifica-dispatcher==0.2.5"]
