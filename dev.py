@@ -7,6 +7,7 @@
     python3 dev.py docs     # the Sphinx docs into docs/_build/html, every warning an error
     python3 dev.py bench    # the benchmarks of benchmarks/ (see benchmarks/README.md)
     python3 dev.py bench-workers   # 20 events on download workers against one process (benchmarks/workers.py)
+    python3 dev.py deps     # the HTTP layer's server-free tests with the oldest and the newest requests/urllib3
 
 It creates ``.venv`` (the library, editable, with its test and docs tools),
 ``.venv-stack`` (Cartd and the archive interface) and ``.venv-facility`` (the
@@ -23,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -165,13 +167,48 @@ def coverage_options(pytest_args: list[str]) -> list[str]:
     return options if pytest_args else [*options, f"--cov-fail-under={COVERAGE_FLOOR}"]
 
 
+#: The requests and urllib3 the package allows, at both ends: pyproject.toml's floors (requests 2.25.0 takes urllib3
+#: below 1.27) and whatever is newest in the package index (unpinned, in a new venv).
+DEPENDENCY_BOUNDS = {
+    "oldest": ["requests==2.25.0", "urllib3==1.26.0"],
+    "newest": ["requests", "urllib3"],
+}
+#: The server-free tests that exercise requests and urllib3 most: the watchdog, faults, secrets, hostile servers,
+#: the released API, the configuration, the public-interfaces check, polling and lost carts.
+DEPENDENCY_TESTS = [
+    "tests/test_watchdog.py", "tests/test_faults.py", "tests/test_secrets.py", "tests/test_hostile_servers.py",
+    "tests/test_released_api.py", "tests/test_config.py", "tests/test_public_interfaces.py",
+    "tests/test_polling.py", "tests/test_lost_carts.py",
+]
+
+
+def dependency_bounds(pytest_args: list[str]) -> int:
+    """Run :data:`DEPENDENCY_TESTS` in a throwaway venv for each end of :data:`DEPENDENCY_BOUNDS`."""
+    status = 0
+    for end, pins in DEPENDENCY_BOUNDS.items():
+        with tempfile.TemporaryDirectory(prefix=f"pacifica-deps-{end}-") as env_dir:
+            python = venv_python(Path(env_dir))
+            print(f"dev.py: a venv with the {end} {' and '.join(pins)}", flush=True)
+            venv.EnvBuilder(with_pip=True).create(env_dir)
+            subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", str(ROOT)]
+                           + pins + OTHER_REQUIREMENTS, check=True)
+            subprocess.run([str(python), "-c", "import requests, urllib3; print("
+                            "'requests', requests.__version__, 'urllib3', urllib3.__version__)"], check=True)
+            status = subprocess.call([str(python), "-m", "pytest", "-q", "-m", "not stack", "-p", "no:cacheprovider",
+                                      *DEPENDENCY_TESTS, *pytest_args]) or status
+    return status
+
+
 def main(argv: list[str]) -> int:
     """Run the task named by ``argv[0]``; the rest of ``argv`` goes to it."""
-    tasks = {"demo", "test", "lint", "docs", "bench", "bench-workers"}
+    tasks = {"demo", "test", "lint", "docs", "bench", "bench-workers", "deps"}
     if not argv or argv[0] not in tasks:
         print(__doc__)
         return 2
     task, rest = argv[0], argv[1:]
+    if task == "deps":  # venvs of its own: .venv's requests and urllib3 are neither end
+        os.chdir(ROOT)
+        return dependency_bounds(rest)
     python = ensure_dev_venv()
     os.chdir(ROOT)
     if task == "lint":

@@ -37,7 +37,8 @@ def test_a_default_session_gets_the_watched_adapter_with_its_settings() -> None:
     CartAPI("http://127.0.0.1:1", session=session)
     adapter = session.get_adapter("http://127.0.0.1:1/")
     assert isinstance(adapter, WatchedAdapter)
-    assert adapter._pool_maxsize == 33 and adapter.max_retries.total == 2  # type: ignore[attr-defined]
+    # The pool size, read where it takes effect: requests keeps it in no public attribute.
+    assert adapter.poolmanager.connection_pool_kw["maxsize"] == 33 and adapter.max_retries.total == 2
 
 
 def test_a_session_with_an_adapter_of_its_own_keeps_it() -> None:

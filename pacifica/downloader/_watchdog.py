@@ -9,9 +9,12 @@ transport then sees :attr:`Watch.fired` and says why).
 
 The socket is found through :class:`WatchedAdapter`, the requests transport
 adapter :func:`watch_session` mounts on a session in place of requests'
-default one (same settings): its connection pools hand the connection a try
-takes to the watch of the thread that takes it.  A session with adapters of
-its own is left as it is; only the socket timeouts then bound its tries.
+default one (same settings): its connection pools make connections of a
+watched class (urllib3's ``ConnectionCls``), which hand themselves to the
+watch of the thread that sends a request on them.  Only public interfaces of
+requests and urllib3, so that any version the package allows works the same
+(``tests/test_public_interfaces.py``).  A session with adapters of its own is
+left as it is; only the socket timeouts then bound its tries.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3 import PoolManager
+from urllib3.connectionpool import HTTPConnectionPool
 
 LOGGER = logging.getLogger(__name__)
 
@@ -139,41 +143,93 @@ def _shut(connection: Any) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-class _Watched:
-    """A connection pool mixin: the connection a try takes is attached to the thread's watch."""
-
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        connection = super()._get_conn(timeout)  # type: ignore[misc]
-        watch = getattr(_current, "watch", None)
-        if watch is not None:
-            watch.attach(connection)
-        return connection
+def _hand_to_watch(connection: object) -> None:
+    watch = getattr(_current, "watch", None)
+    if watch is not None:
+        watch.attach(connection)
 
 
-class _WatchedHTTPPool(_Watched, HTTPConnectionPool):
-    pass
+class WatchedConnection:
+    """A mixin for a urllib3 connection class: the connection a try uses is handed to the thread's watch.
+
+    Every request on a connection, a new one or a kept-alive one, starts with
+    http.client's ``putrequest`` (public, as is ``connect``).  A new
+    connection connects just before or during it, and hands itself over
+    again once it has a socket: a watch that fired while it was connecting
+    cuts it off then.
+    """
+
+    def connect(self) -> None:
+        """Connect, then let the thread's watch cut the new socket off."""
+        super().connect()  # type: ignore[misc]
+        _hand_to_watch(self)
+
+    def putrequest(self, *args: Any, **kwargs: Any) -> None:
+        """Start a request: this connection is the try's, the thread's watch may cut it off."""
+        _hand_to_watch(self)
+        super().putrequest(*args, **kwargs)  # type: ignore[misc]
 
 
-class _WatchedHTTPSPool(_Watched, HTTPSConnectionPool):
-    pass
+#: The watched subclass of each pool class a pool manager was found with, made once.
+_WATCHED_POOLS: dict[type[HTTPConnectionPool], type[HTTPConnectionPool]] = {}
+_WATCHED_POOLS_LOCK = threading.Lock()
 
 
-_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+def _watched_pool(pool: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
+    """A subclass of ``pool`` whose connections (``ConnectionCls``) are a watched subclass of its own.
+
+    Subclassing the class the manager has, rather than urllib3's plain ones,
+    keeps what the manager's pools do: a SOCKS proxy manager's connect
+    through the proxy.
+    """
+    if issubclass(pool.ConnectionCls, WatchedConnection):
+        return pool
+    with _WATCHED_POOLS_LOCK:
+        watched = _WATCHED_POOLS.get(pool)
+        if watched is None:
+            base = pool.ConnectionCls
+            connection = type("Watched" + base.__name__, (WatchedConnection, base), {"__module__": __name__})
+            watched = _WATCHED_POOLS[pool] = type(
+                "Watched" + pool.__name__, (pool,), {"ConnectionCls": connection, "__module__": __name__}
+            )
+        return watched
+
+
+def watch_pools(manager: PoolManager) -> PoolManager:
+    """Make the pools ``manager`` creates from now on watched ones (urllib3's ``pool_classes_by_scheme``)."""
+    manager.pool_classes_by_scheme = {
+        scheme: _watched_pool(pool) for scheme, pool in manager.pool_classes_by_scheme.items()
+    }
+    return manager
 
 
 class WatchedAdapter(HTTPAdapter):
-    """requests' default adapter, whose connections a :class:`Watch` can cut off."""
+    """requests' default adapter, whose connections a :class:`Watch` can cut off.
+
+    Only requests' documented hooks for subclasses: the pool managers it
+    makes, direct and per proxy, are given watched pools.
+    """
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         """Make the pool manager, with watched pools."""
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
+        watch_pools(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        """Make a proxy's pool manager, with watched pools."""
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = dict(_POOLS)
-        return manager
+        """Make (or reuse) a proxy's pool manager, with watched pools."""
+        return watch_pools(super().proxy_manager_for(proxy, **proxy_kwargs))
+
+    @classmethod
+    def like(cls, adapter: HTTPAdapter) -> WatchedAdapter:
+        """A watched adapter with every setting of ``adapter`` (pool sizes, blocking, retries).
+
+        requests keeps the pool settings in no public attribute; its pickle
+        support (``__getstate__``/``__setstate__``) carries them all, so the
+        copy is made as unpickling makes one, without naming any of them.
+        """
+        watched = cls.__new__(cls)
+        watched.__setstate__(adapter.__getstate__())  # type: ignore[attr-defined]
+        return watched
 
 
 def watch_session(session: requests.Session) -> requests.Session:
@@ -181,12 +237,6 @@ def watch_session(session: requests.Session) -> requests.Session:
     for prefix in ("http://", "https://"):
         adapter = session.adapters.get(prefix)
         if type(adapter) is HTTPAdapter:
-            watched = WatchedAdapter(  # the same settings (requests keeps them in private attributes)
-                pool_connections=getattr(adapter, "_pool_connections", requests.adapters.DEFAULT_POOLSIZE),
-                pool_maxsize=getattr(adapter, "_pool_maxsize", requests.adapters.DEFAULT_POOLSIZE),
-                max_retries=adapter.max_retries,
-                pool_block=getattr(adapter, "_pool_block", requests.adapters.DEFAULT_POOLBLOCK),
-            )
-            session.mount(prefix, watched)
+            session.mount(prefix, WatchedAdapter.like(adapter))
             adapter.close()
     return session
