@@ -251,58 +251,78 @@ class Transport:
         when the budget is spent.
         """
         budget = budget if budget is not None else self.new_budget()
+        url, merged, given = self._prepare(url, headers, kwargs)
+        while True:
+            response, reason = self._try(method, url, merged, stream, deadline, budget, given)
+            retry_after: str | None = None
+            if response is not None:
+                if response.status_code not in self.retry.statuses or is_final(response):
+                    if answer_is_progress:
+                        budget.progressed()
+                    return response
+                retry_after = response.headers.get("Retry-After")
+                reason = f"HTTP {response.status_code} {self.quote(response.reason)}"
+                response.close()
+            self._pause(method, url, reason, retry_after, deadline, budget)
+
+    def _prepare(
+        self, url: str, headers: dict[str, str] | None, kwargs: dict[str, Any]
+    ) -> tuple[str, dict[str, Any], list[str]]:
+        """The URL without its credentials, requests' keyword arguments for every try, and the headers' names."""
         url = self.adopt(url)
         merged = dict(self.kwargs)
         if headers:
             merged["headers"] = dict(merged.get("headers") or {}, **headers)
         merged.update(kwargs)
+        merged["timeout"] = kwargs.get("timeout")  # None: each try gets its own (see _try)
         self._learn_settings(self.kwargs)  # the auth dict's headers are credentials; the request's own are not
         self._learn_settings(kwargs)
         self._url_credentials(url, merged)
-        given = list(merged.get("headers") or {})
-        while True:
-            retry_after: str | None = None
-            quiet = budget.quiet_deadline
-            merged["timeout"] = kwargs.get("timeout") or self._timeout(deadline, quiet, budget, method, url)
-            LOGGER.debug("%s %s (try %d)", method, redact(url), budget.spent + 1)
-            cut_at = min((limit for limit in (deadline, quiet) if limit is not None), default=None)
-            watch = Watch(cut_at)
-            failed: TransferError | None = None
-            try:
-                with watch:
-                    # Always streamed: requests would read any body whole. An answer that is not the stream
-                    # asked for is read here, capped, while the watch still covers it.
-                    response = self.session.request(method, url, stream=True, **merged)
-                    self._sent(response, given)
-                    if not (stream and response.status_code in (200, 206)):
-                        self.hold(response)
-            except requests.RequestException as err:
-                reason, failed = self._failed(method, url, err, watch.fired, budget, given)
-            else:
-                if watch.fired:  # what came before the cut may parse as an answer; it is not one
-                    response.close()
-                    reason = CUT_OFF
-                elif response.status_code not in self.retry.statuses or is_final(response):
-                    if answer_is_progress:
-                        budget.progressed()
-                    return response
-                else:
-                    retry_after = response.headers.get("Retry-After")
-                    reason = f"HTTP {response.status_code} {self.quote(response.reason)}"
-                    response.close()
-            if failed is not None:
-                raise failed  # here, not in the except clause: no context holding the request, headers and all
-            delay = budget.spend(reason, retry_after)
-            if delay is None:
-                raise self._gave_up(method, url, budget)
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise CartTimeoutError(
-                    f"{method} {redact(url)} did not succeed before the deadline: "
-                    + "; ".join([*budget.history, "deadline reached before the next try"]),
-                    cart_url=url,
-                )
-            LOGGER.warning(
-                "%s %s failed (%s); trying again in %.1f s (try %d since the server's last answer)",
-                method, redact(url), reason, delay, budget.spent + 1,
+        return url, merged, list(merged.get("headers") or {})
+
+    def _try(self, method: str, url: str, merged: dict[str, Any], stream: bool, deadline: float | None,
+             budget: RetryBudget, given: list[str]) -> tuple[requests.Response | None, str]:
+        """Send one try, cut off at the deadline or when the patience runs out: the answer, or why there is none.
+
+        An answer that is not the stream asked for is read here, capped, while the watch still covers it.
+        """
+        quiet = budget.quiet_deadline
+        options = dict(merged, timeout=merged["timeout"] or self._timeout(deadline, quiet, budget, method, url))
+        LOGGER.debug("%s %s (try %d)", method, redact(url), budget.spent + 1)
+        watch = Watch(min((limit for limit in (deadline, quiet) if limit is not None), default=None))
+        failed: TransferError | None = None
+        try:
+            with watch:
+                # Always streamed: requests would read any body whole.
+                response = self.session.request(method, url, stream=True, **options)
+                self._sent(response, given)
+                if not (stream and response.status_code in (200, 206)):
+                    self.hold(response)
+        except requests.RequestException as err:
+            reason, failed = self._failed(method, url, err, watch.fired, budget, given)
+        else:
+            if not watch.fired:
+                return response, ""
+            response.close()  # what came before the cut may parse as an answer; it is not one
+            reason = CUT_OFF
+        if failed is not None:
+            raise failed  # here, not in the except clause: no context holding the request, headers and all
+        return None, reason
+
+    def _pause(self, method: str, url: str, reason: str, retry_after: str | None, deadline: float | None,
+               budget: RetryBudget) -> None:
+        """Spend a try on ``reason`` and wait before the next; raise when none may follow."""
+        delay = budget.spend(reason, retry_after)
+        if delay is None:
+            raise self._gave_up(method, url, budget)
+        if deadline is not None and time.monotonic() + delay > deadline:
+            raise CartTimeoutError(
+                f"{method} {redact(url)} did not succeed before the deadline: "
+                + "; ".join([*budget.history, "deadline reached before the next try"]),
+                cart_url=url,
             )
-            time.sleep(delay)
+        LOGGER.warning(
+            "%s %s failed (%s); trying again in %.1f s (try %d since the server's last answer)",
+            method, redact(url), reason, delay, budget.spent + 1,
+        )
+        time.sleep(delay)
