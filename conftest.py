@@ -5,6 +5,7 @@ Celery tasks module, and the tests' module that starts download workers,
 need the optional ``celery`` extra, which the server-free runs on other
 Pythons do not install.
 """
+
 from __future__ import annotations
 
 import importlib.util

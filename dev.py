@@ -17,6 +17,7 @@ install a ``pacifica/__init__.py`` of their own and pin different peewees,
 then runs the task in ``.venv``.
 Every step is idempotent: a second run reuses what the first installed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -145,12 +146,19 @@ def other_pythons(pytest_args: list[str]) -> int:
         if not (python.exists() and marker.exists() and marker.read_text() == stamp):
             print(f"dev.py: preparing {env_dir}", flush=True)
             subprocess.run([interpreter, "-m", "venv", "--clear", str(env_dir)], check=True)
-            subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", str(ROOT)]
-                           + OTHER_REQUIREMENTS, check=True)
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", str(ROOT)]
+                + OTHER_REQUIREMENTS,
+                check=True,
+            )
             marker.write_text(stamp)
         print(f"dev.py: server-free tests on Python {version}", flush=True)
-        status = subprocess.call([str(python), "-m", "pytest", "-q", "-m", "not stack", "-p", "no:cacheprovider"]
-                                 + pytest_args) or status
+        status = (
+            subprocess.call(
+                [str(python), "-m", "pytest", "-q", "-m", "not stack", "-p", "no:cacheprovider"] + pytest_args
+            )
+            or status
+        )
     return status
 
 
@@ -169,16 +177,19 @@ def coverage_options(pytest_args: list[str]) -> list[str]:
 
 #: The requests and urllib3 the package allows, at both ends: pyproject.toml's floors (requests 2.25.0 takes urllib3
 #: below 1.27) and whatever is newest in the package index (unpinned, in a new venv).
-DEPENDENCY_BOUNDS = {
-    "oldest": ["requests==2.25.0", "urllib3==1.26.0"],
-    "newest": ["requests", "urllib3"],
-}
+DEPENDENCY_BOUNDS = {"oldest": ["requests==2.25.0", "urllib3==1.26.0"], "newest": ["requests", "urllib3"]}
 #: The server-free tests that exercise requests and urllib3 most: the watchdog, faults, secrets, hostile servers,
 #: the released API, the configuration, the public-interfaces check, polling and lost carts.
 DEPENDENCY_TESTS = [
-    "tests/test_watchdog.py", "tests/test_faults.py", "tests/test_secrets.py", "tests/test_hostile_servers.py",
-    "tests/test_released_api.py", "tests/test_config.py", "tests/test_public_interfaces.py",
-    "tests/test_polling.py", "tests/test_lost_carts.py",
+    "tests/test_watchdog.py",
+    "tests/test_faults.py",
+    "tests/test_secrets.py",
+    "tests/test_hostile_servers.py",
+    "tests/test_released_api.py",
+    "tests/test_config.py",
+    "tests/test_public_interfaces.py",
+    "tests/test_polling.py",
+    "tests/test_lost_carts.py",
 ]
 
 
@@ -190,12 +201,37 @@ def dependency_bounds(pytest_args: list[str]) -> int:
             python = venv_python(Path(env_dir))
             print(f"dev.py: a venv with the {end} {' and '.join(pins)}", flush=True)
             venv.EnvBuilder(with_pip=True).create(env_dir)
-            subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", str(ROOT)]
-                           + pins + OTHER_REQUIREMENTS, check=True)
-            subprocess.run([str(python), "-c", "import requests, urllib3; print("
-                            "'requests', requests.__version__, 'urllib3', urllib3.__version__)"], check=True)
-            status = subprocess.call([str(python), "-m", "pytest", "-q", "-m", "not stack", "-p", "no:cacheprovider",
-                                      *DEPENDENCY_TESTS, *pytest_args]) or status
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", str(ROOT)]
+                + pins
+                + OTHER_REQUIREMENTS,
+                check=True,
+            )
+            subprocess.run(
+                [
+                    str(python),
+                    "-c",
+                    "import requests, urllib3; print('requests', requests.__version__, 'urllib3', urllib3.__version__)",
+                ],
+                check=True,
+            )
+            status = (
+                subprocess.call(
+                    [
+                        str(python),
+                        "-m",
+                        "pytest",
+                        "-q",
+                        "-m",
+                        "not stack",
+                        "-p",
+                        "no:cacheprovider",
+                        *DEPENDENCY_TESTS,
+                        *pytest_args,
+                    ]
+                )
+                or status
+            )
     return status
 
 

@@ -28,6 +28,7 @@ Interpreter start-up and imports are outside the timing.  The result is one
 JSON line on stdout: ``{"seconds": ..., "files": ..., "peak_rss_kib": ...}``,
 the last being this process's VmHWM (its own high-water mark since exec).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,19 +62,28 @@ class ReadyCartAPI(CartAPI):
         asked = frozenset(record.path for record in records)
         ready = self.ready.get(asked)
         if ready is None:
-            raise RuntimeError(f"the library asked for a cart of {len(asked)} files that the bench did not stage "
-                               f"(it staged carts of {sorted(len(paths) for paths in self.ready)} files)")
+            raise RuntimeError(
+                f"the library asked for a cart of {len(asked)} files that the bench did not stage "
+                f"(it staged carts of {sorted(len(paths) for paths in self.ready)} files)"
+            )
         self.standing_for[cart_url] = ready
 
     def probe(self, cart_url: str, deadline: float | None = None, budget: RetryBudget | None = None) -> str:
         """Ask about the ready cart standing for ``cart_url``."""
         return super().probe(self.standing_for.get(cart_url, cart_url), deadline=deadline, budget=budget)
 
-    def open_cart(self, cart_url: str, filename: str, offset: int = 0, deadline: float | None = None,
-                  budget: RetryBudget | None = None) -> requests.Response:
+    def open_cart(
+        self,
+        cart_url: str,
+        filename: str,
+        offset: int = 0,
+        deadline: float | None = None,
+        budget: RetryBudget | None = None,
+    ) -> requests.Response:
         """Stream the ready cart standing for ``cart_url``."""
-        return super().open_cart(self.standing_for.get(cart_url, cart_url), filename, offset=offset,
-                                 deadline=deadline, budget=budget)
+        return super().open_cart(
+            self.standing_for.get(cart_url, cart_url), filename, offset=offset, deadline=deadline, budget=budget
+        )
 
 
 def record_carts(down: Downloader, carts: list[list[str]]) -> None:
@@ -130,8 +140,10 @@ def main(argv: list[str]) -> int:
     if args.record_carts:
         with open(args.record_carts, "w") as handle:
             json.dump(carts, handle)
-    print(json.dumps({"seconds": seconds, "files": files, "carts": len(carts) or None,
-                      "peak_rss_kib": peak_rss_kib()}), flush=True)
+    print(
+        json.dumps({"seconds": seconds, "files": files, "carts": len(carts) or None, "peak_rss_kib": peak_rss_kib()}),
+        flush=True,
+    )
     return 0
 
 

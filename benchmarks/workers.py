@@ -26,6 +26,7 @@ The ratio (one process ÷ workers) is the speed-up; results go to
 ``benchmarks/README.md`` under "Download workers" (``--no-readme`` leaves
 it alone).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=50, help="files per event (default 50)")
     parser.add_argument("--size", type=int, default=64 * KIB, help="bytes per file (default 65536)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of both ways (default 2)")
-    parser.add_argument("--readme", action=argparse.BooleanOptionalAction, default=True,
-                        help="write the results into benchmarks/README.md (default: yes)")
+    parser.add_argument(
+        "--readme",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the results into benchmarks/README.md (default: yes)",
+    )
     return parser.parse_args(argv)
 
 
@@ -92,8 +97,12 @@ def on_workers(events: list[Event], location: Path, workers: DownloadWorkers) ->
 
 
 def check(events: list[Event], location: Path, how: str) -> None:
-    problems = [problem for event in events for problem in verify_download(event, location / "data")
-                if not problem.startswith("unexpected")]  # the other events' files share the folder
+    problems = [
+        problem
+        for event in events
+        for problem in verify_download(event, location / "data")
+        if not problem.startswith("unexpected")
+    ]  # the other events' files share the folder
     if problems:
         raise SystemExit(f"bench-workers: {how}: the download is wrong: {problems[:5]}")
     shutil.rmtree(location)
@@ -104,7 +113,7 @@ def write_readme(lines: list[str]) -> None:
     text = readme.read_text()
     block = "\n".join([START, *lines, END])
     if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip("\n") + "\n\n## Download workers\n\n" + block + "\n"
     readme.write_text(text)
@@ -123,8 +132,9 @@ def main(argv: list[str]) -> int:
     cartd_log = stack.log_dir / "worker.log"
     try:
         specs = [EventSpec(f"w{n:02d}", f"event {n}", args.files, args.size, 1) for n in range(args.events)]
-        events = [make_event(spec, FIRST_ID + n * 10_000, stack.put_file, stack.archive_url)
-                  for n, spec in enumerate(specs)]
+        events = [
+            make_event(spec, FIRST_ID + n * 10_000, stack.put_file, stack.archive_url) for n, spec in enumerate(specs)
+        ]
         workers.start("pool", concurrency=2)
         workers.start("second", concurrency=1)
         for round_number in range(args.rounds):
@@ -132,13 +142,19 @@ def main(argv: list[str]) -> int:
             for how in ways:
                 location = workdir / "downloads"
                 since = log_end(cartd_log)
-                seconds = (one_process(events, location, stack.cart_url, workdir) if how == "one process"
-                           else on_workers(events, location, workers))
+                seconds = (
+                    one_process(events, location, stack.cart_url, workdir)
+                    if how == "one process"
+                    else on_workers(events, location, workers)
+                )
                 check(events, location, how)
                 timings[how].append(seconds)
                 floors[how].append(worker_time(cartd_log, since).busy / CARTD_WORKERS)
-                print(f"bench-workers: round {round_number + 1}: {how}: {seconds:.2f} s "
-                      f"(Cartd's floor {floors[how][-1]:.2f} s)", flush=True)
+                print(
+                    f"bench-workers: round {round_number + 1}: {how}: {seconds:.2f} s "
+                    f"(Cartd's floor {floors[how][-1]:.2f} s)",
+                    flush=True,
+                )
     finally:
         workers.stop()
         stack.stop()
@@ -152,9 +168,11 @@ def main(argv: list[str]) -> int:
         "",
         "| way | runs (s) | best | Cartd's floor in each run (its task seconds ÷ 2 processes) |",
         "|---|---|---|---|",
-        *(f"| {how} | {', '.join(f'{value:.2f}' for value in values)} | {best[how]:.2f} s | "
-          f"{', '.join(f'{value:.2f}' for value in floors[how])} s |"
-          for how, values in timings.items()),
+        *(
+            f"| {how} | {', '.join(f'{value:.2f}' for value in values)} | {best[how]:.2f} s | "
+            f"{', '.join(f'{value:.2f}' for value in floors[how])} s |"
+            for how, values in timings.items()
+        ),
         "",
         f"One process ÷ workers: **{best['one process'] / best['workers']:.2f}×**.",
     ]

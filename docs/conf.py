@@ -2,6 +2,7 @@
 
 Build with ``python3 dev.py docs`` (every warning an error, as Read the Docs builds it).
 """
+
 from __future__ import annotations
 
 import tomllib  # the docs build needs Python 3.11+ (Sphinx 9), which has it

@@ -8,6 +8,7 @@ sample files, writes a Notifications CloudEvent for them to
 command line (progress shows on a terminal), lists the verified files, runs
 the download again to show that nothing is fetched twice, and stops the stack.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,14 +49,25 @@ def sample_event(stack: CartdStack) -> dict[str, Any]:
         file_id = 9000 + index
         stack.put_file(file_id, content)
         subdir, _, name = path.rpartition("/")
-        records.append({
-            "destinationTable": "Files", "_id": file_id, "name": name, "subdir": subdir,
-            "hashtype": "sha256", "hashsum": hashlib.sha256(content).hexdigest(), "size": size,
-            "mimetype": "application/octet-stream",
-        })
+        records.append(
+            {
+                "destinationTable": "Files",
+                "_id": file_id,
+                "name": name,
+                "subdir": subdir,
+                "hashtype": "sha256",
+                "hashsum": hashlib.sha256(content).hexdigest(),
+                "size": size,
+                "mimetype": "application/octet-stream",
+            }
+        )
     return {
-        "cloudEventsVersion": "0.1", "eventType": "org.pacifica.metadata.ingest", "eventID": "demo-1",
-        "source": "/pacifica/metadata/ingest", "contentType": "application/json", "data": records,
+        "cloudEventsVersion": "0.1",
+        "eventType": "org.pacifica.metadata.ingest",
+        "eventID": "demo-1",
+        "source": "/pacifica/metadata/ingest",
+        "contentType": "application/json",
+        "data": records,
     }
 
 
@@ -69,8 +81,17 @@ def main() -> int:
             DEMO_DIR.mkdir(exist_ok=True)
             event_file = DEMO_DIR / "event.json"
             event_file.write_text(json.dumps(sample_event(stack), indent=2))
-            command = [sys.executable, "-m", "pacifica.downloader", "cloudevent", str(event_file),
-                       "-d", str(DEMO_DIR), "--cart-url", stack.cart_url]
+            command = [
+                sys.executable,
+                "-m",
+                "pacifica.downloader",
+                "cloudevent",
+                str(event_file),
+                "-d",
+                str(DEMO_DIR),
+                "--cart-url",
+                stack.cart_url,
+            ]
             if not sys.stderr.isatty():
                 command.append("-v")  # no progress bar without a terminal: show the steps instead
             print(f"== downloading:  pacifica-downloader cloudevent {event_file} -d {DEMO_DIR}", flush=True)

@@ -263,7 +263,12 @@ def test_retry_after_ignored_when_not_respected() -> None:
 def test_timeouts_defaults_and_replace() -> None:
     limits = Timeouts()
     assert (limits.connect, limits.read, limits.wait, limits.stall, limits.progress, limits.deadline) == (
-        10.0, 60.0, 3600.0, 30.0, 60.0, None,
+        10.0,
+        60.0,
+        3600.0,
+        30.0,
+        60.0,
+        None,
     )
     changed = limits.replace(wait=600)
     assert changed.wait == 600 and limits.wait == 3600.0
@@ -271,9 +276,7 @@ def test_timeouts_defaults_and_replace() -> None:
         limits.wait = 1  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(
-    "field", ["connect", "read", "wait", "stall", "progress", "deadline"]
-)
+@pytest.mark.parametrize("field", ["connect", "read", "wait", "stall", "progress", "deadline"])
 @pytest.mark.parametrize("value", [0, -1, -0.5, True, "10", None])
 def test_timeouts_validation(field: str, value: Any) -> None:
     if field == "deadline" and value is None:
@@ -301,8 +304,18 @@ def test_lost_carts_defaults_and_the_moment_a_spare_is_due() -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"after": 0}, {"after": -1.0}, {"after": True}, {"per_file": -0.1}, {"per_file": "1"}, {"spares": -1},
-     {"spares": 1.5}, {"spares": True}, {"jitter": 1.0}, {"jitter": -0.1}],
+    [
+        {"after": 0},
+        {"after": -1.0},
+        {"after": True},
+        {"per_file": -0.1},
+        {"per_file": "1"},
+        {"spares": -1},
+        {"spares": 1.5},
+        {"spares": True},
+        {"jitter": 1.0},
+        {"jitter": -0.1},
+    ],
 )
 def test_lost_carts_validation(changes: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="LostCarts." + next(iter(changes))):
@@ -393,7 +406,7 @@ def _escaped_traceback() -> str:
     lines = ["Traceback (most recent call last):"]
     for index in range(30):
         lines.append(f'  File "/opt/cartd/pacifica/cart/tasks_{index}.py", line {100 + index}, in stage_file')
-        lines.append(f"    result = archive.stage(file_id, \"path\", retries={index})")
+        lines.append(f'    result = archive.stage(file_id, "path", retries={index})')
     lines.append('requests.exceptions.HTTPError: 404 Client Error: Not Found for url: "http://archive/42"')
     text = "\n".join(lines)
     escaped = json.dumps(text)[1:-1]  # how Cartd puts it into X-Pacifica-Message

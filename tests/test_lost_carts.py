@@ -1,6 +1,7 @@
 """The lost-cart rule (LostCarts, Cart.wait, Cart.post_spare) on a fake clock and a fake Cartd: a cart still
 staging when its spare is due gets one, never more than ``LostCarts.spares``; the first copy ready is downloaded
 and every other deleted; a slow, healthy cart is never given up."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,13 +65,25 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return clock
 
 
-def new_cart(clock: Clock, tmp_path: Path, stages: Callable[[int], float | None], rule: LostCarts = LostCarts(),
-             timeouts: Timeouts = Timeouts()) -> tuple[Cart, FakeCartd, list[Progress]]:
+def new_cart(
+    clock: Clock,
+    tmp_path: Path,
+    stages: Callable[[int], float | None],
+    rule: LostCarts = LostCarts(),
+    timeouts: Timeouts = Timeouts(),
+) -> tuple[Cart, FakeCartd, list[Progress]]:
     server = FakeCartd(clock, timeouts, stages)
     api = CartAPI("http://cartd.invalid", transport=server)  # type: ignore[arg-type]
     reports: list[Progress] = []
-    context = DownloadContext(tmp_path, "data", None, Tracker(reports.append, RECORDS), None,  # type: ignore[arg-type]
-                        RetryBudget(Retry()), lost=rule)
+    context = DownloadContext(
+        tmp_path,
+        "data",
+        None,
+        Tracker(reports.append, RECORDS),
+        None,  # type: ignore[arg-type]
+        RetryBudget(Retry()),
+        lost=rule,
+    )
     cart = Cart(api, RECORDS, context)
     cart.create()
     return cart, server, reports

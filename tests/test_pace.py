@@ -1,4 +1,5 @@
 """ServerPace: what the moments a client sees (POST returned, cart ready) tell of the server; a fake clock."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """The scheduler: carts take staging slots in batch order, at most ``max_staging`` at once, cancelling frees
 waiters, and the DELETE of a downloaded cart waits until it cannot hit the start of the cart that stages."""
+
 from __future__ import annotations
 
 import threading

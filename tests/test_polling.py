@@ -1,6 +1,7 @@
 """When a staging cart is polled (polling.PollSchedule, run by Polls for CartAPI.wait_for_cart and
 Cart.wait): fast at first, gently for long carts, often near the expected moment unless nothing waits for it.
 A fake clock and a fake server; no time passes."""
+
 from __future__ import annotations
 
 import threading

@@ -5,6 +5,7 @@ The library's source is scanned for private attributes (``._name``, ``getattr(x,
 hooks (a watched ``ConnectionCls`` in every pool the watched adapter makes) are checked to be in place and
 to cut off a try on a new connection and on a kept-alive one.
 """
+
 from __future__ import annotations
 
 import ast
@@ -102,10 +103,15 @@ def private_uses(tree: ast.AST, theirs: set[str]) -> list[tuple[int, str]]:
         target: tuple[str, ast.expr] | None = None
         if isinstance(node, ast.Attribute) and _private(node.attr):
             target = node.attr, _root(node.value)
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-              and node.func.id in ("getattr", "setattr", "hasattr", "delattr") and len(node.args) >= 2
-              and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
-              and _private(node.args[1].value)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "setattr", "hasattr", "delattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and _private(node.args[1].value)
+        ):
             target = node.args[1].value, _root(node.args[0])
         if target is not None:
             name, root = target
@@ -139,7 +145,7 @@ def test_the_library_uses_no_private_name_of_requests_or_urllib3() -> None:
 
 def test_the_scan_finds_what_the_watchdog_once_used() -> None:
     """The scan itself can fail: the former watchdog's hooks are each found."""
-    old = '''
+    old = """
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util import _private_helper
@@ -159,7 +165,7 @@ class Mine:
 class Unset:
     def read(self):
         return self._fp
-'''
+"""
     found = {name for _, name in private_uses(ast.parse(old), upstream_private_names())}
     assert found == {"_private_helper", "_get_conn", "_pool_maxsize", "_pool_block", "_fp", "_pool_connections"}
 

@@ -1,4 +1,5 @@
 """How a download is cut into carts: in order, within the limits, small at both ends, even in between."""
+
 from __future__ import annotations
 
 from hypothesis import given

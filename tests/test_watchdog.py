@@ -1,6 +1,7 @@
 """The watchdog: a try whose answer does not come by the budget's patience is cut off, even when the server
 trickles its status line and headers one byte at a time (which no socket timeout catches).  A stub Cartd behind
 the fault proxy; the patience is scaled down to a second so the test is short."""
+
 from __future__ import annotations
 
 import requests
@@ -14,9 +15,12 @@ PATIENT_SOCKET = Timeouts(read=30.0, progress=1.0)  # every socket wait is far l
 
 
 def test_trickled_headers_are_cut_off_at_the_patience() -> None:
-    with StubCartd() as cartd, FaultProxy.for_url(
-        cartd.url, [Fault("HEAD", "trickle_head", interval=0.05, count=None)], timeout=10.0, max_hold=30.0
-    ) as proxy:
+    with (
+        StubCartd() as cartd,
+        FaultProxy.for_url(
+            cartd.url, [Fault("HEAD", "trickle_head", interval=0.05, count=None)], timeout=10.0, max_hold=30.0
+        ) as proxy,
+    ):
         api = CartAPI(proxy.url, timeouts=PATIENT_SOCKET, retry=Retry(attempts=5, backoff=0.01))
         try:
             api.probe(f"{proxy.url}/some-cart")

@@ -9,6 +9,7 @@ The entry point is :class:`Downloader`::
 :class:`CartAPI`, :class:`CloudEvent` and :class:`TransactionInfo` are the
 pieces it is built from; every error derives from :class:`DownloaderError`.
 """
+
 from ._compat import CartAPI, CloudEvent, Downloader, TransactionInfo
 from ._config import LostCarts, Timeouts
 from ._exceptions import (

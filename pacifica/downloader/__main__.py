@@ -1,4 +1,5 @@
 """``python -m pacifica.downloader``: the ``pacifica-downloader`` command (see :mod:`.cli`)."""
+
 import sys
 
 from ._cli import main

@@ -8,6 +8,7 @@ compared in constant time.  :class:`BearerToken` never shows its value: not
 in ``repr``, logs or answers.  The same token is what ``pacifica-downloader
 subscribe`` gives Notifications as the event match's ``auth``.
 """
+
 from __future__ import annotations
 
 import hmac

@@ -13,6 +13,7 @@ read to its end leaves the connection to be used again.
 :func:`hold_body` keeps what was read as the response's ``raw`` file, so
 ``response.content``, ``.text`` and ``.json()`` give that capped body.
 """
+
 from __future__ import annotations
 
 import io

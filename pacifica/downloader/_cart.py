@@ -14,6 +14,7 @@ deleted.  A cart knows nothing of the other carts of its download: whoever
 drives it (the :mod:`.pipeline`, asking its :mod:`.scheduler`) decides when
 each step may run, a spare's POST included.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -111,8 +112,13 @@ class Cart:
     """
 
     def __init__(
-        self, api: BaseCartAPI, records: list[FileRecord] | None, context: DownloadContext | None, *,
-        keep: bool = False, url: str | None = None,
+        self,
+        api: BaseCartAPI,
+        records: list[FileRecord] | None,
+        context: DownloadContext | None,
+        *,
+        keep: bool = False,
+        url: str | None = None,
     ) -> None:
         """A cart of ``records``; with ``url``, one that already exists on the server (state ``created``).
 
@@ -181,8 +187,13 @@ class Cart:
         if self.records is not None and self.spares < lost.spares:
             due = self.copies[-1].since + lost.spare_after(len(self.records), self._draw) - now
 
-        polls = Polls(schedule, max(self._wait_ends - now, 0.0), url, relaxed=relaxed,
-                      lost_after=None if due is None else max(due, 0.0))
+        polls = Polls(
+            schedule,
+            max(self._wait_ends - now, 0.0),
+            url,
+            relaxed=relaxed,
+            lost_after=None if due is None else max(due, 0.0),
+        )
         try:
             for deadline in polls:
                 try:
@@ -198,7 +209,10 @@ class Cart:
             LOGGER.warning(
                 "cart %s still staging %.0f s after it could begin: Cartd may have lost it; posting a spare "
                 "(%d of %d; the first copy ready is downloaded, every other deleted)",
-                redact(url), time.monotonic() - self._waiting_since, self.spares + 1, lost.spares,
+                redact(url),
+                time.monotonic() - self._waiting_since,
+                self.spares + 1,
+                lost.spares,
             )
             raise
         except CartTimeoutError as err:
@@ -222,8 +236,9 @@ class Cart:
             status = self.api.probe(copy.url, deadline=deadline, budget=context.budget)
             if status == "ready":
                 if copy.url != self.url:
-                    LOGGER.info("spare %s of cart %s was ready first; downloading it", redact(copy.url),
-                                redact(self._url()))
+                    LOGGER.info(
+                        "spare %s of cart %s was ready first; downloading it", redact(copy.url), redact(self._url())
+                    )
                     self.url = copy.url
                 return status
         return "staging"
@@ -265,14 +280,21 @@ class Cart:
         transferred = 0
 
         def reopen(offset: int) -> requests.Response:
-            return self.api.open_cart(url, context.filename, offset=offset, deadline=context.deadline,
-                                      budget=context.budget)
+            return self.api.open_cart(
+                url, context.filename, offset=offset, deadline=context.deadline, budget=context.budget
+            )
 
         receiver = CartReceiver(wanted, tops, context.destination, context.incoming, done or ())
         started = time.monotonic()
         while True:
-            stream = CartStream(reopen(0), reopen, timeouts=self.api.transport.timeouts, budget=context.budget,
-                                name=url, deadline=context.deadline)
+            stream = CartStream(
+                reopen(0),
+                reopen,
+                timeouts=self.api.transport.timeouts,
+                budget=context.budget,
+                name=url,
+                deadline=context.deadline,
+            )
             try:
                 context.tracker("transferring")
                 # closed at once when this stops early (a cancel): the file half written goes with it
@@ -284,8 +306,14 @@ class Cart:
                             context.tracker.add_bytes(step)
                         else:
                             if step.record is not None:  # a file of an unknown cart is not verified: never trusted
-                                verified.append((f"{context.filename}/{step.record.path}", step.path,
-                                                 step.record.hashtype, step.record.hashsum))
+                                verified.append(
+                                    (
+                                        f"{context.filename}/{step.record.path}",
+                                        step.path,
+                                        step.record.hashtype,
+                                        step.record.hashsum,
+                                    )
+                                )
                             context.tracker.file_placed()
             except StreamBroken as err:
                 self._before_restart(err.reason, receiver)
@@ -299,7 +327,11 @@ class Cart:
         elapsed = time.monotonic() - started
         LOGGER.info(
             "cart %s downloaded: %d files, %d bytes verified and placed in %.2f s (%.1f MB/s)",
-            redact(url), len(receiver.done), transferred, elapsed, transferred / 1e6 / max(elapsed, 1e-6),
+            redact(url),
+            len(receiver.done),
+            transferred,
+            elapsed,
+            transferred / 1e6 / max(elapsed, 1e-6),
         )
 
     def _before_restart(self, reason: str, receiver: CartReceiver) -> None:
@@ -316,7 +348,11 @@ class Cart:
             ) from None
         LOGGER.warning(
             "cart %s stream broke (%s) with %d of %d files verified; starting over in %.1f s",
-            redact(self._url()), reason, len(receiver.done), total, delay,
+            redact(self._url()),
+            reason,
+            len(receiver.done),
+            total,
+            delay,
         )
         time.sleep(delay)
 
@@ -349,8 +385,9 @@ class Cart:
                     back = True  # the server cannot say: a second DELETE costs nothing
                 try:
                     if back and self.api.delete_cart(copy.url, budget=budget):
-                        LOGGER.warning("cart %s came back after its deletion (a Cartd race); deleted it again",
-                                       redact(copy.url))
+                        LOGGER.warning(
+                            "cart %s came back after its deletion (a Cartd race); deleted it again", redact(copy.url)
+                        )
                 except (DownloaderError, requests.RequestException) as err:
                     LOGGER.warning("could not delete cart %s again: %s", redact(copy.url), err)
         for copy in rechecked:

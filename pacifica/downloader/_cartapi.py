@@ -5,6 +5,7 @@ so every request has timeouts, credentials and the retry policy.  It polls
 with ``HEAD`` only: Cartd answers ``GET`` with 202 forever for a failed cart,
 while ``HEAD`` reports ``ready``, ``staging`` or ``error`` with the reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -151,8 +152,7 @@ class BaseCartAPI:
         )
         if response.status_code != 201:
             raise CartError(
-                f"Cartd refused to create the cart (HTTP {response.status_code}): "
-                f"{quote_known(response.text)}",
+                f"Cartd refused to create the cart (HTTP {response.status_code}): {quote_known(response.text)}",
                 cart_url=cart_url,
                 response=response,
             )
@@ -194,12 +194,19 @@ class BaseCartAPI:
                 response=response,
             )
         if LOGGER.isEnabledFor(logging.DEBUG):
-            LOGGER.debug("cart %s: HTTP %s status %s", redact(cart_url), response.status_code,
-                         quote_known(repr(status)))
+            LOGGER.debug(
+                "cart %s: HTTP %s status %s", redact(cart_url), response.status_code, quote_known(repr(status))
+            )
         return status
 
-    def open_cart(self, cart_url: str, filename: str, offset: int = 0, deadline: float | None = None,
-                  budget: RetryBudget | None = None) -> requests.Response:
+    def open_cart(
+        self,
+        cart_url: str,
+        filename: str,
+        offset: int = 0,
+        deadline: float | None = None,
+        budget: RetryBudget | None = None,
+    ) -> requests.Response:
         """Start streaming the ready cart's tar; return the open response.
 
         With ``offset`` the request asks for the bytes from there on (the
@@ -208,8 +215,14 @@ class BaseCartAPI:
         headers = {"Range": f"bytes={offset}-"} if offset else None
         cart_url = self._clean(cart_url)
         response = self.transport.request(
-            "GET", cart_url, params={"filename": filename}, stream=True, headers=headers, deadline=deadline,
-            budget=budget, answer_is_progress=False,  # only the stream's new bytes are progress
+            "GET",
+            cart_url,
+            params={"filename": filename},
+            stream=True,
+            headers=headers,
+            deadline=deadline,
+            budget=budget,
+            answer_is_progress=False,  # only the stream's new bytes are progress
         )
         if response.status_code in (200, 206):
             return response
@@ -220,15 +233,12 @@ class BaseCartAPI:
                 f"the cart {redact(cart_url)} is gone from the server", cart_url=cart_url, response=response
             )
         raise CartError(
-            f"Cartd did not send the cart (HTTP {response.status_code}): {text}",
-            cart_url=cart_url,
-            response=response,
+            f"Cartd did not send the cart (HTTP {response.status_code}): {text}", cart_url=cart_url, response=response
         )
 
     def cart_exists(self, cart_url: str, budget: RetryBudget | None = None) -> bool:
         """True unless the server answers 404 for the cart (one HEAD, no waiting)."""
-        response = self.transport.request("HEAD", self._clean(cart_url), is_final=staging_failed,
-                                          budget=budget)
+        response = self.transport.request("HEAD", self._clean(cart_url), is_final=staging_failed, budget=budget)
         return response.status_code != 404
 
     def delete_cart(self, cart_url: str, budget: RetryBudget | None = None) -> bool:
@@ -240,9 +250,7 @@ class BaseCartAPI:
             return False
         if response.status_code != 200:
             raise CartError(
-                f"Cartd did not delete the cart (HTTP {response.status_code})",
-                cart_url=cart_url,
-                response=response,
+                f"Cartd did not delete the cart (HTTP {response.status_code})", cart_url=cart_url, response=response
             )
         self._forget(cart_url)
         LOGGER.info("cart %s deleted", redact(cart_url))

@@ -15,6 +15,7 @@ signature per method:
 * :class:`CloudEvent` and :class:`TransactionInfo` turn an event or
   document into the ``yield_files`` callable ``setup_cart`` takes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -53,8 +54,7 @@ class CartAPI(BaseCartAPI):
         is chosen here, so a POST whose answer was lost is safely sent again.
         """
         records = validate_records(
-            ((f"fileids[{index}]", entry) for index, entry in enumerate(yield_files())),
-            what="cart's files",
+            ((f"fileids[{index}]", entry) for index, entry in enumerate(yield_files())), what="cart's files"
         )
         if not records:
             raise InvalidInputError("a cart needs at least one file; Cartd leaves an empty cart staging forever")
@@ -157,8 +157,9 @@ class Downloader(BaseDownloader):
 
     cart_api: CartAPI
 
-    def __init__(self, location: PathLike | None = None, cart_api: CartAPI | str | None = None,
-                 **keywords: Any) -> None:
+    def __init__(
+        self, location: PathLike | None = None, cart_api: CartAPI | str | None = None, **keywords: Any
+    ) -> None:
         """Prepare downloads into ``location`` through ``cart_api``: a :class:`CartAPI`, or the Cartd URL.
 
         Given a URL (or nothing), a :class:`CartAPI` is built from it and from
@@ -196,9 +197,10 @@ class Downloader(BaseDownloader):
             cart_api = keywords.pop("cart_api_url")
         if isinstance(cart_api, BaseCartAPI):
             if keywords:
-                raise InvalidInputError("the downloader cannot be built", [
-                    f"{name} is a setting of the CartAPI given, not of the downloader" for name in sorted(keywords)
-                ])
+                raise InvalidInputError(
+                    "the downloader cannot be built",
+                    [f"{name} is a setting of the CartAPI given, not of the downloader" for name in sorted(keywords)],
+                )
             api = cart_api
         elif cart_api is None or isinstance(cart_api, str):
             try:
@@ -206,8 +208,10 @@ class Downloader(BaseDownloader):
             except TypeError as err:
                 raise InvalidInputError("the downloader cannot be built", [str(err)]) from None
         else:
-            raise InvalidInputError("the downloader cannot be built",
-                                    [f"cart_api must be a CartAPI or a URL, not {type(cart_api).__name__}"])
+            raise InvalidInputError(
+                "the downloader cannot be built",
+                [f"cart_api must be a CartAPI or a URL, not {type(cart_api).__name__}"],
+            )
         super().__init__(location, api, **own)
 
     @overload
@@ -217,7 +221,12 @@ class Downloader(BaseDownloader):
 
     @overload
     def cloudevent(
-        self, location: PathLike, cloudevent: Any, *, filename: str = ..., timeout: float | None = ...,
+        self,
+        location: PathLike,
+        cloudevent: Any,
+        *,
+        filename: str = ...,
+        timeout: float | None = ...,
         deadline: float | None = ...,
     ) -> None: ...
 
@@ -243,7 +252,12 @@ class Downloader(BaseDownloader):
 
     @overload
     def transactioninfo(
-        self, location: PathLike, transinfo: Any, *, filename: str = ..., timeout: float | None = ...,
+        self,
+        location: PathLike,
+        transinfo: Any,
+        *,
+        filename: str = ...,
+        timeout: float | None = ...,
         deadline: float | None = ...,
     ) -> None: ...
 
@@ -316,6 +330,7 @@ def url_call_style(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, 
     if problems:
         raise InvalidInputError(
             "_download_from_url() takes (location, cart_url, filename), or (cart_url, filename) "
-            "on a downloader built with its location", problems,
+            "on a downloader built with its location",
+            problems,
         )
     return given.get("location"), given["cart_url"], given.get("filename", "data")

@@ -4,6 +4,7 @@
 versions used; :class:`Timeouts` holds every time limit in one immutable
 value, with defaults explained below.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -4,6 +4,7 @@
 right content, asks Cartd for a cart of the rest, waits for it, streams and
 verifies it into place, and deletes the cart on the server whatever happens.
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,8 +66,11 @@ class BaseDownloader:
         """
         problems = [
             f"{name} must be a {kind.__name__}, not {type(value).__name__}"
-            for name, value, kind in (("limits", limits, CartLimits), ("lost_carts", lost_carts, LostCarts),
-                                      ("cart_api", cart_api, BaseCartAPI))
+            for name, value, kind in (
+                ("limits", limits, CartLimits),
+                ("lost_carts", lost_carts, LostCarts),
+                ("cart_api", cart_api, BaseCartAPI),
+            )
             if not isinstance(value, kind)
         ]
         if progress is not None and not callable(progress):
@@ -138,12 +142,23 @@ class BaseDownloader:
             tracker = Tracker(self.progress, todo)
             tracker("validating")
             incoming = IncomingArea(root)
-            context = DownloadContext(destination, folder, incoming, tracker, index,
-                                self.cart_api.transport.new_budget(), timeout=wait, deadline=call_deadline,
-                                ledger=ledger, lost=self.lost_carts)
+            context = DownloadContext(
+                destination,
+                folder,
+                incoming,
+                tracker,
+                index,
+                self.cart_api.transport.new_budget(),
+                timeout=wait,
+                deadline=call_deadline,
+                ledger=ledger,
+                lost=self.lost_carts,
+            )
             try:
-                carts = [Cart(self.cart_api, batch, context, keep=self.keep_cart)
-                         for batch in split_batches(todo, self.limits)]
+                carts = [
+                    Cart(self.cart_api, batch, context, keep=self.keep_cart)
+                    for batch in split_batches(todo, self.limits)
+                ]
                 run_carts(carts, self.limits.max_staging, context.cancelled)
             finally:
                 incoming.remove()
@@ -174,7 +189,8 @@ class BaseDownloader:
         if records is None:
             LOGGER.warning(
                 "cart %s was not created by this downloader: its files cannot be checked against their hashes, "
-                "only against the rules of a safe archive", redact(cart_url),
+                "only against the rules of a safe archive",
+                redact(cart_url),
             )
         index = VerifiedIndex(hidden_folder(root))
         incoming: IncomingArea | None = None
@@ -186,8 +202,15 @@ class BaseDownloader:
             tracker = Tracker(self.progress, records or [])
             incoming = IncomingArea(root)
             # The released flow hands over a cart already ready: no spare is posted for it.
-            cart.context = DownloadContext(root / folder, folder, incoming, tracker, index,
-                                     self.cart_api.transport.new_budget(), lost=LostCarts(spares=0))
+            cart.context = DownloadContext(
+                root / folder,
+                folder,
+                incoming,
+                tracker,
+                index,
+                self.cart_api.transport.new_budget(),
+                lost=LostCarts(spares=0),
+            )
             cart.wait()  # already ready in the released flow: one HEAD
             cart.receive(done)
             tracker("done")
@@ -211,8 +234,7 @@ class BaseDownloader:
 
     def _plan(self, records: list[FileRecord], root: Path, folder: str, index: VerifiedIndex) -> Plan:
         """Decide what to fetch (see :mod:`.plan`); refuse, before any request, files ``overwrite`` protects."""
-        plan = plan_download(records, root, folder, index, overwrite=self.overwrite,
-                             trust_verified=self.trust_verified)
+        plan = plan_download(records, root, folder, index, overwrite=self.overwrite, trust_verified=self.trust_verified)
         if plan.conflicts:
             shown = ", ".join(plan.conflicts[:5]) + (" ..." if len(plan.conflicts) > 5 else "")
             raise DestinationError(

@@ -6,6 +6,7 @@ are the files.  Both CloudEvents 0.1 (``cloudEventsVersion``, ``eventID``)
 and 1.0 structured form (``specversion``, ``id``) carry ``data`` the same
 way, and an object of the ``cloudevents`` SDK is read through its ``data``.
 """
+
 from __future__ import annotations
 
 import json

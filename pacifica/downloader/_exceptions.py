@@ -33,6 +33,7 @@ transport of the process holds (:func:`~.redaction.scrub_known`), its
 multiprocessing, ``concurrent.futures`` and Celery's pickle serializer move
 it) leaves its ``response`` behind, whose request holds the headers sent.
 """
+
 from __future__ import annotations
 
 import errno
@@ -56,13 +57,7 @@ class DownloaderError(Exception):
     ...     print("download failed:", error)
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        cart_url: str | None = None,
-        response: requests.Response | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, cart_url: str | None = None, response: requests.Response | None = None) -> None:
         message = scrub_known(message)
         super().__init__(message)
         self.message = message
@@ -172,9 +167,7 @@ class TransferError(DownloaderError):
     ) -> None:
         self.attempts = [scrub_known(attempt) for attempt in attempts]
         if self.attempts:
-            message = "{} ({} attempts):\n  - {}".format(
-                message, len(self.attempts), "\n  - ".join(self.attempts)
-            )
+            message = "{} ({} attempts):\n  - {}".format(message, len(self.attempts), "\n  - ".join(self.attempts))
         super().__init__(message, cart_url=cart_url, response=response)
 
 
@@ -189,13 +182,7 @@ class IntegrityError(DownloaderError):
     """
 
     def __init__(
-        self,
-        message: str,
-        *,
-        path: str = "",
-        expected: str = "",
-        actual: str = "",
-        cart_url: str | None = None,
+        self, message: str, *, path: str = "", expected: str = "", actual: str = "", cart_url: str | None = None
     ) -> None:
         super().__init__(message, cart_url=cart_url)
         self.path = path
@@ -315,6 +302,4 @@ def os_error(err: OSError, path: str, doing: str) -> DestinationError:
         errno.EPERM: "operation not permitted; choose a location you can write to",
         errno.EROFS: "the filesystem is read-only; choose another location",
     }.get(err.errno or 0, "check the download location")
-    return DestinationError(
-        f"cannot {doing} {path}: {err.strerror or err} ({advice})", path=path, errno=err.errno
-    )
+    return DestinationError(f"cannot {doing} {path}: {err.strerror or err} ({advice})", path=path, errno=err.errno)

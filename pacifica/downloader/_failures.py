@@ -7,6 +7,7 @@ number of headers (100), gives the same answer every time.  Those end the
 request at once, with one try spent, in a :class:`~.exceptions.TransferError`
 whose message says what to do (:func:`lasting_failure`).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -22,8 +23,14 @@ CA_REMEDY = (
     "or --ca-bundle PATH on the command line"
 )
 #: TLS failures that are a connection dropped during the handshake, which another try may well pass.
-_TRANSIENT_TLS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, ConnectionAbortedError,
-                  BrokenPipeError, TimeoutError)
+_TRANSIENT_TLS = (
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+    TimeoutError,
+)
 
 
 def causes(err: BaseException) -> Iterator[BaseException]:
@@ -52,6 +59,8 @@ def lasting_failure(err: BaseException) -> str | None:
         if isinstance(cause, http.client.LineTooLong) or (
             isinstance(cause, http.client.HTTPException) and str(cause).startswith("got more than")
         ):
-            return ("the server's answer breaks the limits on the size or number of its status and header "
-                    "lines; this is not a Cartd answer (check the URL: another service or a proxy may be answering)")
+            return (
+                "the server's answer breaks the limits on the size or number of its status and header "
+                "lines; this is not a Cartd answer (check the URL: another service or a proxy may be answering)"
+            )
     return None

@@ -4,6 +4,7 @@ Every file is checked against the ``hashtype`` and ``hashsum`` its event
 gives: while it streams (:func:`new_hash`, fed by :mod:`.extract`) and, for a
 file found in place before a download, by reading it (:func:`file_digest`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +17,7 @@ from ._exceptions import os_error
 
 #: Algorithms whose digest has a fixed length; SHAKE needs a length and Cartd
 #: cannot check it, so it is refused.
-_FIXED_DIGESTS = frozenset(
-    name for name in hashlib.algorithms_available if not name.lower().startswith("shake")
-)
+_FIXED_DIGESTS = frozenset(name for name in hashlib.algorithms_available if not name.lower().startswith("shake"))
 #: Bytes per read when hashing a file already on disk.
 HASH_CHUNK = 1024 * 1024
 
@@ -30,9 +29,7 @@ def check_hashtype(hashtype: Any) -> str:
     'sha256'
     """
     if not isinstance(hashtype, str) or hashtype.lower() not in _FIXED_DIGESTS:
-        raise ValueError(
-            "unknown hashtype {!r}; use one of: {}".format(hashtype, ", ".join(sorted(_FIXED_DIGESTS)))
-        )
+        raise ValueError("unknown hashtype {!r}; use one of: {}".format(hashtype, ", ".join(sorted(_FIXED_DIGESTS))))
     return hashtype.lower()
 
 

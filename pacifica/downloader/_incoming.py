@@ -8,6 +8,7 @@ what it held before or verified content, never a partial file.  The area is
 removed when the download ends; one left by a killed process is removed by
 the next download into the same directory.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -145,8 +146,10 @@ class IncomingArea:
             device = os.stat(folder).st_dev
             with self._lock:
                 if device not in self._areas:
-                    hidden = self.root if device == os.stat(self.location).st_dev else hidden_folder(
-                        self._mount_top(folder, device)
+                    hidden = (
+                        self.root
+                        if device == os.stat(self.location).st_dev
+                        else hidden_folder(self._mount_top(folder, device))
                     )
                     self._remove_stale(hidden)
                     area = hidden / self._name
@@ -215,4 +218,3 @@ class IncomingArea:
             shutil.rmtree(area, ignore_errors=True)
             with contextlib.suppress(OSError):  # another download is using it, or it holds the index
                 area.parent.rmdir()
-

@@ -25,6 +25,7 @@ the same event delivered twice is recorded once.
 One service per journal: :meth:`EventJournal.hold` takes an exclusive lock
 (``events/service.lock``) for the life of the service.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -128,7 +129,9 @@ class EventJournal:
             handle.close()
             raise DestinationError(
                 f"another download service is already recording events in {self.root}; stop it, or give this "
-                "one another download directory", path=str(self.root)) from None
+                "one another download directory",
+                path=str(self.root),
+            ) from None
         self._holder = handle
 
     def release(self) -> None:
@@ -215,8 +218,11 @@ class EventJournal:
 
     def _entries(self, state: str) -> list[Path]:
         try:
-            return [entry for entry in (self.root / state).iterdir()
-                    if entry.name.endswith(_SUFFIX) and not entry.name.startswith(".")]
+            return [
+                entry
+                for entry in (self.root / state).iterdir()
+                if entry.name.endswith(_SUFFIX) and not entry.name.startswith(".")
+            ]
         except OSError as err:
             LOGGER.error("cannot list %s: %s", self.root / state, err)
             return []

@@ -22,6 +22,7 @@ never world-writable.  The file is a list of lines, ``+ URL`` when a cart is abo
 that line.  Where ``flock`` is
 missing (Windows) nothing is recorded.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -128,8 +129,9 @@ class CartLedger:
                 # waits for the journal to commit that transfer's data.
                 os.fsync(self._file.fileno())
         except OSError as err:
-            LOGGER.warning("could not write the cart ledger %s: %s (a killed run may leave this cart behind)",
-                           self.path, err)
+            LOGGER.warning(
+                "could not write the cart ledger %s: %s (a killed run may leave this cart behind)", self.path, err
+            )
 
     # -- the carts of runs that died -----------------------------------------------------
 
@@ -171,8 +173,9 @@ class CartLedger:
                 if delete(url):
                     deleted += 1
                 else:
-                    LOGGER.warning("could not delete cart %s left by a run that died; a later run tries again",
-                                   redact(url))
+                    LOGGER.warning(
+                        "could not delete cart %s left by a run that died; a later run tries again", redact(url)
+                    )
                     self.add(url)
             if carts:
                 LOGGER.warning("deleted %d cart(s) a run that died had left on the server (%s)", deleted, path.name)

@@ -1,4 +1,5 @@
 """The manifest of a finished download: what each file is, as JSON-ready values."""
+
 from __future__ import annotations
 
 import os

@@ -27,6 +27,7 @@ It is bookkeeping only: no threads, no waiting, no requests; the
 :mod:`.scheduler` holds its lock and asks it.  The measurements behind the
 constants are in ``benchmarks/README.md``.
 """
+
 from __future__ import annotations
 
 import time

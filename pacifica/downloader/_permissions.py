@@ -7,6 +7,7 @@ created with :data:`FILE_MODE` and every folder with :data:`FOLDER_MODE`,
 which the process's umask can only narrow: the owner (and the group, if the
 umask allows) may write, others never.  Nothing written holds a secret.
 """
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ created shortly before one becomes ready, and each ready cart is received
 and deleted while the next ones stage.  When one cart fails, the others are
 cancelled and deleted, and the first error is raised.
 """
+
 from __future__ import annotations
 
 import logging
@@ -86,9 +87,7 @@ def _wait(cart: Cart, scheduler: Scheduler, turn: int) -> None:
 def _run_pool(carts: list[Cart], scheduler: Scheduler, workers: int) -> None:
     """Run the carts on ``workers`` threads; cancel the rest at the first failure; raise it."""
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pacifica-cart")
-    futures: list[Future[None]] = [
-        pool.submit(_run_cart, cart, scheduler, turn) for turn, cart in enumerate(carts)
-    ]
+    futures: list[Future[None]] = [pool.submit(_run_cart, cart, scheduler, turn) for turn, cart in enumerate(carts)]
     try:
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
     except BaseException:

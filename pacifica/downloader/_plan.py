@@ -6,6 +6,7 @@ from the verified-file index when unchanged since it was verified, else
 hashed); any other is to be *fetched*, and, when the caller may not replace
 files (``overwrite=False``), one holding other content is a *conflict*.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

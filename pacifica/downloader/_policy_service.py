@@ -8,6 +8,7 @@ The document is Policy's ``GET /status/transactions/by_id/<id>``
 names; an error document (Policy answers an unknown transaction with HTTP 200
 and Metadata's 404 document) raises :class:`PolicyError` here, before any cart.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,7 +93,10 @@ def fetch_transaction(transport: Transport, policy_url: str, transaction_id: int
     if isinstance(document, dict):
         said = document_error(document)
         if said is not None:
-            raise PolicyError(f"the policy service gave no files for transaction {transaction_id} "
-                              f"({redact(url)}): {said}; check the transaction id", response=response)
+            raise PolicyError(
+                f"the policy service gave no files for transaction {transaction_id} "
+                f"({redact(url)}): {said}; check the transaction id",
+                response=response,
+            )
     LOGGER.info("fetched transaction %d from %s", transaction_id, redact(url))
     return document

@@ -9,6 +9,7 @@ is ready is seen at once without polling fast all along: each HEAD costs
 Cartd a request and a database connection on the cores that stage the files.
 :class:`Polls` runs a schedule for one cart; whoever iterates it makes the polls.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,8 +84,15 @@ class Polls:
     ...     polls.answered(api.probe(url, deadline=deadline))
     """
 
-    def __init__(self, schedule: PollSchedule, limit: float, cart_url: str, *,
-                 relaxed: threading.Event | None = None, lost_after: float | None = None) -> None:
+    def __init__(
+        self,
+        schedule: PollSchedule,
+        limit: float,
+        cart_url: str,
+        *,
+        relaxed: threading.Event | None = None,
+        lost_after: float | None = None,
+    ) -> None:
         """Poll ``cart_url`` on ``schedule`` for at most ``limit`` seconds; see the class docstring."""
         self.schedule = schedule
         self.limit = limit

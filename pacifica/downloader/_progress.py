@@ -6,6 +6,7 @@ server prepares the cart), ``transferring`` (each piece of data received),
 ``verifying`` (each file checked and placed) and ``done``.  The callback
 runs in the downloading thread: keep it quick, and let it raise nothing.
 """
+
 from __future__ import annotations
 
 import dataclasses

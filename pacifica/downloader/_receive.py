@@ -20,6 +20,7 @@ released ``_download_from_url`` that this process did not create) is held to
 the same rules but one: any regular file below the top folder is taken, and
 there is no hash to check it against.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -115,8 +116,7 @@ class CartReceiver:
                 if err.first:
                     lost = sorted(set(wanted or ()) - done)
                     raise ManifestError(
-                        f"the cart's stream held no tar ({err}); {len(lost) or 'its'} files are missing",
-                        missing=lost,
+                        f"the cart's stream held no tar ({err}); {len(lost) or 'its'} files are missing", missing=lost
                     ) from None
                 raise UnsafeArchiveError(f"the cart's tar is malformed: {err}") from None
             if member is None:
@@ -135,16 +135,20 @@ class CartReceiver:
                 )
             record = None if wanted is None else wanted.get(relative)
             if wanted is not None and record is None:
-                raise ManifestError(
-                    f"the cart holds a file nobody asked for: {relative!r}", unexpected=[relative]
-                )
+                raise ManifestError(f"the cart holds a file nobody asked for: {relative!r}", unexpected=[relative])
             if relative in received:
                 raise ManifestError(f"the cart holds {relative!r} twice", duplicated=[relative])
             received.add(relative)
             if relative in done:
                 continue  # verified and placed by an earlier attempt; the reader skips its bytes
-            final = yield from _receive(stream, member, record or _unlisted(relative), self.destination,
-                                        self.incoming, verify=record is not None)
+            final = yield from _receive(
+                stream,
+                member,
+                record or _unlisted(relative),
+                self.destination,
+                self.incoming,
+                verify=record is not None,
+            )
             done.add(relative)
             yield Placed(record, final)
         missing = [] if wanted is None else sorted(set(wanted) - done)

@@ -7,6 +7,7 @@ document) into checked ``FileRecord`` values, or raises one
 :class:`~pacifica.downloader._exceptions.InvalidInputError` listing every bad
 record, so that no request is ever sent for input that cannot succeed.
 """
+
 from __future__ import annotations
 
 import re
@@ -95,9 +96,7 @@ def check_folder_name(filename: Any) -> str:
         or "\x00" in filename
         or filename.replace(".tar", "") in ("", ".", "..")
     ):
-        raise InvalidInputError(
-            "filename must be one plain folder name such as 'data'", [f"filename={filename!r}"]
-        )
+        raise InvalidInputError("filename must be one plain folder name such as 'data'", [f"filename={filename!r}"])
     return filename
 
 
@@ -229,8 +228,13 @@ def _coerce(raw: Any) -> FileRecord:
             raise ValueError(f"the path {path!r} is absolute")
         subdir, _, name = path.rpartition("/")
         return record_from_metadata(
-            {"_id": raw.get("id"), "subdir": subdir, "name": name,
-             "hashtype": raw.get("hashtype"), "hashsum": raw.get("hashsum")}
+            {
+                "_id": raw.get("id"),
+                "subdir": subdir,
+                "name": name,
+                "hashtype": raw.get("hashtype"),
+                "hashsum": raw.get("hashsum"),
+            }
         )
     return record_from_metadata(raw)
 

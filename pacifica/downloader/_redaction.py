@@ -25,6 +25,7 @@ are still never written by the library itself.
 :func:`redact` takes the ``user:password@`` part out of a URL; every URL the
 library keeps is already without it (see :meth:`.transport.Transport.adopt`).
 """
+
 from __future__ import annotations
 
 import base64

@@ -32,6 +32,7 @@ So a server that is down, mute, or breaks or trickles every stream is
 reported within ``Timeouts.progress`` of its last progress, with every
 failed try listed; one that comes back within it is not noticed at all.
 """
+
 from __future__ import annotations
 
 import dataclasses

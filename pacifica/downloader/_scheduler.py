@@ -21,6 +21,7 @@ of the server.  Nothing below it (the cart, the protocol) knows it exists.
   transfer starts once the next cart's POST has returned (a POST held up by
   a busy server saves its row late, into the next cart's first task).
 """
+
 from __future__ import annotations
 
 import threading
@@ -56,7 +57,10 @@ class Scheduler:
     """
 
     def __init__(
-        self, max_staging: int, sizes: Sequence[int] = (1,), cancelled: threading.Event | None = None,
+        self,
+        max_staging: int,
+        sizes: Sequence[int] = (1,),
+        cancelled: threading.Event | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         """Let ``max_staging`` carts stage at once; ``clock`` times the server's pace (default: monotonic time)."""

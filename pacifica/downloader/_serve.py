@@ -42,6 +42,7 @@ Requests are bounded: an event body of at most :data:`MAX_EVENT_BYTES`
 :data:`REQUEST_TIMEOUT`, and at most :data:`MAX_CONNECTIONS` are served at
 once (others wait in the listen queue).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -132,8 +133,9 @@ def _now() -> str:
 class DownloadService:
     """What the service does with a request, without HTTP: record, reject, queue, report (see the module)."""
 
-    def __init__(self, journal: EventJournal, sender: Sender, reporter: Reporter | None = None,
-                 probe: Probe | None = None) -> None:
+    def __init__(
+        self, journal: EventJournal, sender: Sender, reporter: Reporter | None = None, probe: Probe | None = None
+    ) -> None:
         """Record into ``journal``, queue with ``sender``, report tasks with ``reporter``, probe with ``probe``."""
         self.journal = journal
         self.sender = sender
@@ -153,13 +155,18 @@ class DownloadService:
             return self.reject(f"unreadable-{_digest(body)[:16]}", str(err), size=len(body))
         identity = _identity(event)
         if identity is None:
-            return self.reject(f"no-id-{_digest(body)[:16]}", "the event has no id ('id' or 'eventID')",
-                               event=event, size=len(body))
+            return self.reject(
+                f"no-id-{_digest(body)[:16]}", "the event has no id ('id' or 'eventID')", event=event, size=len(body)
+            )
         key, digest = record_key(identity), _data_digest(event)
         existing = self.journal.find(key)
         if existing is not None and existing.data_digest != digest:
-            return self.reject(f"{key}~{digest[:12]}", f"an event with the id {identity!r} and other data was "
-                               f"recorded on {existing.received}; this one is not downloaded", event=event)
+            return self.reject(
+                f"{key}~{digest[:12]}",
+                f"an event with the id {identity!r} and other data was "
+                f"recorded on {existing.received}; this one is not downloaded",
+                event=event,
+            )
         if existing is not None:
             return self._known(existing)
         try:
@@ -168,8 +175,9 @@ class DownloadService:
             return self.reject(key, str(err), event=event, digest=digest)
         if not records:
             return self.reject(key, "the event lists no files", event=event, digest=digest)
-        record = EventRecord(key, RECEIVED, _now(), event=event, folder=key, data_digest=digest,
-                             details={"files": len(records)})
+        record = EventRecord(
+            key, RECEIVED, _now(), event=event, folder=key, data_digest=digest, details={"files": len(records)}
+        )
         existing = self.journal.add(record)
         if existing is not None:  # the same event, recorded by another request meanwhile
             return self._known(existing)
@@ -177,8 +185,9 @@ class DownloadService:
         self.wake.set()
         return Answer(202, {"event": key, "state": RECEIVED, "folder": key, "status": f"/status/{key}"})
 
-    def reject(self, key: str, reason: str, *, event: Any = None, digest: str | None = None,
-               size: int | None = None) -> Answer:
+    def reject(
+        self, key: str, reason: str, *, event: Any = None, digest: str | None = None, size: int | None = None
+    ) -> Answer:
         """Record that the event ``key`` cannot be downloaded, and why; answer 200 (see the module)."""
         details = {} if size is None else {"bytes": size}
         record = EventRecord(key, REJECTED, _now(), event=event, reason=reason, data_digest=digest, details=details)
@@ -191,8 +200,9 @@ class DownloadService:
     @staticmethod
     def _known(record: EventRecord) -> Answer:
         LOGGER.info("event %s received again; it is %s already", record.key, record.state)
-        return Answer(200, {"event": record.key, "state": record.state, "duplicate": True,
-                            "status": f"/status/{record.key}"})
+        return Answer(
+            200, {"event": record.key, "state": record.state, "duplicate": True, "status": f"/status/{record.key}"}
+        )
 
     # -- queuing -------------------------------------------------------------------------
 
@@ -204,8 +214,12 @@ class DownloadService:
                 task = self.sender(record)
             except Exception as err:  # noqa: BLE001 - any failure of the broker: keep the record, try again later
                 if self.broker_error is None:
-                    LOGGER.warning("cannot queue event %s: the broker cannot be reached (%s); it stays recorded "
-                                   "and is queued once the broker is back", record.key, quote_known(str(err)))
+                    LOGGER.warning(
+                        "cannot queue event %s: the broker cannot be reached (%s); it stays recorded "
+                        "and is queued once the broker is back",
+                        record.key,
+                        quote_known(str(err)),
+                    )
                 self.broker_error = quote_known(f"{type(err).__name__}: {err}")
                 return queued
             self.journal.mark_queued(record, task)
@@ -277,9 +291,15 @@ class EventServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], service: DownloadService, token: BearerToken | None,
-                 max_event_bytes: int = MAX_EVENT_BYTES, request_timeout: float = REQUEST_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        service: DownloadService,
+        token: BearerToken | None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         """Listen on ``address`` for ``service``; POSTs must present ``token`` when it is not None."""
         self.service = service
         self.token = token
@@ -333,8 +353,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _refuse(self) -> None:
         LOGGER.warning("refused a %s from %s: no valid bearer token", self.command, self.client_address[0])
         self.close_connection = True
-        self._answer(Answer(401, {"error": "a bearer token is required (Authorization: Bearer <token>)"}),
-                     {"WWW-Authenticate": 'Bearer realm="pacifica-downloader"', "Connection": "close"})
+        self._answer(
+            Answer(401, {"error": "a bearer token is required (Authorization: Bearer <token>)"}),
+            {"WWW-Authenticate": 'Bearer realm="pacifica-downloader"', "Connection": "close"},
+        )
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         """An event: authenticate, read within bounds, record (see the module)."""
@@ -350,12 +372,16 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if length < 0:  # chunked or unknown: the body is not read, the connection is closed
                 self.close_connection = True
-                answer = service.reject(f"unread-{time.time_ns()}", "the request has no valid Content-Length; "
-                                        "its body was not read")
+                answer = service.reject(
+                    f"unread-{time.time_ns()}", "the request has no valid Content-Length; its body was not read"
+                )
             elif length > self.server.max_event_bytes:
                 self._drain(length)
-                answer = service.reject(f"too-large-{time.time_ns()}", f"the request body has {length} bytes, "
-                                        f"more than the {self.server.max_event_bytes} read", size=length)
+                answer = service.reject(
+                    f"too-large-{time.time_ns()}",
+                    f"the request body has {length} bytes, more than the {self.server.max_event_bytes} read",
+                    size=length,
+                )
             else:
                 body = self.rfile.read(length)
                 if len(body) < length:  # the client went away: nothing to answer
@@ -383,7 +409,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._authorized():
                 self._refuse()
                 return
-            key = path[len("/status/"):]
+            key = path[len("/status/") :]
             if "/" in key or key.startswith("."):
                 self._answer(Answer(404, {"error": "no such event"}))
                 return
@@ -393,14 +419,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _not_allowed(self) -> None:
         self.close_connection = True
-        self._answer(Answer(405, {"error": "POST an event, or GET /status/<id> or /health"}),
-                     {"Allow": "GET, POST", "Connection": "close"})
+        self._answer(
+            Answer(405, {"error": "POST an event, or GET /status/<id> or /health"}),
+            {"Allow": "GET, POST", "Connection": "close"},
+        )
 
     do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815 - http.server's names
 
 
-def celery_hooks(location: Path, options: Mapping[str, Any],
-                 environ: Mapping[str, str] | None = None) -> tuple[Sender, Reporter, Probe]:
+def celery_hooks(
+    location: Path, options: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> tuple[Sender, Reporter, Probe]:
     """The sender, reporter and probe of a service queuing to the download workers' broker (``celery`` extra).
 
     The app is :func:`~pacifica.downloader.tasks.make_app`'s, from
@@ -416,7 +445,9 @@ def celery_hooks(location: Path, options: Mapping[str, Any],
 
     app = make_app(environ)
     app.conf.update(
-        broker_connection_timeout=5.0, redis_socket_connect_timeout=5.0, redis_socket_timeout=10.0,
+        broker_connection_timeout=5.0,
+        redis_socket_connect_timeout=5.0,
+        redis_socket_timeout=10.0,
         # A send that fails is tried again by the queue loop: give up within a second or two, not a minute.
         task_publish_retry_policy=_GIVE_UP_SOON,
         # Sending a task first subscribes to its result on a Redis backend, which retries for about 20 s.
@@ -425,8 +456,7 @@ def celery_hooks(location: Path, options: Mapping[str, Any],
 
     def send(record: EventRecord) -> str:
         task_id = "event-" + _digest(record.key.encode())[:32]
-        result = enqueue(record.event, location, celery_app=app, task_id=task_id, filename=record.folder,
-                         **options)
+        result = enqueue(record.event, location, celery_app=app, task_id=task_id, filename=record.folder, **options)
         return str(result.id)
 
     def report(task_id: str) -> Mapping[str, Any]:

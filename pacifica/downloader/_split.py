@@ -5,6 +5,7 @@ all of the cart's file rows: its cost per file grows with the cart's size.
 A large event is therefore cut into several carts, which :mod:`.pipeline`
 runs so that their staging overlaps the transfers of the ready ones.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ def split_batches(records: list[FileRecord], limits: CartLimits) -> list[list[Fi
         return [records] if records else []
     edge_files, edge_bytes = limits.max_files // EDGE_SHARE, limits.max_bytes // EDGE_SHARE
     head = records[: _fits(records, edge_files, edge_bytes)]
-    rest, tail = _split_end(records[len(head):], edge_files, edge_bytes)
+    rest, tail = _split_end(records[len(head) :], edge_files, edge_bytes)
     middle, before_tail = _split_end(rest, limits.max_files, limits.max_bytes // 2)
     ends = [before_tail, tail] if before_tail else [tail]
     return [head] + _even_cut(middle, limits.max_files, limits.max_bytes) + ends

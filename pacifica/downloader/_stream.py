@@ -10,6 +10,7 @@ tells the caller to start over.  Each resume is a try spent from the
 download's :class:`RetryBudget`, and bytes never received before give the
 tries back.
 """
+
 from __future__ import annotations
 
 import logging
@@ -138,7 +139,7 @@ class CartStream:
                 self._buffer, self._view, self._offset = chunk, memoryview(chunk), 0
                 left = len(chunk)
             take = min(wanted, left)
-            piece = self._view[self._offset:self._offset + take]
+            piece = self._view[self._offset : self._offset + take]
             self._offset += take
             self._position += take  # counted as handed out: a resume asks for the first byte not yet received
             wanted -= take
@@ -190,8 +191,7 @@ class CartStream:
         if now - self._window_start > self._timeouts.stall:
             self._response.close()
             raise StreamBroken(
-                f"stalled: fewer than {PROGRESS_BYTES} bytes in {self._timeouts.stall:.0f} s",
-                self._received(),
+                f"stalled: fewer than {PROGRESS_BYTES} bytes in {self._timeouts.stall:.0f} s", self._received()
             )
 
     def _resume(self, reason: str) -> None:
@@ -208,8 +208,9 @@ class CartStream:
                 attempts=self._budget.history,
                 cart_url=self._name or None,
             )
-        LOGGER.warning("cart stream broke at byte %d (%s); resuming with a range request in %.1f s",
-                       offset, reason, delay)
+        LOGGER.warning(
+            "cart stream broke at byte %d (%s); resuming with a range request in %.1f s", offset, reason, delay
+        )
         time.sleep(delay)
         try:
             response = self._reopen(offset)

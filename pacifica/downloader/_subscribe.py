@@ -17,6 +17,7 @@ disabled one is replaced by a new match (the old one deleted); otherwise a
 match is created.  It returns the match's uuid.  The match's ``auth`` holds
 the token, so nothing here logs or prints a match.
 """
+
 from __future__ import annotations
 
 import logging
@@ -86,18 +87,27 @@ def _json(response: Any, what: str) -> Any:
     try:
         return response.json()
     except ValueError:
-        raise SubscriptionError(f"Notifications answered {what} with something that is not JSON: "
-                                f"{summarize(response.text[:500])}") from None
+        raise SubscriptionError(
+            f"Notifications answered {what} with something that is not JSON: {summarize(response.text[:500])}"
+        ) from None
 
 
 def _check(response: Any, what: str, ok: Sequence[int] = (200,)) -> None:
     if response.status_code not in ok:
-        raise SubscriptionError(f"Notifications answered {what} with HTTP {response.status_code}: "
-                                f"{summarize(response.text[:500])}", response=response)
+        raise SubscriptionError(
+            f"Notifications answered {what} with HTTP {response.status_code}: {summarize(response.text[:500])}",
+            response=response,
+        )
 
 
-def subscribe(transport: Transport, notifications_url: str, user: str, target: str,
-              jsonpath: str = DEFAULT_JSONPATH, token: BearerToken | None = None) -> str:
+def subscribe(
+    transport: Transport,
+    notifications_url: str,
+    user: str,
+    target: str,
+    jsonpath: str = DEFAULT_JSONPATH,
+    token: BearerToken | None = None,
+) -> str:
     """Make sure ``user`` has one enabled event match POSTing matching events to ``target``; return its uuid.
 
     ``token``, when given, is the match's ``auth`` (the download service's
@@ -107,6 +117,7 @@ def subscribe(transport: Transport, notifications_url: str, user: str, target: s
     """
     base = notifications_url.rstrip("/") + "/eventmatch"
     who = {USER_HEADER: user, "Accept": "application/json"}
+
     # Any answer is Notifications' last word (its 500s are refusals: a bad JSONPath, say); only failed connections
     # are tried again.
     def answered(response: Any) -> bool:
@@ -136,12 +147,14 @@ def subscribe(transport: Transport, notifications_url: str, user: str, target: s
             _check(answer, f"the {decision.action} of the event match")
             uuid = _json(answer, f"the {decision.action} of the event match").get("uuid")
     except TransferError as err:
-        raise TransferError(f"could not reach Notifications at {redact(notifications_url)}",
-                            attempts=err.attempts) from err
+        raise TransferError(
+            f"could not reach Notifications at {redact(notifications_url)}", attempts=err.attempts
+        ) from err
     if not uuid:
         raise SubscriptionError("Notifications answered the event match without its uuid")
-    LOGGER.info("event match %s %s for %s", uuid, "updated" if decision.action == "update" else "created",
-                redact(target))
+    LOGGER.info(
+        "event match %s %s for %s", uuid, "updated" if decision.action == "update" else "created", redact(target)
+    )
     return str(uuid)
 
 

@@ -21,6 +21,7 @@ A bad header raises :class:`MalformedTar` (``first`` says whether anything
 was read before it: then the body is not a tar at all); a stream that ends
 inside a header or a member's padding raises :class:`StreamBroken`.
 """
+
 from __future__ import annotations
 
 import struct

@@ -11,6 +11,7 @@ that ends (done, failed or retried later) removes its file.
 
 Needs no Celery: the task passes its id and retry number.
 """
+
 from __future__ import annotations
 
 import logging
@@ -74,8 +75,9 @@ class TaskStarts:
                 f"then enqueue the download again"
             )
         if starts > 1:
-            LOGGER.warning("task %s started again after its worker died (start %d of at most %d)",
-                           self.task_id, starts, limit)
+            LOGGER.warning(
+                "task %s started again after its worker died (start %d of at most %d)", self.task_id, starts, limit
+            )
         return starts
 
     def finish(self) -> None:

@@ -9,6 +9,7 @@ document (``{"status": "404 Not Found", "message": ...}``, no ``files``):
 :func:`transaction_records` raises :class:`PolicyError` for that, so that an
 unknown transaction is never an empty download.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -59,14 +60,18 @@ def transaction_records(transinfo: Any, transaction_id: int | str | None = None)
         )
     said = document_error(transinfo)
     if said is not None:
-        which = "transaction {}".format(transaction_id if transaction_id is not None else
-                                        transinfo.get("_id", transinfo.get("transaction_id", "(id unknown)")))
-        raise PolicyError(f"the policy service gave no files for {which}: {said}; check the transaction id, "
-                          "and that the document is Policy's answer to /status/transactions/by_id/<id>")
+        which = "transaction {}".format(
+            transaction_id
+            if transaction_id is not None
+            else transinfo.get("_id", transinfo.get("transaction_id", "(id unknown)"))
+        )
+        raise PolicyError(
+            f"the policy service gave no files for {which}: {said}; check the transaction id, "
+            "and that the document is Policy's answer to /status/transactions/by_id/<id>"
+        )
     files = transinfo["files"]
     if not isinstance(files, dict):
         raise InvalidInputError("the document's 'files' must map file ids to file metadata")
     return validate_records(
-        ((f"files[{key!r}]", Keyed(obj, key)) for key, obj in files.items()),
-        what="transaction's files",
+        ((f"files[{key!r}]", Keyed(obj, key)) for key, obj in files.items()), what="transaction's files"
     )

@@ -16,6 +16,7 @@ and used as the credentials of requests to that URL's server when no other
 ``auth`` is given, as requests does.  Every request is streamed, and the body
 of an answer that is not a stream is read up to a cap (:mod:`.bodies`).
 """
+
 from __future__ import annotations
 
 import io
@@ -162,8 +163,7 @@ class Transport:
         return self.secrets.quote(text)
 
     def _failed(
-        self, method: str, url: str, err: requests.RequestException, cut: bool, budget: RetryBudget,
-        given: list[str],
+        self, method: str, url: str, err: requests.RequestException, cut: bool, budget: RetryBudget, given: list[str]
     ) -> tuple[str, TransferError | None]:
         """Why a try that raised ``err`` failed, and the error to raise when no other try can mend it.
 
@@ -176,8 +176,9 @@ class Transport:
             return "", TransferError(f"{method} {redact(url)} could not be sent: {self.why(err)}", cart_url=url)
         lasting = lasting_failure(err)
         if lasting is not None:
-            return "", TransferError(f"{method} {redact(url)} failed: {lasting}",
-                                     attempts=[*budget.history, self.why(err)], cart_url=url)
+            return "", TransferError(
+                f"{method} {redact(url)} failed: {lasting}", attempts=[*budget.history, self.why(err)], cart_url=url
+            )
         return self.why(err), None
 
     def why(self, err: BaseException) -> str:
@@ -280,8 +281,16 @@ class Transport:
         self._url_credentials(url, merged)
         return url, merged, list(merged.get("headers") or {})
 
-    def _try(self, method: str, url: str, merged: dict[str, Any], stream: bool, deadline: float | None,
-             budget: RetryBudget, given: list[str]) -> tuple[requests.Response | None, str]:
+    def _try(
+        self,
+        method: str,
+        url: str,
+        merged: dict[str, Any],
+        stream: bool,
+        deadline: float | None,
+        budget: RetryBudget,
+        given: list[str],
+    ) -> tuple[requests.Response | None, str]:
         """Send one try, cut off at the deadline or when the patience runs out: the answer, or why there is none.
 
         An answer that is not the stream asked for is read here, capped, while the watch still covers it.
@@ -309,8 +318,9 @@ class Transport:
             raise failed  # here, not in the except clause: no context holding the request, headers and all
         return None, reason
 
-    def _pause(self, method: str, url: str, reason: str, retry_after: str | None, deadline: float | None,
-               budget: RetryBudget) -> None:
+    def _pause(
+        self, method: str, url: str, reason: str, retry_after: str | None, deadline: float | None, budget: RetryBudget
+    ) -> None:
         """Spend a try on ``reason`` and wait before the next; raise when none may follow."""
         delay = budget.spend(reason, retry_after)
         if delay is None:
@@ -323,6 +333,10 @@ class Transport:
             )
         LOGGER.warning(
             "%s %s failed (%s); trying again in %.1f s (try %d since the server's last answer)",
-            method, redact(url), reason, delay, budget.spent + 1,
+            method,
+            redact(url),
+            reason,
+            delay,
+            budget.spent + 1,
         )
         time.sleep(delay)

@@ -13,6 +13,7 @@ The index is an SQLite file in the download directory's hidden folder; it is
 safe for concurrent downloads and its size grows with the number of files,
 not with their bytes.  Without the ``sqlite3`` module it does nothing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -102,8 +103,9 @@ class VerifiedIndex:
         # busy, I/O) are states of the moment, and the index is left as it is.
         if sqlite3 is None or type(err) is not sqlite3.DatabaseError:
             return False
-        LOGGER.warning("the verified-file index %s is damaged (%s); moved aside, existing files are hashed again",
-                       self.path, err)
+        LOGGER.warning(
+            "the verified-file index %s is damaged (%s); moved aside, existing files are hashed again", self.path, err
+        )
         try:
             os.replace(self.path, self.path.with_name(INDEX_NAME + ".damaged"))
         except OSError as moving:

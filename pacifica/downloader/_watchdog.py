@@ -16,6 +16,7 @@ requests and urllib3, so that any version the package allows works the same
 (``tests/test_public_interfaces.py``).  A session with adapters of its own is
 left as it is; only the socket timeouts then bound its tries.
 """
+
 from __future__ import annotations
 
 import contextlib

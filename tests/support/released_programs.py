@@ -14,6 +14,7 @@ so the test suite can run it unchanged against the local stack.
 Only the standard library is used; the venv is rebuilt only when the pinned
 programs change, and this library is reinstalled only when its source does.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,8 +59,11 @@ def _source_digest() -> str:
     digest = hashlib.sha256()
     for name in _SOURCE:
         path = REPO_ROOT / name
-        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
-            if path.is_dir() else [path]
+        files = (
+            sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+            if path.is_dir()
+            else [path]
+        )
         for file in files:
             digest.update(str(file.relative_to(REPO_ROOT)).encode() + b"\0" + file.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -92,8 +96,23 @@ def ensure_released_programs(venv: Path = _VENV) -> ReleasedPrograms:
     source = venv / "dispatcher-source"
     if not (source / DISPATCHER_TEST).exists():
         with tempfile.TemporaryDirectory(prefix="pacifica-dispatcher-sdist-") as download:
-            _run([str(python), "-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--no-deps",
-                  "--no-binary", ":all:", "-d", download, DISPATCHER_SDIST], "fetching the dispatcher's source")
+            _run(
+                [
+                    str(python),
+                    "-m",
+                    "pip",
+                    "download",
+                    "--disable-pip-version-check",
+                    "--quiet",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "-d",
+                    download,
+                    DISPATCHER_SDIST,
+                ],
+                "fetching the dispatcher's source",
+            )
             (archive,) = Path(download).glob("*.tar.gz")
             with tarfile.open(archive) as sdist:
                 top = sdist.getnames()[0].split("/")[0]

@@ -37,6 +37,7 @@ closed and its thread joined, on exit::
 
 Only the standard library is used.
 """
+
 from __future__ import annotations
 
 import base64
@@ -287,7 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             status = 206
             total = len(body)
-            body = body[start:end + 1]
+            body = body[start : end + 1]
         close_after = stub._close_after(index)
         self.send_response(status)
         self.send_header("Content-Type", "application/x-tar")
@@ -444,10 +445,7 @@ class StubCartd:
         return self.start()
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         """Stop the server."""
         self.stop()

@@ -21,6 +21,7 @@ This module runs the command; :mod:`.arguments` parses and checks it,
 :mod:`.display` say what happens, and :mod:`~pacifica.downloader._policy_service`
 fetches a transaction by id.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,10 @@ LOGGER = logging.getLogger(__name__)
 def _run(args: argparse.Namespace, out: Output, feed: ProgressFeed, stdin: TextIO | None) -> int:
     with warnings.catch_warnings():
         if args.insecure:
-            out.message("warning: --insecure: TLS certificates are not verified; anyone on the network path "
-                        "can read and alter the traffic")
+            out.message(
+                "warning: --insecure: TLS certificates are not verified; anyone on the network path "
+                "can read and alter the traffic"
+            )
             # Said once above; urllib3 would repeat it for every request.
             warnings.simplefilter("ignore", InsecureRequestWarning)
         if args.command == "enqueue":
@@ -85,8 +88,11 @@ def _enqueue(args: argparse.Namespace, out: Output, stdin: TextIO | None) -> int
     except ImportError as err:  # celery, the optional extra
         out.message(f"error: enqueue needs Celery ({err}); pip install 'pacifica-downloader[celery]'")
         return EXIT_USAGE
-    options: dict[str, Any] = {"filename": args.filename, "keep_cart": args.keep_cart,
-                                  "overwrite": not args.no_overwrite}
+    options: dict[str, Any] = {
+        "filename": args.filename,
+        "keep_cart": args.keep_cart,
+        "overwrite": not args.no_overwrite,
+    }
     if args.cart_url:
         options["cart_api_url"] = args.cart_url
     if args.timeout is not None:

@@ -1,4 +1,5 @@
 """The command's arguments: the parser, the checks argparse cannot express, and the JSON files they name."""
+
 from __future__ import annotations
 
 import argparse
@@ -68,21 +69,31 @@ def _add_where(command: argparse.ArgumentParser, workers: bool = False) -> None:
     """Where the files go and where from; ``workers``: as the download workers see it (``enqueue``)."""
     where = command.add_argument_group("where")
     where.add_argument(
-        "-d", "--destination", metavar="DIR", default=".",
+        "-d",
+        "--destination",
+        metavar="DIR",
+        default=".",
         help=("download directory, as the workers see it" if workers else "download directory")
         + " (default: the current directory); files land in DIR/FILENAME/...",
     )
     where.add_argument(
-        "--filename", metavar="NAME", default="data",
+        "--filename",
+        metavar="NAME",
+        default="data",
         help="folder inside DIR the files land in, as Cartd names the cart's top folder (default: data)",
     )
     where.add_argument(
-        "--cart-url", metavar="URL", default=None,
-        help="Cartd cart API URL (default: " + ("the workers' environment)" if workers else
-                                                "from the environment, see below)"),
+        "--cart-url",
+        metavar="URL",
+        default=None,
+        help="Cartd cart API URL (default: "
+        + ("the workers' environment)" if workers else "from the environment, see below)"),
     )
     where.add_argument(
-        "--timeout", metavar="SECONDS", type=_positive_float, default=None,
+        "--timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=None,
         help=f"how long to wait for the cart to be ready (default: {Timeouts().wait:.0f})",
     )
 
@@ -91,7 +102,8 @@ def _add_behaviour(command: argparse.ArgumentParser, workers: bool = False) -> N
     behaviour = command.add_argument_group("behaviour")
     behaviour.add_argument("--keep-cart", action="store_true", help="leave the cart on the server afterwards")
     behaviour.add_argument(
-        "--no-overwrite", action="store_true",
+        "--no-overwrite",
+        action="store_true",
         help=("fail the task" if workers else "fail (exit 6)")
         + " instead of replacing an existing file whose content differs",
     )
@@ -110,13 +122,12 @@ def _add_common_options(command: argparse.ArgumentParser) -> None:
     _add_where(command)
     tls = command.add_argument_group("TLS (credentials: see environment below)").add_mutually_exclusive_group()
     tls.add_argument("--ca-bundle", metavar="PATH", help="CA certificate file or directory to verify servers with")
-    tls.add_argument(
-        "--insecure", action="store_true", help="do not verify TLS certificates (prints a warning; avoid)"
-    )
+    tls.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (prints a warning; avoid)")
     output = command.add_argument_group("output")
     _add_talk(output, "no progress display and no summary; only errors")
     output.add_argument(
-        "--json", action="store_true",
+        "--json",
+        action="store_true",
         help='print the written files as JSON to stdout: [{"path", "size", "hashtype", "hashsum"}, ...]',
     )
     _add_behaviour(command)
@@ -131,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap(
             "Download the files of a Pacifica event or transaction through a Cartd cart, verifying "
             "every file against its hash. Files land in DIR/FILENAME/<subdir>/<name>."
-        ) + "\n\nexamples:\n"
+        )
+        + "\n\nexamples:\n"
         "  pacifica-downloader cloudevent event.json -d /data/in --cart-url http://cart:8081\n"
         "  pacifica-downloader cloudevent - --json < event.json > manifest.json\n"
         "  pacifica-downloader transactioninfo --transaction-id 42 --policy-url http://policy:8181",
@@ -141,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     event = commands.add_parser(
-        "cloudevent", epilog=epilog, formatter_class=formatter,
+        "cloudevent",
+        epilog=epilog,
+        formatter_class=formatter,
         help="download the files of a Pacifica Notifications CloudEvent (JSON)",
         description=_wrap("Download the files of a Pacifica Notifications CloudEvent into DIR/FILENAME/."),
     )
@@ -149,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_options(event)
     event.set_defaults(command_parser=event)
     transaction = commands.add_parser(
-        "transactioninfo", epilog=epilog, formatter_class=formatter,
+        "transactioninfo",
+        epilog=epilog,
+        formatter_class=formatter,
         help="download the files of a Pacifica Policy transaction-info document",
         description=_wrap(
             "Download the files of a Pacifica Policy transaction-info document into DIR/FILENAME/, "
@@ -164,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = transaction.add_argument_group("fetching the document instead")
     fetch.add_argument("--transaction-id", metavar="ID", type=_transaction_id, help="the transaction to fetch")
     fetch.add_argument(
-        "--policy-url", metavar="URL",
+        "--policy-url",
+        metavar="URL",
         help="the Policy service's root URL, or pacifica-cli's download_policy_url (ending in "
         "/status/transactions/by_id)",
     )
@@ -177,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_enqueue(commands: Any, epilog: str, formatter: type[argparse.HelpFormatter]) -> None:
     enqueue = commands.add_parser(
-        "enqueue", epilog=epilog, formatter_class=formatter,
+        "enqueue",
+        epilog=epilog,
+        formatter_class=formatter,
         help="queue the download of a CloudEvent for the download workers; print the task id",
         description=_wrap(
             "Queue the download of a Pacifica Notifications CloudEvent for the download workers "

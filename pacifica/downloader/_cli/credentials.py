@@ -1,4 +1,5 @@
 """Credentials and TLS settings for the command, from the environment only (never the command line)."""
+
 from __future__ import annotations
 
 import os
@@ -27,6 +28,7 @@ def auth_from_environment(
     >>> auth_from_environment({"PACIFICA_DOWNLOADER_TOKEN": "t0k"})
     {'headers': {'Authorization': 'Bearer t0k'}}
     """
+
     def get(name: str) -> str | None:
         return environ.get(name) or None
 
@@ -38,9 +40,7 @@ def auth_from_environment(
         present = ENV_USER if password is None else ENV_PASSWORD
         raise InvalidInputError(f"{present} is set but {missing} is not; set both for basic authentication")
     if user is not None and token is not None:
-        raise InvalidInputError(
-            f"set either {ENV_USER}/{ENV_PASSWORD} (basic) or {ENV_TOKEN} (bearer), not both"
-        )
+        raise InvalidInputError(f"set either {ENV_USER}/{ENV_PASSWORD} (basic) or {ENV_TOKEN} (bearer), not both")
     if user is not None:
         result["auth"] = (user, password)
     if token is not None:

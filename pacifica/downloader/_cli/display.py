@@ -14,6 +14,7 @@ Both display only; they never raise into the download (see
 :class:`SafeDisplay`).  :meth:`Display.write` prints a line (a log record,
 a warning) without garbling a bar being drawn.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -179,7 +180,12 @@ class TqdmDisplay(Display):
         if self.spinner is None:
             self.staging_started = progress.elapsed
             self.spinner = self.tqdm(
-                total=None, file=self.stream, bar_format="{desc}", leave=False, disable=False, mininterval=0,
+                total=None,
+                file=self.stream,
+                bar_format="{desc}",
+                leave=False,
+                disable=False,
+                mininterval=0,
                 **terminal_shape(self.stream),
             )
         self.frame = (self.frame + 1) % len(SPINNER)
@@ -297,5 +303,3 @@ def make_display(
         if tqdm_class is not None:
             return SafeDisplay(TqdmDisplay(stream, tqdm_class))
     return SafeDisplay(LineDisplay(stream))
-
-

@@ -9,6 +9,7 @@
 
 See :mod:`pacifica.downloader._serve` and :mod:`pacifica.downloader._subscribe`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,13 +46,18 @@ def _port(text: str) -> int:
     return value
 
 
-def add_facility_commands(commands: Any, epilog: str, formatter: type[argparse.HelpFormatter],
-                          add_talk: Any, positive_float: Any) -> None:
+def add_facility_commands(
+    commands: Any, epilog: str, formatter: type[argparse.HelpFormatter], add_talk: Any, positive_float: Any
+) -> None:
     """Add ``serve`` and ``subscribe`` to the command's subparsers."""
-    token_help = (f"The token comes from {ENV_TOKEN}, or the first line of the file named by {ENV_TOKEN_FILE}; "
-                  "never from the command line.")
+    token_help = (
+        f"The token comes from {ENV_TOKEN}, or the first line of the file named by {ENV_TOKEN_FILE}; "
+        "never from the command line."
+    )
     serve = commands.add_parser(
-        "serve", epilog=epilog, formatter_class=formatter,
+        "serve",
+        epilog=epilog,
+        formatter_class=formatter,
         help="receive Notifications' events and queue their downloads for the download workers",
         description=textwrap.fill(
             "Receive the CloudEvents Notifications POSTs, record each one durably in DIR's hidden folder before "
@@ -63,19 +69,31 @@ def add_facility_commands(commands: Any, epilog: str, formatter: type[argparse.H
             width=79,
         ),
     )
-    serve.add_argument("--download-dir", metavar="DIR", required=True,
-                       help="the download area, as the download workers see it")
+    serve.add_argument(
+        "--download-dir", metavar="DIR", required=True, help="the download area, as the download workers see it"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
-    serve.add_argument("--cart-url", metavar="URL", default=None,
-                       help="Cartd cart API URL for the downloads (default: the workers' environment)")
-    serve.add_argument("--timeout", metavar="SECONDS", type=positive_float, default=None,
-                       help="how long the workers wait for a cart (default: theirs)")
+    serve.add_argument(
+        "--cart-url",
+        metavar="URL",
+        default=None,
+        help="Cartd cart API URL for the downloads (default: the workers' environment)",
+    )
+    serve.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=positive_float,
+        default=None,
+        help="how long the workers wait for a cart (default: theirs)",
+    )
     add_talk(serve.add_argument_group("output"), "log only errors")
     serve.set_defaults(command_parser=serve, verbose=1, insecure=False, ca_bundle=None)
 
     sub = commands.add_parser(
-        "subscribe", epilog=epilog, formatter_class=formatter,
+        "subscribe",
+        epilog=epilog,
+        formatter_class=formatter,
         help="create the Notifications event match that POSTs events to the download service; print its uuid",
         description=textwrap.fill(
             "Make sure USER has one enabled Notifications event match POSTing the events that match EXPR to "
@@ -86,11 +104,19 @@ def add_facility_commands(commands: Any, epilog: str, formatter: type[argparse.H
         ),
     )
     sub.add_argument("--notifications-url", metavar="URL", required=True, help="the Notifications service's URL")
-    sub.add_argument("--user", metavar="NETWORK_ID", required=True,
-                     help="the user the match belongs to (Policy must let them see the events)")
+    sub.add_argument(
+        "--user",
+        metavar="NETWORK_ID",
+        required=True,
+        help="the user the match belongs to (Policy must let them see the events)",
+    )
     sub.add_argument("--target", metavar="URL", required=True, help="the download service's URL")
-    sub.add_argument("--jsonpath", metavar="EXPR", default=DEFAULT_JSONPATH,
-                     help=f"the events to send (default: every ingest: {DEFAULT_JSONPATH})")
+    sub.add_argument(
+        "--jsonpath",
+        metavar="EXPR",
+        default=DEFAULT_JSONPATH,
+        help=f"the events to send (default: every ingest: {DEFAULT_JSONPATH})",
+    )
     tls = sub.add_argument_group("TLS").add_mutually_exclusive_group()
     tls.add_argument("--ca-bundle", metavar="PATH", help="CA certificate file or directory to verify servers with")
     tls.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (prints a warning)")
@@ -110,12 +136,15 @@ def _subscribe(args: argparse.Namespace, out: Output) -> int:
     auth = auth_from_environment(os.environ, ca_bundle=args.ca_bundle, insecure=args.insecure)
     with requests.Session() as session:
         session.headers["User-Agent"] = f"{PROG}/{__version__} {requests.utils.default_user_agent()}"
-        uuid = subscribe(Transport(session, auth or None), args.notifications_url, args.user, args.target,
-                         args.jsonpath, token)
+        uuid = subscribe(
+            Transport(session, auth or None), args.notifications_url, args.user, args.target, args.jsonpath, token
+        )
     out.line(uuid)
     if not args.quiet:
-        out.message(f"event match {uuid} sends {args.user}'s matching events to {redact(args.target)}"
-                    + ("" if token else f" (no {ENV_TOKEN}: without a token)"))
+        out.message(
+            f"event match {uuid} sends {args.user}'s matching events to {redact(args.target)}"
+            + ("" if token else f" (no {ENV_TOKEN}: without a token)")
+        )
     return EXIT_OK
 
 
@@ -123,6 +152,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
     token = token_from_environment()
     try:
         from .._serve import celery_hooks
+
         send, report, probe = celery_hooks(Path(args.download_dir).resolve(), _task_options(args))
     except ImportError as err:  # celery, the optional extra
         out.message(f"error: serve needs Celery ({err}); pip install 'pacifica-downloader[celery]'")
@@ -170,11 +200,14 @@ def _run_until_stopped(server: EventServer, service: DownloadService, args: argp
         host, port = args.host, server.server_port
         broker = redact(os.environ.get("BROKER_URL") or "redis://127.0.0.1:6379/0")
         if not server.token:
-            LOGGER.warning("no %s or %s: anyone who can reach this service can queue downloads", ENV_TOKEN,
-                           ENV_TOKEN_FILE)
+            LOGGER.warning(
+                "no %s or %s: anyone who can reach this service can queue downloads", ENV_TOKEN, ENV_TOKEN_FILE
+            )
         if not args.quiet:
-            out.message(f"serving on http://{host}:{port}/: events recorded in {service.journal.root}, "
-                        f"downloads queued through {broker} into {service.journal.location}")
+            out.message(
+                f"serving on http://{host}:{port}/: events recorded in {service.journal.root}, "
+                f"downloads queued through {broker} into {service.journal.location}"
+            )
         server.serve_forever(poll_interval=0.5)
     finally:
         stop.set()

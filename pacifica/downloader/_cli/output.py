@@ -7,6 +7,7 @@ has its control characters escaped (:func:`shown`): the library already
 quotes server text so, and this is the last line of defence, so that no
 escape sequence from a server reaches the terminal.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,13 +63,11 @@ EXIT_CODES: dict[int, str] = {
     EXIT_TIMEOUT: "timeout: the cart was not ready in time (see --timeout)",
     EXIT_DESTINATION: "destination error: the download directory cannot take the files "
     "(permissions, disk full, a differing file with --no-overwrite)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C): the cart is deleted (unless --keep-cart) and no partial "
-    "file is left",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C): the cart is deleted (unless --keep-cart) and no partial file is left",
 }
 
 #: Error messages list at most this many detail lines unless ``-v`` is given.
 DETAIL_LINES = 10
-
 
 
 def exit_code_for(error: BaseException) -> int:
@@ -86,7 +85,6 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, (CartError, TransferError, DownloaderError, requests.RequestException)):
         return EXIT_SERVER
     return EXIT_INTERNAL
-
 
 
 # -- output ---------------------------------------------------------------------
@@ -231,8 +229,13 @@ def restore_logging(state: Any) -> None:
 
 
 def summary(
-    paths: Sequence[str], records: Sequence[FileRecord], entries: list[dict[str, Any]] | None,
-    feed: ProgressFeed, elapsed: float, destination: str, keep_cart: bool,
+    paths: Sequence[str],
+    records: Sequence[FileRecord],
+    entries: list[dict[str, Any]] | None,
+    feed: ProgressFeed,
+    elapsed: float,
+    destination: str,
+    keep_cart: bool,
 ) -> str:
     if not records:
         return "the input lists no files; nothing to download"
