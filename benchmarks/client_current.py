@@ -72,18 +72,9 @@ class ReadyCartAPI(CartAPI):
         """Ask about the ready cart standing for ``cart_url``."""
         return super().probe(self.standing_for.get(cart_url, cart_url), deadline=deadline, budget=budget)
 
-    def open_cart(
-        self,
-        cart_url: str,
-        filename: str,
-        offset: int = 0,
-        deadline: float | None = None,
-        budget: RetryBudget | None = None,
-    ) -> requests.Response:
+    def open_cart(self, cart_url: str, *args: Any, **kwargs: Any) -> requests.Response:
         """Stream the ready cart standing for ``cart_url``."""
-        return super().open_cart(
-            self.standing_for.get(cart_url, cart_url), filename, offset=offset, deadline=deadline, budget=budget
-        )
+        return super().open_cart(self.standing_for.get(cart_url, cart_url), *args, **kwargs)
 
 
 def record_carts(down: Downloader, carts: list[list[str]]) -> None:

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from clients import ChildRun
 from events import EventSpec
@@ -155,18 +155,8 @@ def e2e_rows(results: list[EventResult]) -> list[list[str]]:
     for res in solo(results):
         ideal = add(res.median(READY), res.median(CURL_TAR))
         lib, rel = res.median(CUR_E2E), res.median(REL_E2E)
-        rows.append(
-            [
-                res.label,
-                runs_cell(res, CUR_E2E, REL_E2E),
-                secs(res.median(READY)),
-                secs(ideal),
-                secs(lib),
-                secs(rel),
-                times(ratio(rel, lib)),
-                times(ratio(lib, ideal)),
-            ]
-        )
+        cells = [res.label, runs_cell(res, CUR_E2E, REL_E2E), *map(secs, (res.median(READY), ideal, lib, rel))]
+        rows.append([*cells, times(ratio(rel, lib)), times(ratio(lib, ideal))])
     return rows
 
 
@@ -178,18 +168,8 @@ def other_stack_rows(results: list[EventResult]) -> list[list[str]]:
             continue
         lib, par, rel = res.median(CUR_E2E), res.median(CUR_E2E_PAR), res.median(REL_E2E)
         names = (CUR_E2E, CUR_E2E_PAR, REL_E2E) if res.workers > 1 else (CUR_E2E, REL_E2E)
-        rows.append(
-            [
-                res.label,
-                runs_cell(res, *names),
-                secs(res.median(READY)),
-                secs(lib),
-                secs(par),
-                secs(rel),
-                times(ratio(rel, lib)),
-                times(ratio(rel, par)),
-            ]
-        )
+        cells = [res.label, runs_cell(res, *names), *map(secs, (res.median(READY), lib, par, rel))]
+        rows.append([*cells, times(ratio(rel, lib)), times(ratio(rel, par))])
     return rows
 
 
@@ -294,31 +274,24 @@ class Target:
         return f"| {'PASS' if self.passed else 'FAIL'} | {name} | {self.measured} |"
 
 
+#: What a target measures of an event's results, and what else it needs of them.
+Measure = Callable[[EventResult], Optional[float]]
+Needs = Callable[[EventResult], bool]
+
+
 def _check(
     name: str, res: EventResult, measured: float | None, passed: bool, needs: Callable[[EventResult], bool]
 ) -> Target:
     return Target(f"{res.spec.label}: {name}", times(measured), measured is not None and passed and needs(res))
 
 
-def at_least(
-    name: str,
-    res: EventResult,
-    value: Callable[[EventResult], float | None],
-    limit: float,
-    needs: Callable[[EventResult], bool],
-) -> Target:
+def at_least(name: str, res: EventResult, value: Measure, limit: float, needs: Needs) -> Target:
     """The target "``value(res)`` ≥ ``limit``", met only when ``needs(res)`` too."""
     measured = value(res)
     return _check(name, res, measured, measured is not None and measured >= limit, needs)
 
 
-def at_most(
-    name: str,
-    res: EventResult,
-    value: Callable[[EventResult], float | None],
-    limit: float,
-    needs: Callable[[EventResult], bool],
-) -> Target:
+def at_most(name: str, res: EventResult, value: Measure, limit: float, needs: Needs) -> Target:
     """The target "``value(res)`` ≤ ``limit``", met only when ``needs(res)`` too."""
     measured = value(res)
     return _check(name, res, measured, measured is not None and measured <= limit, needs)

@@ -812,14 +812,8 @@ def test_terminal_shape_of_an_unsized_pty() -> None:
 
 
 def test_format_size() -> None:
-    assert [format_size(n) for n in (0, 999, 1000, 12_500_000, 40 * 10**6, 2 * 10**12)] == [
-        "0 B",
-        "999 B",
-        "1.0 kB",
-        "12.5 MB",
-        "40.0 MB",
-        "2.0 TB",
-    ]
+    sizes = (0, 999, 1000, 12_500_000, 40 * 10**6, 2 * 10**12)
+    assert [format_size(n) for n in sizes] == ["0 B", "999 B", "1.0 kB", "12.5 MB", "40.0 MB", "2.0 TB"]
 
 
 def test_line_display_at_most_one_line_a_second() -> None:
@@ -853,7 +847,8 @@ def test_line_display_shows_the_spares_of_a_cart_that_seemed_lost() -> None:
     display(Progress("staging", files_total=3, elapsed=0.0))
     display(Progress("staging", files_total=3, elapsed=61.0, spares=1))
     display(Progress("staging", files_total=3, elapsed=200.0, spares=2))
-    assert terminal.getvalue().splitlines() == [
+    lines = terminal.getvalue().splitlines()
+    assert lines == [
         "staging... 0.0 s",
         "staging... 61.0 s (1 spare cart posted)",
         "staging... 200.0 s (2 spare carts posted)",

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from support.events import archive, event_with, fresh_id
 from support.helpers import is_index_file
+from support.processes import subprocess_env
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 180  # seconds for one command, cart staging included
 
 
@@ -37,20 +37,13 @@ def event(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("PACIFICA_DOWNLOADER_", "CARTD_")) and not key.lower().endswith("_proxy")
-    }
-    env["NO_PROXY"] = "127.0.0.1,localhost"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "pacifica.downloader", *args],
         input=stdin,
         stdin=None if stdin is not None else subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        env=env,
+        env=subprocess_env(),
         timeout=TIMEOUT,
     )
 

@@ -128,17 +128,13 @@ def service(
         serve.stop()
 
 
+def subscribe_args(facility: FacilityStack, target: str) -> list[str]:
+    """The command line of ``pacifica-downloader subscribe`` for ``target``, as the uploader."""
+    return ["subscribe", "--notifications-url", facility.notifications_url, "--user", "uploader", "--target", target]
+
+
 def subscribe(facility: FacilityStack, target: str) -> str:
-    result = run_downloader(
-        "subscribe",
-        "--notifications-url",
-        facility.notifications_url,
-        "--user",
-        "uploader",
-        "--target",
-        target,
-        env={"DOWNLOADER_SERVE_TOKEN": TOKEN},
-    )
+    result = run_downloader(*subscribe_args(facility, target), env={"DOWNLOADER_SERVE_TOKEN": TOKEN})
     assert result.returncode == 0, result.stderr
     assert TOKEN not in result.stdout + result.stderr
     return result.stdout.strip()
@@ -375,18 +371,7 @@ def test_subscribe_is_idempotent_and_replaces_a_disabled_match(facility: Facilit
 
 
 def test_subscribe_reports_what_notifications_refused(facility: FacilityStack, service: ServeProcess) -> None:
-    result = run_downloader(
-        "subscribe",
-        "--notifications-url",
-        facility.notifications_url,
-        "--user",
-        "uploader",
-        "--target",
-        service.url + "third",
-        "--jsonpath",
-        "$[?(@.",
-        "-q",
-    )
+    result = run_downloader(*subscribe_args(facility, service.url + "third"), "--jsonpath", "$[?(@.", "-q")
     assert result.returncode == 3, result.stderr
     assert result.stderr.startswith(
         "pacifica-downloader: error: Notifications answered the create of the event match with HTTP 500"

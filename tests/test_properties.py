@@ -203,25 +203,21 @@ def almost_valid_events(draw: Any) -> Any:
         data.insert(draw(st.integers(min_value=0, max_value=len(data))), draw(json_values))
     encoded: Any = json.dumps(data) if draw(st.integers(min_value=0, max_value=4)) == 0 else data
     style = draw(st.sampled_from(["0.1", "1.0", "bare"]))
-    if style == "0.1":
-        return {
-            "cloudEventsVersion": "0.1",
-            "eventID": "E-1",
-            "eventType": "org.pacifica.metadata.ingest",
-            "source": "/pacifica/metadata/ingest",
-            "contentType": "application/json",
-            "data": encoded,
-        }
-    if style == "1.0":
-        return {
-            "specversion": "1.0",
-            "id": "E-1",
-            "type": "org.pacifica.metadata.ingest",
-            "source": "/pacifica/metadata/ingest",
-            "datacontenttype": "application/json",
-            "data": encoded,
-        }
-    return {"data": encoded}
+    names = {
+        "0.1": ("cloudEventsVersion", "eventID", "eventType", "contentType"),
+        "1.0": ("specversion", "id", "type", "datacontenttype"),
+    }.get(style)
+    if names is None:
+        return {"data": encoded}
+    version, event_id, kind, content_type = names
+    return {
+        version: style,
+        event_id: "E-1",
+        kind: "org.pacifica.metadata.ingest",
+        "data": encoded,
+        "source": "/pacifica/metadata/ingest",
+        content_type: "application/json",
+    }
 
 
 @st.composite

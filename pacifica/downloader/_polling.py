@@ -33,13 +33,17 @@ class PollSchedule:
     (0.02, 0.5)
     """
 
-    first: float = 0.02
-    growth: float = 1.25
-    cap: float = 0.5
-    near: float = 0.05
-    near_share: float = 0.85
     #: Seconds a similar cart took to stage (None: not known).
     expect: float | None = None
+    #: The first pause, when nothing is known of the cart.
+    first: float = 0.02
+    #: Each pause is this many times the last ...
+    growth: float = 1.25
+    #: ... up to this.
+    cap: float = 0.5
+    #: The pause from ``near_share`` of ``expect`` on: the moment the cart is ready is seen at once.
+    near: float = 0.05
+    near_share: float = 0.85
 
     def replace(self, **changes: Any) -> PollSchedule:
         """Return a copy with ``changes`` applied: ``PollSchedule().replace(expect=12.0)``."""
