@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Shim for tools that still call setup.py; the metadata lives in setup.cfg."""
+"""Shim for tools that still call setup.py; the metadata lives in pyproject.toml."""
+
 from setuptools import setup
 
 setup()

@@ -10,16 +10,16 @@
 library's defaults (``rerun`` is the same call into a folder that already
 holds the files); ``--max-staging N`` sets ``CartLimits(max_staging=N)``
 instead, for a stack with N workers.  ``--record-carts`` writes down which
-files went into each cart the library asked for (``setup_cart`` is wrapped
+files went into each cart the library asked for (``post_cart`` is wrapped
 to note the paths; nothing else changes).
 
 ``transfer`` times the same call when every cart it will ask for is already
 staged (``--one-cart``: the library is told to ask for the whole event as one
 cart, so that it transfers the very cart ``curl | tar`` does): ``run.py``
 creates carts of exactly the recorded file sets and waits until they are
-ready, and the downloader's :class:`CartAPI` is swapped for one whose
-``setup_cart`` hands back the ready cart of the files asked for instead of
-posting a new one.  The time covers reading the event, one
+ready, and the downloader is given a :class:`CartAPI` whose ``post_cart``
+posts nothing and sends every later request about that cart to the ready cart
+of the files asked for.  The time covers reading the event, one
 ``HEAD`` per cart (which answers "ready"), the ``GET``\\ s, extraction,
 hashing and placing of every file; the carts are kept (``keep_cart=True``)
 and deleted by ``run.py``.
@@ -28,6 +28,7 @@ Interpreter start-up and imports are outside the timing.  The result is one
 JSON line on stdout: ``{"seconds": ..., "files": ..., "peak_rss_kib": ...}``,
 the last being this process's VmHWM (its own high-water mark since exec).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,48 +36,58 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any
 
+import requests
 from rss import peak_rss_kib
 
-from pacifica.downloader import CartAPI, CartLimits, Downloader, RetryBudget
-
-Entries = Callable[[], Iterator[dict[str, Any]]]
+from pacifica.downloader import CartAPI, CartLimits, Downloader, FileRecord, RetryBudget
 
 
 class ReadyCartAPI(CartAPI):
-    """A CartAPI whose ``setup_cart`` returns an existing, ready cart of the same files instead of creating one."""
+    """A CartAPI that posts nothing: each cart the library asks for is answered by the ready cart of its files.
+
+    ``post_cart`` notes which ready cart stands for the URL the library chose; every later request about that
+    URL goes to the ready cart instead.
+    """
 
     def __init__(self, cart_api_url: str, ready: dict[frozenset[str], str]) -> None:
         """Serve the carts ``ready`` maps (set of paths -> cart URL) from ``cart_api_url``."""
         super().__init__(cart_api_url)
         self.ready = ready
+        self.standing_for: dict[str, str] = {}
 
-    def setup_cart(
-        self, yield_files: Entries, *, budget: RetryBudget | None = None, cart_url: str | None = None
-    ) -> str:
-        """Return the ready cart holding exactly the files asked for (``cart_url`` is not used)."""
-        asked = frozenset(str(entry["path"]) for entry in yield_files())
-        cart_url = self.ready.get(asked)
-        if cart_url is None:
-            raise RuntimeError(f"the library asked for a cart of {len(asked)} files that the bench did not stage "
-                               f"(it staged carts of {sorted(len(paths) for paths in self.ready)} files)")
-        return cart_url
+    def post_cart(self, cart_url: str, records: list[FileRecord], *, budget: RetryBudget | None = None) -> None:
+        """Note the ready cart holding exactly the files asked for; send nothing."""
+        asked = frozenset(record.path for record in records)
+        ready = self.ready.get(asked)
+        if ready is None:
+            raise RuntimeError(
+                f"the library asked for a cart of {len(asked)} files that the bench did not stage "
+                f"(it staged carts of {sorted(len(paths) for paths in self.ready)} files)"
+            )
+        self.standing_for[cart_url] = ready
+
+    def probe(self, cart_url: str, deadline: float | None = None, budget: RetryBudget | None = None) -> str:
+        """Ask about the ready cart standing for ``cart_url``."""
+        return super().probe(self.standing_for.get(cart_url, cart_url), deadline=deadline, budget=budget)
+
+    def open_cart(self, cart_url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        """Stream the ready cart standing for ``cart_url``."""
+        return super().open_cart(self.standing_for.get(cart_url, cart_url), *args, **kwargs)
 
 
 def record_carts(down: Downloader, carts: list[list[str]]) -> None:
-    """Wrap ``down``'s ``setup_cart`` so that the paths of each cart it makes are appended to ``carts``."""
-    original = down.cart_api.setup_cart
+    """Wrap ``down``'s ``post_cart`` so that the paths of each cart it makes are appended to ``carts``."""
+    original = down.cart_api.post_cart
     lock = threading.Lock()
 
-    def setup_cart(yield_files: Entries, *, budget: RetryBudget | None = None, cart_url: str | None = None) -> str:
-        entries = list(yield_files())
+    def post_cart(cart_url: str, records: list[FileRecord], *, budget: RetryBudget | None = None) -> None:
         with lock:
-            carts.append([str(entry["path"]) for entry in entries])
-        return original(lambda: iter(entries), budget=budget, cart_url=cart_url)
+            carts.append([record.path for record in records])
+        original(cart_url, records, budget=budget)
 
-    down.cart_api.setup_cart = setup_cart  # type: ignore[method-assign]
+    down.cart_api.post_cart = post_cart  # type: ignore[method-assign]
 
 
 def make_downloader(args: argparse.Namespace) -> Downloader:
@@ -90,9 +101,7 @@ def make_downloader(args: argparse.Namespace) -> Downloader:
         return Downloader(cart_api_url=args.cart_url, **options)
     with open(args.ready_carts) as handle:
         ready = {frozenset(cart["paths"]): cart["url"] for cart in json.load(handle)}
-    down = Downloader(cart_api_url=args.cart_url, keep_cart=True, **options)
-    down.cart_api = ReadyCartAPI(args.cart_url, ready)
-    return down
+    return Downloader(None, ReadyCartAPI(args.cart_url, ready), keep_cart=True, **options)
 
 
 def main(argv: list[str]) -> int:
@@ -122,8 +131,10 @@ def main(argv: list[str]) -> int:
     if args.record_carts:
         with open(args.record_carts, "w") as handle:
             json.dump(carts, handle)
-    print(json.dumps({"seconds": seconds, "files": files, "carts": len(carts) or None,
-                      "peak_rss_kib": peak_rss_kib()}), flush=True)
+    print(
+        json.dumps({"seconds": seconds, "files": files, "carts": len(carts) or None, "peak_rss_kib": peak_rss_kib()}),
+        flush=True,
+    )
     return 0
 
 

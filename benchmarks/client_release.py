@@ -15,6 +15,7 @@ a cart that is already ready; 0.4.1 is frozen, so using its internal method
 is safe.  Output: one JSON line, ``{"seconds": ..., "cart_url": ..., "peak_rss_kib": ...}``
 (the last is this process's VmHWM, see ``rss.py``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,12 @@ def main(argv: list[str]) -> int:
             down.cloudevent(args.dest, event, timeout=RELEASE_TIMEOUT)
     finally:
         seconds = time.perf_counter() - started
-        print(json.dumps({"seconds": seconds, "cart_url": created[0] if created else None,
-                          "peak_rss_kib": peak_rss_kib()}), flush=True)
+        print(
+            json.dumps(
+                {"seconds": seconds, "cart_url": created[0] if created else None, "peak_rss_kib": peak_rss_kib()}
+            ),
+            flush=True,
+        )
     return 0
 
 

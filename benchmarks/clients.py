@@ -10,6 +10,7 @@
   POSTs a cart and sends a ``HEAD`` every 10 ms until the server says
   "ready", and the clean-up of carts.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,8 +95,9 @@ def _wait(proc: subprocess.Popen[bytes], what: str) -> int:
 def run_python_client(python: Path, script: str, args: list[str]) -> ChildRun:
     """Run ``python script args``; return the time and peak RSS it reports."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([str(python), str(HERE / script), *args], stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL, env=child_env())
+        proc = subprocess.Popen(
+            [str(python), str(HERE / script), *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=child_env()
+        )
         code = _wait(proc, f"{script} {args[0]}")
         out.seek(0)
         err.seek(0)
@@ -111,8 +113,17 @@ def _client_args(mode: str, cart_api: str, event_file: Path, dest: Path, *extra:
     return [mode, "--cart-url", cart_api, "--event", str(event_file), "--dest", str(dest), *extra]
 
 
-def run_current(mode: str, cart_api: str, event_file: Path, dest: Path, *, ready_carts: Path | None = None,
-                record_carts: Path | None = None, max_staging: int | None = None, one_cart: bool = False) -> ChildRun:
+def run_current(
+    mode: str,
+    cart_api: str,
+    event_file: Path,
+    dest: Path,
+    *,
+    ready_carts: Path | None = None,
+    record_carts: Path | None = None,
+    max_staging: int | None = None,
+    one_cart: bool = False,
+) -> ChildRun:
     """Time this library (``e2e``, ``rerun`` or ``transfer``) with the interpreter running the benchmark."""
     extra: list[str] = []
     if ready_carts:
@@ -123,12 +134,14 @@ def run_current(mode: str, cart_api: str, event_file: Path, dest: Path, *, ready
         extra += ["--max-staging", str(max_staging)]
     if one_cart:
         extra += ["--one-cart"]
-    return run_python_client(Path(sys.executable), "client_current.py",
-                             _client_args(mode, cart_api, event_file, dest, *extra))
+    return run_python_client(
+        Path(sys.executable), "client_current.py", _client_args(mode, cart_api, event_file, dest, *extra)
+    )
 
 
-def run_release(python: Path, mode: str, cart_api: str, event_file: Path, dest: Path,
-                ready_cart: str | None = None) -> ChildRun:
+def run_release(
+    python: Path, mode: str, cart_api: str, event_file: Path, dest: Path, ready_cart: str | None = None
+) -> ChildRun:
     """Time the release (``e2e`` or ``transfer`` of ``ready_cart``) with the release virtualenv's ``python``."""
     extra = ["--ready-cart", ready_cart] if ready_cart else []
     return run_python_client(python, "client_release.py", _client_args(mode, cart_api, event_file, dest, *extra))
@@ -239,7 +252,8 @@ def ensure_release_venv(path: Path) -> Path:
         return python
     print(f"bench: installing {RELEASE_REQUIREMENT} into {path}", flush=True)
     venv.EnvBuilder(with_pip=True, clear=True).create(path)
-    subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", RELEASE_REQUIREMENT],
-                   check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", RELEASE_REQUIREMENT], check=True
+    )
     marker.write_text(RELEASE_REQUIREMENT)
     return python

@@ -7,6 +7,7 @@ the stack's archive interface and returns the Pacifica Notifications
 CloudEvent naming them.  :func:`verify_download` checks a downloaded tree
 against that event: exactly the requested files, each with its hash.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,16 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = [
-    "KIB",
-    "MIB",
-    "Event",
-    "EventSpec",
-    "archived",
-    "file_content",
-    "make_event",
-    "verify_download",
-]
+__all__ = ["KIB", "MIB", "Event", "EventSpec", "archived", "file_content", "make_event", "verify_download"]
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -79,8 +71,12 @@ class Event:
         """The JSON body of a Cartd POST asking for the files at ``paths`` (default: every file of the event)."""
         wanted = None if paths is None else set(paths)
         fileids = [
-            {"id": obj["_id"], "path": f"{obj['subdir']}/{obj['name']}", "hashtype": obj["hashtype"],
-             "hashsum": obj["hashsum"]}
+            {
+                "id": obj["_id"],
+                "path": f"{obj['subdir']}/{obj['name']}",
+                "hashtype": obj["hashtype"],
+                "hashsum": obj["hashsum"],
+            }
             for obj in self.files
             if wanted is None or f"{obj['subdir']}/{obj['name']}" in wanted
         ]
@@ -113,16 +109,11 @@ def archived(archive_url: str, file_id: int) -> bool:
         return False
 
 
-def make_event(
-    spec: EventSpec,
-    first_id: int,
-    put_file: Callable[[int, bytes], None],
-    archive_url: str,
-) -> Event:
+def make_event(spec: EventSpec, first_id: int, put_file: Callable[[int, bytes], None], archive_url: str) -> Event:
     """Build the event's CloudEvent; archive its files with ``put_file`` unless already archived.
 
     Files go one request at a time: the archive interface serves a single
-    request thread (see ``tests/cartd_stack.py``).  Its first and last ids
+    request thread (see ``tests/support/cartd_stack.py``).  Its first and last ids
     are checked, so a stack restarted on the same work directory (whose
     archive is kept) is not loaded again.
     """
@@ -132,13 +123,24 @@ def make_event(
         content = file_content(file_id, spec.size)
         if not present:
             put_file(file_id, content)
-        data.append({
-            "destinationTable": "Files", "_id": file_id, "name": name, "subdir": subdir,
-            "hashtype": HASHTYPE, "hashsum": hashlib.new(HASHTYPE, content).hexdigest(), "size": spec.size,
-        })
+        data.append(
+            {
+                "destinationTable": "Files",
+                "_id": file_id,
+                "name": name,
+                "subdir": subdir,
+                "hashtype": HASHTYPE,
+                "hashsum": hashlib.new(HASHTYPE, content).hexdigest(),
+                "size": spec.size,
+            }
+        )
     cloudevent = {
-        "specversion": "1.0", "id": f"bench-{spec.key}-{first_id}", "type": "org.pacifica.metadata.ingest",
-        "source": "/pacifica/metadata/ingest", "datacontenttype": "application/json", "data": data,
+        "specversion": "1.0",
+        "id": f"bench-{spec.key}-{first_id}",
+        "type": "org.pacifica.metadata.ingest",
+        "source": "/pacifica/metadata/ingest",
+        "datacontenttype": "application/json",
+        "data": data,
     }
     return Event(spec=spec, cloudevent=cloudevent)
 

@@ -6,6 +6,7 @@ from medians; :func:`targets` checks the performance targets; and
 :func:`write_readme` puts the whole report between two markers of
 ``benchmarks/README.md``, leaving the rest of that file alone.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from clients import ChildRun
 from events import EventSpec
@@ -154,8 +155,8 @@ def e2e_rows(results: list[EventResult]) -> list[list[str]]:
     for res in solo(results):
         ideal = add(res.median(READY), res.median(CURL_TAR))
         lib, rel = res.median(CUR_E2E), res.median(REL_E2E)
-        rows.append([res.label, runs_cell(res, CUR_E2E, REL_E2E), secs(res.median(READY)), secs(ideal), secs(lib),
-                     secs(rel), times(ratio(rel, lib)), times(ratio(lib, ideal))])
+        cells = [res.label, runs_cell(res, CUR_E2E, REL_E2E), *map(secs, (res.median(READY), ideal, lib, rel))]
+        rows.append([*cells, times(ratio(rel, lib)), times(ratio(lib, ideal))])
     return rows
 
 
@@ -167,8 +168,8 @@ def other_stack_rows(results: list[EventResult]) -> list[list[str]]:
             continue
         lib, par, rel = res.median(CUR_E2E), res.median(CUR_E2E_PAR), res.median(REL_E2E)
         names = (CUR_E2E, CUR_E2E_PAR, REL_E2E) if res.workers > 1 else (CUR_E2E, REL_E2E)
-        rows.append([res.label, runs_cell(res, *names), secs(res.median(READY)), secs(lib),
-                     secs(par), secs(rel), times(ratio(rel, lib)), times(ratio(rel, par))])
+        cells = [res.label, runs_cell(res, *names), *map(secs, (res.median(READY), lib, par, rel))]
+        rows.append([*cells, times(ratio(rel, lib)), times(ratio(rel, par))])
     return rows
 
 
@@ -190,9 +191,18 @@ def worker_rows(results: list[EventResult]) -> list[list[str]]:
         (lib_busy, lib_tasks), (rel_busy, rel_tasks) = worker_busy(res, CUR_E2E), worker_busy(res, REL_E2E)
         if lib_busy is None or rel_busy is None:
             continue
-        rows.append([res.label, runs_cell(res, CUR_E2E, REL_E2E), secs(lib), f"{secs(lib_busy)} ({lib_tasks:.0f})",
-                     secs(rel), f"{secs(rel_busy)} ({rel_tasks:.0f})", times(ratio(rel, lib)),
-                     times(ratio(rel, lib_busy))])
+        rows.append(
+            [
+                res.label,
+                runs_cell(res, CUR_E2E, REL_E2E),
+                secs(lib),
+                f"{secs(lib_busy)} ({lib_tasks:.0f})",
+                secs(rel),
+                f"{secs(rel_busy)} ({rel_tasks:.0f})",
+                times(ratio(rel, lib)),
+                times(ratio(rel, lib_busy)),
+            ]
+        )
     return rows
 
 
@@ -208,10 +218,21 @@ def transfer_rows(results: list[EventResult]) -> list[list[str]]:
         curl, lib, rel = res.median(CURL_TAR), res.median(CUR_TRANSFER), res.median(REL_TRANSFER)
         own = res.median(CUR_TRANSFER_OWN)
         rate = ratio(res.spec.total_bytes / 1e6, lib)
-        rows.append([res.label, runs_cell(res, CURL_TAR, CUR_TRANSFER, REL_TRANSFER), secs(res.median(CURL_NULL)),
-                     secs(curl), secs(lib), secs(rel), "–" if rate is None else f"{rate:.3g}",
-                     times(ratio(lib, curl)), times(ratio(rel, curl)), times(ratio(rel, lib)),
-                     "–" if own is None else f"{secs(own)} ({times(ratio(own, curl))})"])
+        rows.append(
+            [
+                res.label,
+                runs_cell(res, CURL_TAR, CUR_TRANSFER, REL_TRANSFER),
+                secs(res.median(CURL_NULL)),
+                secs(curl),
+                secs(lib),
+                secs(rel),
+                "–" if rate is None else f"{rate:.3g}",
+                times(ratio(lib, curl)),
+                times(ratio(rel, curl)),
+                times(ratio(rel, lib)),
+                "–" if own is None else f"{secs(own)} ({times(ratio(own, curl))})",
+            ]
+        )
     return rows
 
 
@@ -226,9 +247,17 @@ def rerun_rows(results: list[EventResult]) -> list[list[str]]:
 
 def rss_rows(results: list[EventResult]) -> list[list[str]]:
     """Peak RSS of every client process (its VmHWM), the largest over the runs."""
-    return [[res.label, mib(res.peak_rss(CUR_E2E, CUR_E2E_PAR)), mib(res.peak_rss(CUR_TRANSFER, CUR_TRANSFER_OWN)),
-             mib(res.peak_rss(CUR_RERUN)), mib(res.peak_rss(REL_E2E)), mib(res.peak_rss(REL_TRANSFER))]
-            for res in results]
+    return [
+        [
+            res.label,
+            mib(res.peak_rss(CUR_E2E, CUR_E2E_PAR)),
+            mib(res.peak_rss(CUR_TRANSFER, CUR_TRANSFER_OWN)),
+            mib(res.peak_rss(CUR_RERUN)),
+            mib(res.peak_rss(REL_E2E)),
+            mib(res.peak_rss(REL_TRANSFER)),
+        ]
+        for res in results
+    ]
 
 
 @dataclass(frozen=True)
@@ -245,20 +274,24 @@ class Target:
         return f"| {'PASS' if self.passed else 'FAIL'} | {name} | {self.measured} |"
 
 
-def _check(name: str, res: EventResult, measured: float | None, passed: bool, needs: Callable[[EventResult], bool]
-           ) -> Target:
+#: What a target measures of an event's results, and what else it needs of them.
+Measure = Callable[[EventResult], Optional[float]]
+Needs = Callable[[EventResult], bool]
+
+
+def _check(
+    name: str, res: EventResult, measured: float | None, passed: bool, needs: Callable[[EventResult], bool]
+) -> Target:
     return Target(f"{res.spec.label}: {name}", times(measured), measured is not None and passed and needs(res))
 
 
-def at_least(name: str, res: EventResult, value: Callable[[EventResult], float | None], limit: float,
-             needs: Callable[[EventResult], bool]) -> Target:
+def at_least(name: str, res: EventResult, value: Measure, limit: float, needs: Needs) -> Target:
     """The target "``value(res)`` ≥ ``limit``", met only when ``needs(res)`` too."""
     measured = value(res)
     return _check(name, res, measured, measured is not None and measured >= limit, needs)
 
 
-def at_most(name: str, res: EventResult, value: Callable[[EventResult], float | None], limit: float,
-            needs: Callable[[EventResult], bool]) -> Target:
+def at_most(name: str, res: EventResult, value: Measure, limit: float, needs: Needs) -> Target:
     """The target "``value(res)`` ≤ ``limit``", met only when ``needs(res)`` too."""
     measured = value(res)
     return _check(name, res, measured, measured is not None and measured <= limit, needs)
@@ -298,15 +331,14 @@ def rerun_ok(res: EventResult) -> bool:
 EVENT_TARGETS: dict[str, list[Callable[[EventResult], Target]]] = {
     "tiny": [lambda res: at_least("≥1.5× faster than the release end to end", res, speedup, 1.5, e2e_ok)],
     "many": [
-        lambda res: at_least("succeeds with defaults, ≥1.5× faster than the release end to end",
-                             res, speedup, 1.5, e2e_ok),
-        lambda res: at_most("transfer within 1.15× of curl | tar, hashes verified", res, vs_curl, 1.15,
-                            transfer_ok),
+        lambda res: at_least(
+            "succeeds with defaults, ≥1.5× faster than the release end to end", res, speedup, 1.5, e2e_ok
+        ),
+        lambda res: at_most("transfer within 1.15× of curl | tar, hashes verified", res, vs_curl, 1.15, transfer_ok),
     ],
     "large": [
         lambda res: at_least("≥1.25× faster than the release end to end", res, speedup, 1.25, e2e_ok),
-        lambda res: at_most("transfer within 1.10× of curl | tar, hashes verified", res, vs_curl, 1.10,
-                            transfer_ok),
+        lambda res: at_most("transfer within 1.10× of curl | tar, hashes verified", res, vs_curl, 1.10, transfer_ok),
     ],
 }
 
@@ -314,50 +346,119 @@ EVENT_TARGETS: dict[str, list[Callable[[EventResult], Target]]] = {
 def targets(results: list[EventResult]) -> list[Target]:
     """Check the targets of every event that ran, then re-runs and peak memory."""
     found = [check(res) for res in solo(results) for check in EVENT_TARGETS.get(res.spec.key, [])]
-    found += [at_least("re-run ≥50× faster than the first run", res, rerun_speedup, 50.0, rerun_ok)
-              for res in solo(results)]
+    found += [
+        at_least("re-run ≥50× faster than the first run", res, rerun_speedup, 50.0, rerun_ok) for res in solo(results)
+    ]
     for res in results:
         peak = res.peak_rss(CUR_E2E, CUR_E2E_PAR, CUR_TRANSFER, CUR_TRANSFER_OWN, CUR_RERUN)
-        found.append(Target(f"{res.label}: peak RSS of the library ≤ {RSS_LIMIT_MIB:.0f} MiB",
-                            f"{mib(peak)} MiB", peak is not None and peak <= RSS_LIMIT_MIB))
+        found.append(
+            Target(
+                f"{res.label}: peak RSS of the library ≤ {RSS_LIMIT_MIB:.0f} MiB",
+                f"{mib(peak)} MiB",
+                peak is not None and peak <= RSS_LIMIT_MIB,
+            )
+        )
     return found
 
 
 def render(results: list[EventResult], header: list[str], poll_interval: float) -> str:
     """The whole report as markdown: the run's header lines, the tables, targets and failures."""
     lines = list(header)
-    lines += ["", "**End to end** (median seconds; the library with its defaults, the release with its timeout "
-              f"raised; server ready: the bare poller, a HEAD every {poll_interval * 1000:.0f} ms)", ""]
-    lines += table(["event", "runs", "server ready", "ready + curl\\|tar", "library", "release 0.4.1",
-                    "release ÷ library", "library ÷ (ready + curl\\|tar)"], e2e_rows(results))
-    lines += ["", "**Transfer only**, every contender on the same ready cart of the whole event (median seconds; "
-              "MB/s is the library's; runs: successful runs of each, fewer where some failed; last column: the "
-              "library on ready carts of the file sets it cut the event into, and its ratio to curl \\| tar)", ""]
-    lines += table(["event", "runs", "curl -o /dev/null", "curl \\| tar -x", "library", "release 0.4.1",
-                    "library MB/s", "library ÷ curl\\|tar", "release ÷ curl\\|tar", "release ÷ library",
-                    "library, its own carts"],
-                   transfer_rows(results))
+    lines += [
+        "",
+        "**End to end** (median seconds; the library with its defaults, the release with its timeout "
+        f"raised; server ready: the bare poller, a HEAD every {poll_interval * 1000:.0f} ms)",
+        "",
+    ]
+    lines += table(
+        [
+            "event",
+            "runs",
+            "server ready",
+            "ready + curl\\|tar",
+            "library",
+            "release 0.4.1",
+            "release ÷ library",
+            "library ÷ (ready + curl\\|tar)",
+        ],
+        e2e_rows(results),
+    )
+    lines += [
+        "",
+        "**Transfer only**, every contender on the same ready cart of the whole event (median seconds; "
+        "MB/s is the library's; runs: successful runs of each, fewer where some failed; last column: the "
+        "library on ready carts of the file sets it cut the event into, and its ratio to curl \\| tar)",
+        "",
+    ]
+    lines += table(
+        [
+            "event",
+            "runs",
+            "curl -o /dev/null",
+            "curl \\| tar -x",
+            "library",
+            "release 0.4.1",
+            "library MB/s",
+            "library ÷ curl\\|tar",
+            "release ÷ curl\\|tar",
+            "release ÷ library",
+            "library, its own carts",
+        ],
+        transfer_rows(results),
+    )
     lines += ["", "**Re-run** of a completed event (this library; every file already present and verified)", ""]
     lines += table(["event", "runs", "first run", "re-run", "first ÷ re-run"], rerun_rows(results))
     several = other_stack_rows(results)
     if several:
-        lines += ["", "**Other stacks** (end to end, median seconds; the library with its defaults, and with "
-                  "as many carts staging at once as there are workers; on SQLite, Cartd's default database, one "
-                  "solo worker)", ""]
-        lines += table(["event", "runs", "server ready", "library", "library, parallel carts", "release 0.4.1",
-                        "release ÷ library", "release ÷ library, parallel carts"], several)
+        lines += [
+            "",
+            "**Other stacks** (end to end, median seconds; the library with its defaults, and with "
+            "as many carts staging at once as there are workers; on SQLite, Cartd's default database, one "
+            "solo worker)",
+            "",
+        ]
+        lines += table(
+            [
+                "event",
+                "runs",
+                "server ready",
+                "library",
+                "library, parallel carts",
+                "release 0.4.1",
+                "release ÷ library",
+                "release ÷ library, parallel carts",
+            ],
+            several,
+        )
     busy = worker_rows(results)
     if busy:
-        lines += ["", "**Cartd's worker** during the end-to-end runs on one solo worker (median seconds spent in "
-                  "tasks, from its log, and the number of tasks): it runs one task at a time, so no client that "
-                  "stages the same carts can finish sooner; the last column is the release's time over that floor "
-                  "of the library's carts, a bound no client reaches: the worker also spends 1 to 5 ms between "
-                  "tasks, and stops for each DELETE while it revokes the cart's tasks", ""]
-        lines += table(["event", "runs", "library", "its worker time (tasks)", "release 0.4.1",
-                        "its worker time (tasks)", "release ÷ library", "release ÷ library's worker time"], busy)
+        lines += [
+            "",
+            "**Cartd's worker** during the end-to-end runs on one solo worker (median seconds spent in "
+            "tasks, from its log, and the number of tasks): it runs one task at a time, so no client that "
+            "stages the same carts can finish sooner; the last column is the release's time over that floor "
+            "of the library's carts, a bound no client reaches: the worker also spends 1 to 5 ms between "
+            "tasks, and stops for each DELETE while it revokes the cart's tasks",
+            "",
+        ]
+        lines += table(
+            [
+                "event",
+                "runs",
+                "library",
+                "its worker time (tasks)",
+                "release 0.4.1",
+                "its worker time (tasks)",
+                "release ÷ library",
+                "release ÷ library's worker time",
+            ],
+            busy,
+        )
     lines += ["", "**Peak RSS** (MiB, VmHWM of each client process, largest over the runs)", ""]
-    lines += table(["event", "library e2e", "library transfer", "library re-run", "release e2e",
-                    "release transfer"], rss_rows(results))
+    lines += table(
+        ["event", "library e2e", "library transfer", "library re-run", "release e2e", "release transfer"],
+        rss_rows(results),
+    )
     lines += ["", "**Targets**", "", "| verdict | target | measured |", "|---|---|---|"]
     lines += [target.line() for target in targets(results)]
     failures = [f"- {res.label}, {name}: {message}" for res in results for name, message in res.errors.items()]
@@ -390,10 +491,15 @@ def _memory() -> str:
 
 def _git_revision(root: Path) -> str:
     try:
-        revision = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                  text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        revision = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown revision"
     return revision + (" with uncommitted changes" if dirty else "")

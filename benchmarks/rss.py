@@ -1,4 +1,5 @@
 """Peak memory of the current process, for the client scripts (standard library only)."""
+
 from __future__ import annotations
 
 __all__ = ["peak_rss_kib"]

@@ -7,7 +7,7 @@
     python3 dev.py bench --quick         # a smoke run with small events (about two minutes)
     python benchmarks/run.py --help      # every option (runs per event, sizes, work directory ...)
 
-It starts the loopback stack of ``tests/cartd_stack.py`` (one solo worker),
+It starts the loopback stack of ``tests/support/cartd_stack.py`` (one solo worker),
 archives three events (10 × 1 KiB, 2000 × 64 KiB, 200 × 5 MiB), and for each
 one, run after run:
 
@@ -26,6 +26,7 @@ download is checked file by file against the event's hashes and deleted;
 every cart is deleted.  See README.md beside this file for the method and
 the results.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cartd_stack import STACK_REQUIREMENTS, CartdStack, default_stack_venv_path, ensure_stack_venv  # noqa: E402
 from clients import (  # noqa: E402
     POLL_INTERVAL,
     RELEASE_REQUIREMENT,
@@ -74,6 +74,7 @@ from report import (  # noqa: E402
     render,
     write_readme,
 )
+from support.cartd_stack import STACK_REQUIREMENTS, CartdStack, default_stack_venv_path, ensure_stack_venv  # noqa: E402
 from workerlog import log_end, worker_time  # noqa: E402
 
 #: Archive ids of each event start here, so events never share a file.
@@ -83,30 +84,56 @@ FIRST_IDS = {"tiny": 1_000, "many": 10_000, "large": 100_000}
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line (see ``--help``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 10 × 1 KiB, 300 × 64 KiB, 60 × 5 MiB, fewer runs; README left alone")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 10 × 1 KiB, 300 × 64 KiB, 60 × 5 MiB, fewer runs; README left alone",
+    )
     parser.add_argument("--runs-tiny", type=int, help="runs of the 10 × 1 KiB event (default 5, quick 2)")
     parser.add_argument("--runs-many", type=int, help="runs of the 2000 × 64 KiB event (default 1, quick 1)")
     parser.add_argument("--runs-large", type=int, help="runs of the 200 × 5 MiB event (default 2, quick 1)")
-    parser.add_argument("--transfer-runs", type=int,
-                        help="transfer-only runs of each client on each ready cart (default 3, quick 1)")
+    parser.add_argument(
+        "--transfer-runs", type=int, help="transfer-only runs of each client on each ready cart (default 3, quick 1)"
+    )
     parser.add_argument("--many-files", type=int, help="files of the 64 KiB event (default 2000, quick 300)")
     parser.add_argument("--large-files", type=int, help="files of the 5 MiB event (default 200, quick 60)")
-    parser.add_argument("--poll-interval", type=float, default=POLL_INTERVAL,
-                        help="seconds between the bare poller's HEAD requests (default 0.01)")
-    parser.add_argument("--events", default="tiny,many,large",
-                        help="which events to run, comma-separated (default tiny,many,large)")
-    parser.add_argument("--no-workers2", dest="workers2", action="store_false",
-                        help="skip the 64 KiB event on a stack with 2 worker processes")
-    parser.add_argument("--no-sqlite", dest="sqlite", action="store_false",
-                        help="skip the 64 KiB event on a stack with Cartd on SQLite (its default database)")
-    parser.add_argument("--readme", action=argparse.BooleanOptionalAction, default=None,
-                        help="write the results into benchmarks/README.md (default: yes, except with --quick)")
-    parser.add_argument("--workdir", type=Path,
-                        help="where the stack, the archive and the downloads live (default: a new temp dir)")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=POLL_INTERVAL,
+        help="seconds between the bare poller's HEAD requests (default 0.01)",
+    )
+    parser.add_argument(
+        "--events", default="tiny,many,large", help="which events to run, comma-separated (default tiny,many,large)"
+    )
+    parser.add_argument(
+        "--no-workers2",
+        dest="workers2",
+        action="store_false",
+        help="skip the 64 KiB event on a stack with 2 worker processes",
+    )
+    parser.add_argument(
+        "--no-sqlite",
+        dest="sqlite",
+        action="store_false",
+        help="skip the 64 KiB event on a stack with Cartd on SQLite (its default database)",
+    )
+    parser.add_argument(
+        "--readme",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the results into benchmarks/README.md (default: yes, except with --quick)",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="where the stack, the archive and the downloads live (default: a new temp dir)"
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="leave the work directory (logs) in place")
-    parser.add_argument("--release-venv", type=Path, default=HERE / ".venv-release",
-                        help="the virtualenv the release is installed into (default benchmarks/.venv-release)")
+    parser.add_argument(
+        "--release-venv",
+        type=Path,
+        default=HERE / ".venv-release",
+        help="the virtualenv the release is installed into (default benchmarks/.venv-release)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target fails")
     return parser.parse_args(argv)
 
@@ -123,8 +150,9 @@ def event_specs(args: argparse.Namespace) -> list[EventSpec]:
     specs = {
         "tiny": EventSpec("tiny", "10 × 1 KiB", 10, KIB, pick(args.runs_tiny, 5, 2)),
         "many": EventSpec("many", f"{many} × 64 KiB", many, 64 * KIB, pick(args.runs_many, 1, 1)),
-        "large": EventSpec("large", f"{large} × 5 MiB ({large * 5 / 1024:.2g} GiB)", large, 5 * MIB,
-                           pick(args.runs_large, 2, 1)),
+        "large": EventSpec(
+            "large", f"{large} × 5 MiB ({large * 5 / 1024:.2g} GiB)", large, 5 * MIB, pick(args.runs_large, 2, 1)
+        ),
     }
     wanted = [key.strip() for key in args.events.split(",") if key.strip()]
     unknown = sorted(set(wanted) - set(specs))
@@ -136,8 +164,9 @@ def event_specs(args: argparse.Namespace) -> list[EventSpec]:
 class Bench:
     """Runs the contenders on one stack and records their results."""
 
-    def __init__(self, stack: CartdStack, release_python: Path, scratch: Path, transfer_runs: int,
-                 poll_interval: float) -> None:
+    def __init__(
+        self, stack: CartdStack, release_python: Path, scratch: Path, transfer_runs: int, poll_interval: float
+    ) -> None:
         """Use ``stack``; downloads and notes go under ``scratch``; the poller polls every ``poll_interval`` s."""
         self.stack = stack
         self.api = stack.cart_url
@@ -166,8 +195,10 @@ class Bench:
             else:
                 self.poll_only(result, event)
                 self.e2e_round(result, event, event_file, index, max_staging=workers if workers > 1 else None)
-            print(f"bench: {result.label}: run {index + 1}/{spec.runs} done in {time.monotonic() - started:.1f} s",
-                  flush=True)
+            print(
+                f"bench: {result.label}: run {index + 1}/{spec.runs} done in {time.monotonic() - started:.1f} s",
+                flush=True,
+            )
         self.check_clean(result)
         return result
 
@@ -184,28 +215,43 @@ class Bench:
 
     # -- the rounds ---------------------------------------------------------------
 
-    def e2e_round(self, result: EventResult, event: Event, event_file: Path, index: int,
-                  max_staging: int | None = None) -> None:
+    def e2e_round(
+        self, result: EventResult, event: Event, event_file: Path, index: int, max_staging: int | None = None
+    ) -> None:
         """This library end to end (then its re-run) and the release end to end; who goes first alternates.
 
         With ``max_staging`` the library runs a second time with that many carts staging at once.
         """
+
         def library() -> None:
             record = self.carts_file(event)
             rerun = result.default_stack
-            first = self.download(result, CUR_E2E, event, keep=rerun, action=lambda dest: run_current(
-                "e2e", self.api, event_file, dest, record_carts=record))
+            first = self.download(
+                result,
+                CUR_E2E,
+                event,
+                keep=rerun,
+                action=lambda dest: run_current("e2e", self.api, event_file, dest, record_carts=record),
+            )
             if first is not None and rerun:
                 self.rerun(result, event, event_file)
             if max_staging:
-                self.download(result, CUR_E2E_PAR, event, action=lambda dest: run_current(
-                    "e2e", self.api, event_file, dest, max_staging=max_staging))
+                self.download(
+                    result,
+                    CUR_E2E_PAR,
+                    event,
+                    action=lambda dest: run_current("e2e", self.api, event_file, dest, max_staging=max_staging),
+                )
 
         def release() -> None:
-            self.download(result, REL_E2E, event,
-                          action=lambda dest: run_release(self.release_python, "e2e", self.api, event_file, dest))
+            self.download(
+                result,
+                REL_E2E,
+                event,
+                action=lambda dest: run_release(self.release_python, "e2e", self.api, event_file, dest),
+            )
 
-        for step in ((library, release) if index % 2 == 0 else (release, library)):
+        for step in (library, release) if index % 2 == 0 else (release, library):
             step()
 
     def ready_round(self, result: EventResult, event: Event, event_file: Path) -> None:
@@ -224,15 +270,27 @@ class Bench:
             whole_file = self.ready_file(f"ready-whole-{event.spec.key}", [whole], [event.paths])
             contenders: list[tuple[str, Callable[[Path], ChildRun]]] = [
                 (CURL_TAR, lambda dest: curl_tar(whole, dest)),
-                (CUR_TRANSFER, lambda dest: run_current("transfer", self.api, event_file, dest,
-                                                        ready_carts=whole_file, one_cart=True)),
-                (REL_TRANSFER, lambda dest: run_release(self.release_python, "transfer", self.api, event_file, dest,
-                                                        ready_cart=whole)),
+                (
+                    CUR_TRANSFER,
+                    lambda dest: run_current(
+                        "transfer", self.api, event_file, dest, ready_carts=whole_file, one_cart=True
+                    ),
+                ),
+                (
+                    REL_TRANSFER,
+                    lambda dest: run_release(
+                        self.release_python, "transfer", self.api, event_file, dest, ready_cart=whole
+                    ),
+                ),
             ]
             own_file = self.stage_library_carts(event, carts)
             if own_file is not None:
-                contenders.append((CUR_TRANSFER_OWN, lambda dest: run_current(
-                    "transfer", self.api, event_file, dest, ready_carts=own_file)))
+                contenders.append(
+                    (
+                        CUR_TRANSFER_OWN,
+                        lambda dest: run_current("transfer", self.api, event_file, dest, ready_carts=own_file),
+                    )
+                )
             for index in range(self.transfer_runs):
                 self.measure(result, CURL_NULL, lambda: curl_null(whole))
                 turn = index % len(contenders)  # rotate who goes first
@@ -253,8 +311,10 @@ class Bench:
         started = time.monotonic()
         urls = self.server.stage_all([event.cart_body(batch) for batch in batches])
         carts.extend(urls)
-        print(f"bench: {event.spec.label}: the library's {len(urls)} carts staged in "
-              f"{time.monotonic() - started:.1f} s", flush=True)
+        print(
+            f"bench: {event.spec.label}: the library's {len(urls)} carts staged in {time.monotonic() - started:.1f} s",
+            flush=True,
+        )
         return self.ready_file(f"ready-{event.spec.key}", urls, batches)
 
     def ready_file(self, name: str, urls: list[str], batches: list[list[str]]) -> Path:
@@ -286,8 +346,9 @@ class Bench:
         except ClientError as err:
             result.fail(name, str(err))
 
-    def download(self, result: EventResult, name: str, event: Event, action: Callable[[Path], ChildRun],
-                 keep: bool = False) -> ChildRun | None:
+    def download(
+        self, result: EventResult, name: str, event: Event, action: Callable[[Path], ChildRun], keep: bool = False
+    ) -> ChildRun | None:
         """Run ``action(dest)`` into a fresh folder, check every file, record the sample; clean up unless ``keep``."""
         shutil.rmtree(self.dest, ignore_errors=True)
         self.dest.mkdir(parents=True)
@@ -341,8 +402,10 @@ def start_stack(workdir: Path, bin_dir: Path, workers: int, database: str = "pos
     """Start a stack rooted in ``workdir`` (its archive is kept between stacks on the same workdir)."""
     stack = CartdStack(workdir, bin_dir, workers=workers, database=database)
     stack.start()
-    print(f"bench: stack with {workers} worker(s) on {database} up in {stack.startup_seconds:.1f} s ({workdir})",
-          flush=True)
+    print(
+        f"bench: stack with {workers} worker(s) on {database} up in {stack.startup_seconds:.1f} s ({workdir})",
+        flush=True,
+    )
     return stack
 
 

@@ -9,6 +9,7 @@ the download's end-to-end time, which splitting the event into carts can
 lower (Cartd's cost per file grows with a cart's size) but no client can
 go below.
 """
+
 from __future__ import annotations
 
 import re

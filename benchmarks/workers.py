@@ -6,7 +6,7 @@
     python3 dev.py bench-workers              # 20 events × 50 files × 64 KiB, two rounds
     python benchmarks/workers.py --help
 
-It starts the loopback stack of ``tests/cartd_stack.py`` with two Cartd
+It starts the loopback stack of ``tests/support/cartd_stack.py`` with two Cartd
 worker processes (a site that runs download workers runs more than one
 Cartd worker), archives the events, and in each round times, side by side:
 
@@ -15,7 +15,7 @@ Cartd worker), archives the events, and in each round times, side by side:
 * **workers**: the twenty events enqueued at once
   (``pacifica.downloader.tasks.enqueue``) to three download-worker
   processes under two node names (a prefork pool of two children, and a
-  second worker of one, as ``tests/download_workers.py`` starts them),
+  second worker of one, as ``tests/support/download_workers.py`` starts them),
   until every result is in.
 
 The order of the two alternates between rounds.  Cartd's worker log gives
@@ -26,6 +26,7 @@ The ratio (one process ÷ workers) is the speed-up; results go to
 ``benchmarks/README.md`` under "Download workers" (``--no-readme`` leaves
 it alone).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv  # noqa: E402
-from download_workers import DownloadWorkers  # noqa: E402
 from events import KIB, Event, EventSpec, make_event, verify_download  # noqa: E402
 from report import machine_lines  # noqa: E402
+from support.cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv  # noqa: E402
+from support.download_workers import DownloadWorkers  # noqa: E402
 from workerlog import log_end, worker_time  # noqa: E402
 
 from pacifica.downloader import __version__  # noqa: E402
@@ -70,8 +71,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--files", type=int, default=50, help="files per event (default 50)")
     parser.add_argument("--size", type=int, default=64 * KIB, help="bytes per file (default 65536)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of both ways (default 2)")
-    parser.add_argument("--readme", action=argparse.BooleanOptionalAction, default=True,
-                        help="write the results into benchmarks/README.md (default: yes)")
+    parser.add_argument(
+        "--readme",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the results into benchmarks/README.md (default: yes)",
+    )
     return parser.parse_args(argv)
 
 
@@ -92,8 +97,12 @@ def on_workers(events: list[Event], location: Path, workers: DownloadWorkers) ->
 
 
 def check(events: list[Event], location: Path, how: str) -> None:
-    problems = [problem for event in events for problem in verify_download(event, location / "data")
-                if not problem.startswith("unexpected")]  # the other events' files share the folder
+    problems = [
+        problem
+        for event in events
+        for problem in verify_download(event, location / "data")
+        if not problem.startswith("unexpected")
+    ]  # the other events' files share the folder
     if problems:
         raise SystemExit(f"bench-workers: {how}: the download is wrong: {problems[:5]}")
     shutil.rmtree(location)
@@ -104,7 +113,7 @@ def write_readme(lines: list[str]) -> None:
     text = readme.read_text()
     block = "\n".join([START, *lines, END])
     if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip("\n") + "\n\n## Download workers\n\n" + block + "\n"
     readme.write_text(text)
@@ -123,8 +132,9 @@ def main(argv: list[str]) -> int:
     cartd_log = stack.log_dir / "worker.log"
     try:
         specs = [EventSpec(f"w{n:02d}", f"event {n}", args.files, args.size, 1) for n in range(args.events)]
-        events = [make_event(spec, FIRST_ID + n * 10_000, stack.put_file, stack.archive_url)
-                  for n, spec in enumerate(specs)]
+        events = [
+            make_event(spec, FIRST_ID + n * 10_000, stack.put_file, stack.archive_url) for n, spec in enumerate(specs)
+        ]
         workers.start("pool", concurrency=2)
         workers.start("second", concurrency=1)
         for round_number in range(args.rounds):
@@ -132,13 +142,19 @@ def main(argv: list[str]) -> int:
             for how in ways:
                 location = workdir / "downloads"
                 since = log_end(cartd_log)
-                seconds = (one_process(events, location, stack.cart_url, workdir) if how == "one process"
-                           else on_workers(events, location, workers))
+                seconds = (
+                    one_process(events, location, stack.cart_url, workdir)
+                    if how == "one process"
+                    else on_workers(events, location, workers)
+                )
                 check(events, location, how)
                 timings[how].append(seconds)
                 floors[how].append(worker_time(cartd_log, since).busy / CARTD_WORKERS)
-                print(f"bench-workers: round {round_number + 1}: {how}: {seconds:.2f} s "
-                      f"(Cartd's floor {floors[how][-1]:.2f} s)", flush=True)
+                print(
+                    f"bench-workers: round {round_number + 1}: {how}: {seconds:.2f} s "
+                    f"(Cartd's floor {floors[how][-1]:.2f} s)",
+                    flush=True,
+                )
     finally:
         workers.stop()
         stack.stop()
@@ -152,9 +168,11 @@ def main(argv: list[str]) -> int:
         "",
         "| way | runs (s) | best | Cartd's floor in each run (its task seconds ÷ 2 processes) |",
         "|---|---|---|---|",
-        *(f"| {how} | {', '.join(f'{value:.2f}' for value in values)} | {best[how]:.2f} s | "
-          f"{', '.join(f'{value:.2f}' for value in floors[how])} s |"
-          for how, values in timings.items()),
+        *(
+            f"| {how} | {', '.join(f'{value:.2f}' for value in values)} | {best[how]:.2f} s | "
+            f"{', '.join(f'{value:.2f}' for value in floors[how])} s |"
+            for how, values in timings.items()
+        ),
         "",
         f"One process ÷ workers: **{best['one process'] / best['workers']:.2f}×**.",
     ]

@@ -1,13 +1,12 @@
-"""Sphinx configuration: the API reference from the docstrings, the guide from the README's own sections.
+"""Sphinx configuration: the guide (docs/guide/, pages of their own) and the API reference (docs/api/).
 
 Build with ``python3 dev.py docs`` (every warning an error, as Read the Docs builds it).
 """
+
 from __future__ import annotations
 
-import configparser
-import re
+import tomllib  # the docs build needs Python 3.11+ (Sphinx 9), which has it
 from pathlib import Path
-from typing import Any
 
 from docutils.nodes import Element
 from sphinx.addnodes import pending_xref
@@ -17,13 +16,12 @@ from sphinx.environment import BuildEnvironment
 import pacifica.downloader
 
 ROOT = Path(__file__).resolve().parent.parent
-# The project's name, author and address are written once, in setup.cfg.
-METADATA = configparser.ConfigParser(interpolation=None)
-METADATA.read(ROOT / "setup.cfg", encoding="utf-8")
-REPOSITORY = METADATA["metadata"]["url"]
+# The project's name and author are written once, in pyproject.toml.
+with open(ROOT / "pyproject.toml", "rb") as file:
+    METADATA = tomllib.load(file)["project"]
 
-project = METADATA["metadata"]["name"]
-author = METADATA["metadata"]["author"]
+project = METADATA["name"]
+author = ", ".join(person["name"] for person in METADATA["authors"])
 copyright = author
 release = version = pacifica.downloader.__version__
 
@@ -38,35 +36,9 @@ autoclass_content = "both"  # the constructors' docstrings say what each argumen
 autodoc_preserve_defaults = True  # "timeouts=Timeouts()", not the value's whole repr
 python_use_unqualified_type_names = True
 
-# The README's links to its own sections (#the-04-call-style) are GitHub's heading slugs: these make the same ones.
+# The guide's links to a section of another page (released-api.md#the-04-call-style) are GitHub's heading
+# slugs, so that they work on GitHub too: these make the same ones.
 myst_heading_anchors = 3
-
-
-def repository_links(app: Sphinx, relative_path: Path, parent_docname: str, content: list[str]) -> None:
-    """Point the README's links to files of the repository (examples/, CHANGELOG.md, ...) at the repository.
-
-    The docs hold only the README's sections, not the files they link to.
-    """
-    if relative_path.name != "README.md":
-        return
-    folder = (Path(app.srcdir) / relative_path).resolve().parent.relative_to(ROOT).as_posix()
-    base = f"{REPOSITORY}/blob/HEAD/" + ("" if folder == "." else folder + "/")
-    # a link target with no scheme and no leading '#' is a path relative to the README
-    content[0] = re.sub(r"\]\((?!#|[A-Za-z][\w+.-]*:)([^)\s]+)\)", lambda link: f"]({base}{link[1]})", content[0])
-
-
-PUBLIC = {id(getattr(pacifica.downloader, name)) for name in pacifica.downloader.__all__}
-
-
-def public_names_once(app: Sphinx, what: str, name: str, obj: Any, skip: bool, options: Any) -> bool | None:
-    """Leave a public name out of its module's page: the public API page documents it, as users import it.
-
-    That page is the one ``automodule`` with ``:imported-members:``; Sphinx notes each name's module there
-    (``:canonical:``), so references to ``pacifica.downloader.config.Timeouts`` lead to it too.
-    """
-    if what == "module" and not options.imported_members and id(obj) in PUBLIC:
-        return True
-    return None
 
 
 def package_references(app: Sphinx, env: BuildEnvironment, node: pending_xref, contnode: Element) -> Element | None:
@@ -83,7 +55,5 @@ def package_references(app: Sphinx, env: BuildEnvironment, node: pending_xref, c
 
 
 def setup(app: Sphinx) -> None:
-    """Connect the hooks above."""
-    app.connect("include-read", repository_links)
-    app.connect("autodoc-skip-member", public_names_once)
+    """Connect the hook above."""
     app.connect("missing-reference", package_references)

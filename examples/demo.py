@@ -2,12 +2,13 @@
 """A demo download on a local stack: start Cartd, archive sample files, download an event.
 
 Run it through ``python3 dev.py demo``, which installs everything first.
-It starts the local Cartd stack (see tests/cartd_stack.py), archives a few
+It starts the local Cartd stack (see tests/support/cartd_stack.py), archives a few
 sample files, writes a Notifications CloudEvent for them to
 ``demo-download/event.json``, downloads it with the ``pacifica-downloader``
 command line (progress shows on a terminal), lists the verified files, runs
 the download again to show that nothing is fetched twice, and stops the stack.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv  # noqa: E402
+from support.cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv  # noqa: E402
 
 DEMO_DIR = ROOT / "demo-download"
 SAMPLES = {
@@ -48,14 +49,25 @@ def sample_event(stack: CartdStack) -> dict[str, Any]:
         file_id = 9000 + index
         stack.put_file(file_id, content)
         subdir, _, name = path.rpartition("/")
-        records.append({
-            "destinationTable": "Files", "_id": file_id, "name": name, "subdir": subdir,
-            "hashtype": "sha256", "hashsum": hashlib.sha256(content).hexdigest(), "size": size,
-            "mimetype": "application/octet-stream",
-        })
+        records.append(
+            {
+                "destinationTable": "Files",
+                "_id": file_id,
+                "name": name,
+                "subdir": subdir,
+                "hashtype": "sha256",
+                "hashsum": hashlib.sha256(content).hexdigest(),
+                "size": size,
+                "mimetype": "application/octet-stream",
+            }
+        )
     return {
-        "cloudEventsVersion": "0.1", "eventType": "org.pacifica.metadata.ingest", "eventID": "demo-1",
-        "source": "/pacifica/metadata/ingest", "contentType": "application/json", "data": records,
+        "cloudEventsVersion": "0.1",
+        "eventType": "org.pacifica.metadata.ingest",
+        "eventID": "demo-1",
+        "source": "/pacifica/metadata/ingest",
+        "contentType": "application/json",
+        "data": records,
     }
 
 
@@ -69,8 +81,17 @@ def main() -> int:
             DEMO_DIR.mkdir(exist_ok=True)
             event_file = DEMO_DIR / "event.json"
             event_file.write_text(json.dumps(sample_event(stack), indent=2))
-            command = [sys.executable, "-m", "pacifica.downloader", "cloudevent", str(event_file),
-                       "-d", str(DEMO_DIR), "--cart-url", stack.cart_url]
+            command = [
+                sys.executable,
+                "-m",
+                "pacifica.downloader",
+                "cloudevent",
+                str(event_file),
+                "-d",
+                str(DEMO_DIR),
+                "--cart-url",
+                stack.cart_url,
+            ]
             if not sys.stderr.isatty():
                 command.append("-v")  # no progress bar without a terminal: show the steps instead
             print(f"== downloading:  pacifica-downloader cloudevent {event_file} -d {DEMO_DIR}", flush=True)

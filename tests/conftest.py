@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cartd_stack import REPO_ROOT, CartdStack, default_stack_venv_path, ensure_stack_venv
-from facility_stack import FacilityStack, ensure_facility_venv
+from support.cartd_stack import REPO_ROOT, CartdStack, default_stack_venv_path, ensure_stack_venv
+from support.facility_stack import FacilityStack, ensure_facility_venv
 
 #: Where the logs of a failed session's stacks are kept.
 TEST_LOGS_DIR: Path = REPO_ROOT / "test-logs"
@@ -37,14 +37,16 @@ def cartd_stack(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.C
 @pytest.fixture(scope="session")
 def facility(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[FacilityStack]:
     """A running Pacifica facility shared by the session (``upload``, ``policy_url``, ``notifications_url`` ...)."""
-    stack = FacilityStack(tmp_path_factory.mktemp("facility"), ensure_stack_venv(default_stack_venv_path()),
-                          ensure_facility_venv())
+    stack = FacilityStack(
+        tmp_path_factory.mktemp("facility"), ensure_stack_venv(default_stack_venv_path()), ensure_facility_venv()
+    )
     pytestconfig.stash.setdefault(_STACKS, []).append(stack)
     with stack:
         yield stack
 
 
-#: The fixtures that start real services: a test using one is marked ``stack``.
+#: The fixtures that start real services: a test using one, directly or through another fixture, is marked
+#: ``stack``.  A test that starts a stack itself, or needs a Pacifica venv, carries the mark explicitly.
 STACK_FIXTURES = {"cartd_stack", "facility"}
 
 
@@ -55,15 +57,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.stack)
 
 
-def pytest_terminal_summary(
-    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
-) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
     """Say how long the stack took to start; keep its logs in test-logs/ if anything failed."""
     stacks = config.stash.get(_STACKS, [])
     for stack in stacks:
         if stack.startup_seconds is not None:
             terminalreporter.write_line(
-                f"{type(stack).__name__} started in {stack.startup_seconds:.1f}s ({stack.workdir})")
+                f"{type(stack).__name__} started in {stack.startup_seconds:.1f}s ({stack.workdir})"
+            )
     if not stacks or not (terminalreporter.stats.get("failed") or terminalreporter.stats.get("error")):
         return
     for stack in stacks:

@@ -2,9 +2,10 @@
 
 A small stub of Cartd (and of the Policy service's ``/status/transactions/by_id``)
 runs in a thread on loopback; the command runs in-process through
-:func:`pacifica.downloader.cli.main` or, for what needs a real process (a
+:func:`pacifica.downloader._cli.main` or, for what needs a real process (a
 pseudo-terminal, the logs of ``-vv``), as ``python -m pacifica.downloader``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -26,22 +27,16 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from helpers import is_index_file
-from stub_cartd import StubCartd
 from support.events import files_object
+from support.helpers import is_index_file
 from support.processes import run_on_pty, subprocess_env
+from support.stub_cartd import StubCartd
 from support.tars import make_tar
 
-from pacifica.downloader import PolicyError, cli
-from pacifica.downloader.cli import (
-    EXIT_CODES,
-    auth_from_environment,
-    build_parser,
-    exit_code_for,
-    load_json,
-    main,
-)
-from pacifica.downloader.cli.display import (
+from pacifica.downloader import PolicyError
+from pacifica.downloader import _cli as cli
+from pacifica.downloader._cli import auth_from_environment, build_parser, exit_code_for, load_json, main
+from pacifica.downloader._cli.display import (
     LineDisplay,
     SafeDisplay,
     TqdmDisplay,
@@ -49,7 +44,8 @@ from pacifica.downloader.cli.display import (
     make_display,
     terminal_shape,
 )
-from pacifica.downloader.exceptions import (
+from pacifica.downloader._cli.output import EXIT_CODES
+from pacifica.downloader._exceptions import (
     CartError,
     CartFailedError,
     CartNotFoundError,
@@ -62,7 +58,7 @@ from pacifica.downloader.exceptions import (
     TransferError,
     UnsafeArchiveError,
 )
-from pacifica.downloader.progress import Progress
+from pacifica.downloader._progress import Progress
 
 SECRET_PASSWORD = "pw-Sup3rS3cret-91"
 SECRET_TOKEN = "tok-Sup3rS3cret-77"
@@ -116,11 +112,16 @@ class CartdStub:
         prefix = "/status/transactions/by_id/"
         if not path.startswith(prefix):
             return None
-        number = path[len(prefix):]
-        document = self.transactions.get(number, {
-            "status": "404 Not Found", "message": f"No Transaction with an ID of {number} was found",
-            "traceback": "Traceback (most recent call last): ...", "version": "18.10.0",
-        })
+        number = path[len(prefix) :]
+        document = self.transactions.get(
+            number,
+            {
+                "status": "404 Not Found",
+                "message": f"No Transaction with an ID of {number} was found",
+                "traceback": "Traceback (most recent call last): ...",
+                "version": "18.10.0",
+            },
+        )
         return 200, json.dumps(document).encode()
 
     def _tar(self, uid: str, filename: str) -> bytes:
@@ -128,8 +129,9 @@ class CartdStub:
             return bytes([data[0] ^ 0xFF]) + data[1:] if self.corrupt and data else data
 
         fileids = self.server.live_carts()[uid]
-        return make_tar(filename.replace(".tar", ""), {entry["path"]: content(self.archive[entry["id"]])
-                                                       for entry in fileids})
+        return make_tar(
+            filename.replace(".tar", ""), {entry["path"]: content(self.archive[entry["id"]]) for entry in fileids}
+        )
 
     def add(self, file_id: str, subdir: str, name: str, data: bytes, with_size: bool = True) -> dict[str, Any]:
         """Store ``data`` and return its ``Files`` metadata object."""
@@ -205,19 +207,46 @@ def test_parser_defaults() -> None:
 
 
 def test_parser_every_option() -> None:
-    args = build_parser().parse_args([
-        "transactioninfo", "--transaction-id", "42", "--policy-url", "https://policy.example/",
-        "-d", "/tmp/x", "--cart-url", "https://cart.example", "--filename", "stuff", "--timeout", "2.5",
-        "--ca-bundle", "/etc/ca.pem", "-vv", "--json", "--keep-cart", "--no-overwrite",
-    ])
+    args = build_parser().parse_args(
+        [
+            "transactioninfo",
+            "--transaction-id",
+            "42",
+            "--policy-url",
+            "https://policy.example/",
+            "-d",
+            "/tmp/x",
+            "--cart-url",
+            "https://cart.example",
+            "--filename",
+            "stuff",
+            "--timeout",
+            "2.5",
+            "--ca-bundle",
+            "/etc/ca.pem",
+            "-vv",
+            "--json",
+            "--keep-cart",
+            "--no-overwrite",
+        ]
+    )
     assert args.command == "transactioninfo"
     assert args.document is None
     assert args.transaction_id == 42
     assert args.policy_url == "https://policy.example/"
     assert (args.destination, args.cart_url, args.filename, args.timeout) == (
-        "/tmp/x", "https://cart.example", "stuff", 2.5)
+        "/tmp/x",
+        "https://cart.example",
+        "stuff",
+        2.5,
+    )
     assert (args.ca_bundle, args.verbose, args.json, args.keep_cart, args.no_overwrite) == (
-        "/etc/ca.pem", 2, True, True, True)
+        "/etc/ca.pem",
+        2,
+        True,
+        True,
+        True,
+    )
 
 
 def test_help_lists_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
@@ -300,8 +329,18 @@ def test_load_json_from_stdin() -> None:
 def test_unsafe_path_exits_2_without_any_request(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: list[Any]
 ) -> None:
-    event = {"data": [{"destinationTable": "Files", "_id": 1, "name": "passwd", "subdir": "../../etc",
-                       "hashtype": "sha1", "hashsum": "0" * 40}]}
+    event = {
+        "data": [
+            {
+                "destinationTable": "Files",
+                "_id": 1,
+                "name": "passwd",
+                "subdir": "../../etc",
+                "hashtype": "sha1",
+                "hashsum": "0" * 40,
+            }
+        ]
+    }
     out = tmp_path / "out"
     assert main(["cloudevent", write_json(tmp_path / "e.json", event), "-d", str(out), "--cart-url", "http://x"]) == 2
     err = capsys.readouterr().err
@@ -325,8 +364,19 @@ def test_empty_event_prints_empty_manifest(
 def test_many_problems_are_capped_unless_verbose(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], no_requests: list[Any]
 ) -> None:
-    event = {"data": [{"destinationTable": "Files", "_id": i, "name": "f", "subdir": f"/abs{i}",
-                       "hashtype": "sha1", "hashsum": "0" * 40} for i in range(30)]}
+    event = {
+        "data": [
+            {
+                "destinationTable": "Files",
+                "_id": i,
+                "name": "f",
+                "subdir": f"/abs{i}",
+                "hashtype": "sha1",
+                "hashsum": "0" * 40,
+            }
+            for i in range(30)
+        ]
+    }
     path = write_json(tmp_path / "e.json", event)
     assert main(["cloudevent", path, "-d", str(tmp_path)]) == 2
     short = capsys.readouterr().err
@@ -358,8 +408,11 @@ def test_auth_from_environment_builds_requests_arguments(tmp_path: Path) -> None
     [
         ({"PACIFICA_DOWNLOADER_USER": "ann"}, {}, "PACIFICA_DOWNLOADER_PASSWORD is not"),
         ({"PACIFICA_DOWNLOADER_PASSWORD": "pw"}, {}, "PACIFICA_DOWNLOADER_USER is not"),
-        ({"PACIFICA_DOWNLOADER_USER": "a", "PACIFICA_DOWNLOADER_PASSWORD": "p", "PACIFICA_DOWNLOADER_TOKEN": "t"},
-         {}, "not both"),
+        (
+            {"PACIFICA_DOWNLOADER_USER": "a", "PACIFICA_DOWNLOADER_PASSWORD": "p", "PACIFICA_DOWNLOADER_TOKEN": "t"},
+            {},
+            "not both",
+        ),
         ({"PACIFICA_DOWNLOADER_KEY": "k.pem"}, {}, "PACIFICA_DOWNLOADER_CERT is not"),
         ({"PACIFICA_DOWNLOADER_CERT": "/no/such/cert.pem"}, {}, "names no file"),
         ({}, {"ca_bundle": "/no/such/ca.pem"}, "names no file"),
@@ -427,8 +480,12 @@ def test_download_with_json_manifest(stub: CartdStub, tmp_path: Path, capsys: py
     ]
     for entry, (_, _, content) in zip(entries, FILES.values()):
         assert Path(entry["path"]).read_bytes() == content
-        assert entry == {"path": entry["path"], "size": len(content), "hashtype": "sha1",
-                         "hashsum": hashlib.sha1(content).hexdigest()}
+        assert entry == {
+            "path": entry["path"],
+            "size": len(content),
+            "hashtype": "sha1",
+            "hashsum": hashlib.sha1(content).hexdigest(),
+        }
     assert stub.methods() == ["POST", "HEAD", "GET", "DELETE"]
     assert "pacifica-downloader: 2 files (307.2 kB) in " in captured.err
     assert str(out.resolve() / "data") in captured.err
@@ -445,8 +502,12 @@ def test_event_from_stdin_quiet_keep_cart(
     stub: CartdStub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(json.dumps(event_of(stub)).encode())))
-    assert main(["cloudevent", "-", "-d", str(tmp_path), "--cart-url", stub.url, "-q", "--keep-cart",
-                 "--filename", "mine"]) == 0
+    assert (
+        main(
+            ["cloudevent", "-", "-d", str(tmp_path), "--cart-url", stub.url, "-q", "--keep-cart", "--filename", "mine"]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
     assert (tmp_path / "mine" / "a" / "b" / "small.txt").read_bytes() == FILES["101"][2]
@@ -456,8 +517,20 @@ def test_event_from_stdin_quiet_keep_cart(
 def test_transactioninfo_document_file(stub: CartdStub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     files = {obj["_id"]: obj for obj in event_of(stub)["data"][1:]}
     doc = {"files": {str(key): dict(obj, _id=key) for key, obj in files.items()}}
-    assert main(["transactioninfo", write_json(tmp_path / "t.json", doc), "-d", str(tmp_path),
-                 "--cart-url", stub.url, "--json"]) == 0
+    assert (
+        main(
+            [
+                "transactioninfo",
+                write_json(tmp_path / "t.json", doc),
+                "-d",
+                str(tmp_path),
+                "--cart-url",
+                stub.url,
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert len(json.loads(capsys.readouterr().out)) == 2
     assert (tmp_path / "data" / "a" / "big.bin").read_bytes() == FILES["102"][2]
 
@@ -468,20 +541,47 @@ def test_transactioninfo_fetched_from_policy_with_token(
     files = {str(obj["_id"]): obj for obj in event_of(stub)["data"][1:]}
     stub.transactions["67"] = {"files": files}
     monkeypatch.setenv("PACIFICA_DOWNLOADER_TOKEN", SECRET_TOKEN)
-    assert main(["transactioninfo", "--transaction-id", "67", "--policy-url", stub.url + "/", "-d", str(tmp_path),
-                 "--cart-url", stub.url]) == 0
+    assert (
+        main(
+            [
+                "transactioninfo",
+                "--transaction-id",
+                "67",
+                "--policy-url",
+                stub.url + "/",
+                "-d",
+                str(tmp_path),
+                "--cart-url",
+                stub.url,
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "data" / "a" / "b" / "small.txt").exists()
     assert [(method, path) for method, path, _ in stub.requests][0] == ("GET", "/status/transactions/by_id/67")
     assert all(headers.get("Authorization") == "Bearer " + SECRET_TOKEN for _, _, headers in stub.requests)
 
 
 @pytest.mark.parametrize("suffix", ["", "/", "/status/transactions/by_id", "/status/transactions/by_id/"])
-def test_policy_url_is_the_root_or_pacifica_clis_by_id_url(
-    stub: CartdStub, tmp_path: Path, suffix: str
-) -> None:
+def test_policy_url_is_the_root_or_pacifica_clis_by_id_url(stub: CartdStub, tmp_path: Path, suffix: str) -> None:
     stub.transactions["67"] = {"files": {str(obj["_id"]): obj for obj in event_of(stub)["data"][1:]}}
-    assert main(["transactioninfo", "--transaction-id", "67", "--policy-url", stub.url + suffix, "-d", str(tmp_path),
-                 "--cart-url", stub.url, "-q"]) == 0
+    assert (
+        main(
+            [
+                "transactioninfo",
+                "--transaction-id",
+                "67",
+                "--policy-url",
+                stub.url + suffix,
+                "-d",
+                str(tmp_path),
+                "--cart-url",
+                stub.url,
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert [path for method, path, _ in stub.requests if method == "GET"][0] == "/status/transactions/by_id/67"
 
 
@@ -489,8 +589,22 @@ def test_unknown_transaction_exits_3_before_any_cart(
     stub: CartdStub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Policy answers an unknown id with HTTP 200 and an error document: an error, not an empty download."""
-    assert main(["transactioninfo", "--transaction-id", "68", "--policy-url", stub.url, "-d", str(tmp_path),
-                 "--cart-url", stub.url]) == 3
+    assert (
+        main(
+            [
+                "transactioninfo",
+                "--transaction-id",
+                "68",
+                "--policy-url",
+                stub.url,
+                "-d",
+                str(tmp_path),
+                "--cart-url",
+                stub.url,
+            ]
+        )
+        == 3
+    )
     err = capsys.readouterr().err
     assert err.startswith("pacifica-downloader: error: the policy service gave no files for transaction 68")
     assert "404 Not Found: No Transaction with an ID of 68 was found" in err
@@ -501,14 +615,16 @@ def test_unknown_transaction_exits_3_before_any_cart(
 def test_cart_failure_exits_3_in_one_line(stub: CartdStub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     stub.status = "error"
     out = tmp_path / "out"
-    assert main(["cloudevent", write_json(tmp_path / "e.json", event_of(stub)), "-d", str(out),
-                 "--cart-url", stub.url]) == 3
+    assert (
+        main(["cloudevent", write_json(tmp_path / "e.json", event_of(stub)), "-d", str(out), "--cart-url", stub.url])
+        == 3
+    )
     err = capsys.readouterr().err
     assert err.startswith("pacifica-downloader: error: Cartd could not stage the cart: the file hash did not match")
     assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
     methods = stub.methods()  # after the DELETE, only the checks that the failed cart stayed deleted
-    assert "DELETE" in methods and set(methods[methods.index("DELETE") + 1:]) <= {"HEAD", "DELETE"}
+    assert "DELETE" in methods and set(methods[methods.index("DELETE") + 1 :]) <= {"HEAD", "DELETE"}
     assert not any(path.is_file() and not is_index_file(out, path) for path in out.rglob("*"))
 
 
@@ -527,8 +643,10 @@ def test_corrupt_file_exits_4_and_leaves_nothing(
 ) -> None:
     stub.corrupt = True
     out = tmp_path / "out"
-    assert main(["cloudevent", write_json(tmp_path / "e.json", event_of(stub)), "-d", str(out),
-                 "--cart-url", stub.url]) == 4
+    assert (
+        main(["cloudevent", write_json(tmp_path / "e.json", event_of(stub)), "-d", str(out), "--cart-url", stub.url])
+        == 4
+    )
     assert "does not match its sha1 hash" in capsys.readouterr().err
     assert not any(path.is_file() and not is_index_file(out, path) for path in out.rglob("*"))
     assert stub.methods()[-1] == "DELETE"
@@ -536,11 +654,24 @@ def test_corrupt_file_exits_4_and_leaves_nothing(
 
 def test_cart_timeout_exits_5(stub: CartdStub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     stub.status = "staging"
-    assert main(["cloudevent", write_json(tmp_path / "e.json", event_of(stub)), "-d", str(tmp_path),
-                 "--cart-url", stub.url, "--timeout", "0.2"]) == 5
+    assert (
+        main(
+            [
+                "cloudevent",
+                write_json(tmp_path / "e.json", event_of(stub)),
+                "-d",
+                str(tmp_path),
+                "--cart-url",
+                stub.url,
+                "--timeout",
+                "0.2",
+            ]
+        )
+        == 5
+    )
     assert "was still 'staging' after" in capsys.readouterr().err
     methods = stub.methods()
-    assert "DELETE" in methods and set(methods[methods.index("DELETE") + 1:]) <= {"HEAD", "DELETE"}
+    assert "DELETE" in methods and set(methods[methods.index("DELETE") + 1 :]) <= {"HEAD", "DELETE"}
 
 
 def test_no_overwrite_conflict_exits_6(stub: CartdStub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -556,8 +687,11 @@ def test_no_overwrite_conflict_exits_6(stub: CartdStub, tmp_path: Path, capsys: 
 
 def test_destination_that_is_a_file_exits_6(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("x")
-    event = {"data": [{"destinationTable": "Files", "_id": 1, "name": "n", "subdir": "",
-                       "hashtype": "sha1", "hashsum": "0" * 40}]}
+    event = {
+        "data": [
+            {"destinationTable": "Files", "_id": 1, "name": "n", "subdir": "", "hashtype": "sha1", "hashsum": "0" * 40}
+        ]
+    }
     assert main(["cloudevent", write_json(tmp_path / "e.json", event), "-d", str(tmp_path / "file" / "sub")]) == 6
     assert capsys.readouterr().err.startswith("pacifica-downloader: error: ")
 
@@ -569,11 +703,25 @@ def test_unreachable_cart_service_exits_3(
         raise requests.exceptions.ConnectionError("connection refused")
 
     monkeypatch.setattr(requests.Session, "request", refuse)
-    monkeypatch.setattr("pacifica.downloader.retry.Retry.delay", lambda self, attempt, retry_after=None: 0.0)
-    event = {"data": [{"destinationTable": "Files", "_id": 1, "name": "n", "subdir": "",
-                       "hashtype": "sha1", "hashsum": "0" * 40}]}
-    assert main(["cloudevent", write_json(tmp_path / "e.json", event), "-d", str(tmp_path),
-                 "--cart-url", "http://127.0.0.1:9"]) == 3
+    monkeypatch.setattr("pacifica.downloader._retry.Retry.delay", lambda self, attempt, retry_after=None: 0.0)
+    event = {
+        "data": [
+            {"destinationTable": "Files", "_id": 1, "name": "n", "subdir": "", "hashtype": "sha1", "hashsum": "0" * 40}
+        ]
+    }
+    assert (
+        main(
+            [
+                "cloudevent",
+                write_json(tmp_path / "e.json", event),
+                "-d",
+                str(tmp_path),
+                "--cart-url",
+                "http://127.0.0.1:9",
+            ]
+        )
+        == 3
+    )
     err = capsys.readouterr().err
     assert "\npacifica-downloader: error: POST http://127.0.0.1:9/" in err
     assert "pacifica-downloader: warning: POST http://127.0.0.1:9/" in err  # the retries are logged
@@ -599,8 +747,10 @@ def test_interrupt_exits_130_deletes_the_cart_and_leaves_no_partial_file(
 ) -> None:
     monkeypatch.setattr(cli, "make_display", lambda stream, quiet=False: _InterruptingDisplay())
     out = tmp_path / "out"
-    assert main(["cloudevent", write_json(tmp_path / "e.json", event_of(stub)), "-d", str(out),
-                 "--cart-url", stub.url]) == 130
+    assert (
+        main(["cloudevent", write_json(tmp_path / "e.json", event_of(stub)), "-d", str(out), "--cart-url", stub.url])
+        == 130
+    )
     err = capsys.readouterr().err
     assert err.strip() == "pacifica-downloader: interrupted; no partial file was left"
     assert stub.methods() == ["POST", "HEAD", "GET", "DELETE"]
@@ -662,8 +812,8 @@ def test_terminal_shape_of_an_unsized_pty() -> None:
 
 
 def test_format_size() -> None:
-    assert [format_size(n) for n in (0, 999, 1000, 12_500_000, 40 * 10**6, 2 * 10**12)] == [
-        "0 B", "999 B", "1.0 kB", "12.5 MB", "40.0 MB", "2.0 TB"]
+    sizes = (0, 999, 1000, 12_500_000, 40 * 10**6, 2 * 10**12)
+    assert [format_size(n) for n in sizes] == ["0 B", "999 B", "1.0 kB", "12.5 MB", "40.0 MB", "2.0 TB"]
 
 
 def test_line_display_at_most_one_line_a_second() -> None:
@@ -697,8 +847,11 @@ def test_line_display_shows_the_spares_of_a_cart_that_seemed_lost() -> None:
     display(Progress("staging", files_total=3, elapsed=0.0))
     display(Progress("staging", files_total=3, elapsed=61.0, spares=1))
     display(Progress("staging", files_total=3, elapsed=200.0, spares=2))
-    assert terminal.getvalue().splitlines() == [
-        "staging... 0.0 s", "staging... 61.0 s (1 spare cart posted)", "staging... 200.0 s (2 spare carts posted)",
+    lines = terminal.getvalue().splitlines()
+    assert lines == [
+        "staging... 0.0 s",
+        "staging... 61.0 s (1 spare cart posted)",
+        "staging... 200.0 s (2 spare carts posted)",
     ]
 
 
@@ -752,7 +905,7 @@ def test_safe_display_never_raises() -> None:
 
 # -- real processes: a pseudo-terminal, pipes, -vv logs ---------------------------------------
 
-PLAIN_LINES = "import sys; sys.modules['tqdm'] = None; from pacifica.downloader.cli import main; sys.exit(main())"
+PLAIN_LINES = "import sys; sys.modules['tqdm'] = None; from pacifica.downloader._cli import main; sys.exit(main())"
 
 
 @pytest.mark.parametrize("mode", ["tqdm", "tqdm-unsized-terminal", "plain"])
@@ -779,8 +932,14 @@ def test_progress_on_a_terminal_and_not_in_pipes(stub: CartdStub, tmp_path: Path
         assert "307.2 kB of 307.2 kB, 2/2 files" in output
     assert "pacifica-downloader: 2 files (307.2 kB) in " in output
 
-    piped = subprocess.run(prefix + args + ["-d", str(tmp_path / "pipe")], env=env, stdin=subprocess.DEVNULL,
-                           capture_output=True, text=True, timeout=60)
+    piped = subprocess.run(
+        prefix + args + ["-d", str(tmp_path / "pipe")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert piped.returncode == 0, piped.stderr
     assert piped.stdout == ""
     assert piped.stderr.startswith("pacifica-downloader: 2 files (307.2 kB) in ")
@@ -797,9 +956,22 @@ def test_ctrl_c_while_staging_exits_130_and_deletes_the_cart(stub: CartdStub, tm
     stub.status = "staging"
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pacifica.downloader", "cloudevent", write_json(tmp_path / "e.json", event_of(stub)),
-         "-d", str(out), "--cart-url", stub.url],
-        env=subprocess_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pacifica.downloader",
+            "cloudevent",
+            write_json(tmp_path / "e.json", event_of(stub)),
+            "-d",
+            str(out),
+            "--cart-url",
+            stub.url,
+        ],
+        env=subprocess_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         # As at a terminal: a test run started in the background (``cmd &``) ignores SIGINT, and so would the child.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
@@ -817,7 +989,7 @@ def test_ctrl_c_while_staging_exits_130_and_deletes_the_cart(stub: CartdStub, tm
     methods = stub.methods()
     assert methods[0] == "POST" and "DELETE" in methods
     # After the DELETE only the checks that the cart stayed deleted (Cartd can resurrect a staging cart).
-    assert set(methods[methods.index("DELETE") + 1:]) <= {"HEAD", "DELETE"}
+    assert set(methods[methods.index("DELETE") + 1 :]) <= {"HEAD", "DELETE"}
     assert stub.carts == {}
     assert [path for path in out.rglob("*") if path.is_file() and not is_index_file(out, path)] == []
 
@@ -834,9 +1006,27 @@ def test_credentials_never_in_debug_output(stub: CartdStub, tmp_path: Path, cred
         secrets = [SECRET_TOKEN]
     stub.transactions["5"] = {"files": {str(obj["_id"]): obj for obj in event_of(stub)["data"][1:]}}
     result = subprocess.run(
-        [sys.executable, "-m", "pacifica.downloader", "transactioninfo", "--transaction-id", "5",
-         "--policy-url", stub.url, "--cart-url", stub.url, "-d", str(tmp_path), "-vv", "--json"],
-        env=subprocess_env(**extra), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "pacifica.downloader",
+            "transactioninfo",
+            "--transaction-id",
+            "5",
+            "--policy-url",
+            stub.url,
+            "--cart-url",
+            stub.url,
+            "-d",
+            str(tmp_path),
+            "-vv",
+            "--json",
+        ],
+        env=subprocess_env(**extra),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "pacifica-downloader: " in result.stderr and " debug " in result.stderr  # -vv logs something

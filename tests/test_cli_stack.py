@@ -4,6 +4,7 @@ Each test runs ``python -m pacifica.downloader`` as a subprocess and stores
 its files in the archive under ids of its own, drawn at random from a high
 range, so that tests never see each other's files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import is_index_file
 from support.events import archive, event_with, fresh_id
+from support.helpers import is_index_file
+from support.processes import subprocess_env
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 180  # seconds for one command, cart staging included
 
 
@@ -36,16 +37,14 @@ def event(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
-    env = {
-        key: value for key, value in os.environ.items()
-        if not key.startswith(("PACIFICA_DOWNLOADER_", "CARTD_")) and not key.lower().endswith("_proxy")
-    }
-    env["NO_PROXY"] = "127.0.0.1,localhost"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
-        [sys.executable, "-m", "pacifica.downloader", *args], input=stdin,
+        [sys.executable, "-m", "pacifica.downloader", *args],
+        input=stdin,
         stdin=None if stdin is not None else subprocess.DEVNULL,
-        capture_output=True, text=True, env=env, timeout=TIMEOUT,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=TIMEOUT,
     )
 
 
@@ -88,8 +87,19 @@ def test_cloudevent_json_manifest(cartd_stack: Any, tmp_path: Path, server: str)
 
 def test_cloudevent_from_stdin_with_filename(cartd_stack: Any, tmp_path: Path) -> None:
     files = some_files()
-    result = run_cli("cloudevent", "-", "-d", str(tmp_path), "--cart-url", cartd_stack.cart_url,
-                     "--filename", "incoming", "--json", "-q", stdin=json.dumps(event(archive(cartd_stack, files))))
+    result = run_cli(
+        "cloudevent",
+        "-",
+        "-d",
+        str(tmp_path),
+        "--cart-url",
+        cartd_stack.cart_url,
+        "--filename",
+        "incoming",
+        "--json",
+        "-q",
+        stdin=json.dumps(event(archive(cartd_stack, files))),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     check_manifest(result.stdout, files, tmp_path / "incoming")
@@ -117,8 +127,9 @@ def test_wrong_hash_exits_3_and_writes_nothing(cartd_stack: Any, tmp_path: Path)
 def test_transactioninfo_document(cartd_stack: Any, tmp_path: Path) -> None:
     files = some_files()
     objects = archive(cartd_stack, files)
-    document = {"files": {str(obj["_id"]): {k: v for k, v in obj.items() if k != "destinationTable"}
-                          for obj in objects}}
+    document = {
+        "files": {str(obj["_id"]): {k: v for k, v in obj.items() if k != "destinationTable"} for obj in objects}
+    }
     doc_file = tmp_path / "transaction.json"
     doc_file.write_text(json.dumps(document))
     out = tmp_path / "out"
@@ -132,8 +143,14 @@ def test_transactioninfo_document(cartd_stack: Any, tmp_path: Path) -> None:
 def test_missing_file_id_exits_3(cartd_stack: Any, tmp_path: Path) -> None:
     """A file id the archive does not hold makes Cartd fail the cart: a server error, exit 3."""
     missing = fresh_id()
-    obj = {"destinationTable": "Files", "_id": missing, "name": "ghost.txt", "subdir": "",
-           "hashtype": "sha1", "hashsum": hashlib.sha1(b"ghost").hexdigest()}
+    obj = {
+        "destinationTable": "Files",
+        "_id": missing,
+        "name": "ghost.txt",
+        "subdir": "",
+        "hashtype": "sha1",
+        "hashsum": hashlib.sha1(b"ghost").hexdigest(),
+    }
     event_file = tmp_path / "event.json"
     event_file.write_text(json.dumps(event([obj])))
     result = run_cli("cloudevent", str(event_file), "-d", str(tmp_path / "out"), "--cart-url", cartd_stack.cart_url)

@@ -1,4 +1,5 @@
 """CloudEvents 1.0 in every form a service meets: structured JSON, binary-mode HTTP, and SDK objects."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,15 +9,26 @@ from typing import Any
 import pytest
 
 from pacifica.downloader import CloudEvent, InvalidInputError
-from pacifica.downloader.cloudevent import event_records, from_http
+from pacifica.downloader._events import event_records, from_http
 
 FILES = [
     {"destinationTable": "Transactions._id", "value": 7},
-    {"destinationTable": "Files", "_id": 34, "name": "foo.txt", "subdir": "a/b/", "hashtype": "sha1",
-     "hashsum": hashlib.sha1(b"foo").hexdigest(), "size": 3},
+    {
+        "destinationTable": "Files",
+        "_id": 34,
+        "name": "foo.txt",
+        "subdir": "a/b/",
+        "hashtype": "sha1",
+        "hashsum": hashlib.sha1(b"foo").hexdigest(),
+        "size": 3,
+    },
 ]
-ATTRIBUTES = {"specversion": "1.0", "id": "ev-1", "type": "org.pacifica.metadata.ingest",
-              "source": "/pacifica/metadata/ingest"}
+ATTRIBUTES = {
+    "specversion": "1.0",
+    "id": "ev-1",
+    "type": "org.pacifica.metadata.ingest",
+    "source": "/pacifica/metadata/ingest",
+}
 
 
 def paths(event: Any) -> list[str]:
@@ -29,8 +41,13 @@ def test_structured_1_0_and_0_1() -> None:
 
 
 def test_binary_mode_http() -> None:
-    headers = {"Content-Type": "application/json", "CE-SpecVersion": "1.0", "ce-id": "ev-1",
-               "ce-type": "org.pacifica.metadata.ingest", "ce-source": "/pacifica/metadata/ingest"}
+    headers = {
+        "Content-Type": "application/json",
+        "CE-SpecVersion": "1.0",
+        "ce-id": "ev-1",
+        "ce-type": "org.pacifica.metadata.ingest",
+        "ce-source": "/pacifica/metadata/ingest",
+    }
     event = from_http(headers, json.dumps(FILES).encode())
     assert event["specversion"] == "1.0" and event["id"] == "ev-1"
     assert paths(event) == ["a/b/foo.txt"]

@@ -8,6 +8,7 @@ verified content, and no incoming folder or partial file may be left.
 The downloads are started together with a barrier (threads) or a "go" line
 on stdin (processes), never with sleeps.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_proxy import Fault, FaultProxy
-from helpers import assert_tree, incoming_leftovers
 from support.events import make_event
+from support.fault_proxy import Fault, FaultProxy
+from support.helpers import assert_tree, incoming_leftovers
 
 from pacifica.downloader import Downloader, Retry, Timeouts
 
@@ -68,8 +69,13 @@ def _run_threads(jobs: list[tuple[str, dict[str, Any]]], location: Path) -> list
 
     def work(slot: int, url: str, event: dict[str, Any]) -> None:
         try:
-            down = Downloader(location, url, timeouts=TIMEOUTS, retry=RETRY,
-                              progress=lambda report: timeline.append((slot, report.phase)))
+            down = Downloader(
+                location,
+                url,
+                timeouts=TIMEOUTS,
+                retry=RETRY,
+                progress=lambda report: timeline.append((slot, report.phase)),
+            )
             barrier.wait(timeout=30)
             results[slot] = down.cloudevent(event, deadline=DEADLINE)
         except BaseException as err:  # noqa: BLE001 - handed to the test, which reports it
@@ -128,7 +134,7 @@ def test_bundled_and_plain_threads_same_location(cartd_stack: Any, tmp_path: Pat
 
 # -- processes ---------------------------------------------------------------------
 
-CHILD = r'''
+CHILD = r"""
 import json, sys
 from pacifica.downloader import Downloader, Retry, Timeouts, DownloaderError
 
@@ -145,7 +151,7 @@ except DownloaderError as err:
     print(json.dumps({"error": type(err).__name__, "message": str(err)}), flush=True)
     sys.exit(1)
 print(json.dumps({"written": written}), flush=True)
-'''
+"""
 
 
 def _run_processes(jobs: list[tuple[str, dict[str, Any]]], location: Path, scratch: Path) -> list[dict[str, Any]]:
@@ -160,11 +166,17 @@ def _run_processes(jobs: list[tuple[str, dict[str, Any]]], location: Path, scrat
         for slot, (url, event) in enumerate(jobs):
             event_file = scratch / f"event-{slot}.json"
             event_file.write_text(json.dumps(event))
-            children.append(subprocess.Popen(
-                [sys.executable, str(script), str(location), url, str(event_file), str(DEADLINE)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                cwd=str(scratch),
-            ))
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, str(script), str(location), url, str(event_file), str(DEADLINE)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                    cwd=str(scratch),
+                )
+            )
         for child in children:  # every child has imported the library and built its downloader
             assert child.stdout is not None
             line = child.stdout.readline()

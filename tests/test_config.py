@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import json
 import math
+import sys
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
@@ -17,10 +18,10 @@ import requests
 
 import pacifica.downloader as downloader
 from pacifica.downloader import InvalidInputError, LostCarts, Retry, Timeouts
-from pacifica.downloader import retry as retry_module
-from pacifica.downloader.cartapi import summarize
-from pacifica.downloader.config import DEFAULT_CART_API_URL, resolve_cart_url
-from pacifica.downloader.transport import redact, request_kwargs
+from pacifica.downloader import _retry as retry_module
+from pacifica.downloader._config import DEFAULT_CART_API_URL, resolve_cart_url
+from pacifica.downloader._redaction import summarize
+from pacifica.downloader._transport import redact, request_kwargs
 
 CARTD_VARS = ("CARTD_CART_API_URL", "CARTD_PROTO", "CARTD_ADDR", "CARTD_PORT")
 
@@ -261,8 +262,13 @@ def test_retry_after_ignored_when_not_respected() -> None:
 
 def test_timeouts_defaults_and_replace() -> None:
     limits = Timeouts()
-    assert (limits.connect, limits.read, limits.wait, limits.stall, limits.stall_bytes, limits.progress) == (
-        10.0, 60.0, 3600.0, 30.0, 64 * 1024, 60.0,
+    assert (limits.connect, limits.read, limits.wait, limits.stall, limits.progress, limits.deadline) == (
+        10.0,
+        60.0,
+        3600.0,
+        30.0,
+        60.0,
+        None,
     )
     changed = limits.replace(wait=600)
     assert changed.wait == 600 and limits.wait == 3600.0
@@ -270,11 +276,12 @@ def test_timeouts_defaults_and_replace() -> None:
         limits.wait = 1  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(
-    "field", ["connect", "read", "wait", "stall", "stall_bytes", "progress"]
-)
+@pytest.mark.parametrize("field", ["connect", "read", "wait", "stall", "progress", "deadline"])
 @pytest.mark.parametrize("value", [0, -1, -0.5, True, "10", None])
 def test_timeouts_validation(field: str, value: Any) -> None:
+    if field == "deadline" and value is None:
+        assert Timeouts(deadline=None).deadline is None  # no bound of its own: the default
+        return
     with pytest.raises(ValueError, match=field):
         Timeouts(**{field: value})
     with pytest.raises(ValueError):
@@ -297,8 +304,18 @@ def test_lost_carts_defaults_and_the_moment_a_spare_is_due() -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"after": 0}, {"after": -1.0}, {"after": True}, {"per_file": -0.1}, {"per_file": "1"}, {"spares": -1},
-     {"spares": 1.5}, {"spares": True}, {"jitter": 1.0}, {"jitter": -0.1}],
+    [
+        {"after": 0},
+        {"after": -1.0},
+        {"after": True},
+        {"per_file": -0.1},
+        {"per_file": "1"},
+        {"spares": -1},
+        {"spares": 1.5},
+        {"spares": True},
+        {"jitter": 1.0},
+        {"jitter": -0.1},
+    ],
 )
 def test_lost_carts_validation(changes: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="LostCarts." + next(iter(changes))):
@@ -389,7 +406,7 @@ def _escaped_traceback() -> str:
     lines = ["Traceback (most recent call last):"]
     for index in range(30):
         lines.append(f'  File "/opt/cartd/pacifica/cart/tasks_{index}.py", line {100 + index}, in stage_file')
-        lines.append(f"    result = archive.stage(file_id, \"path\", retries={index})")
+        lines.append(f'    result = archive.stage(file_id, "path", retries={index})')
     lines.append('requests.exceptions.HTTPError: 404 Client Error: Not Found for url: "http://archive/42"')
     text = "\n".join(lines)
     escaped = json.dumps(text)[1:-1]  # how Cartd puts it into X-Pacifica-Message
@@ -461,9 +478,12 @@ def test_pacifica_is_a_namespace_package() -> None:
 def test_py_typed_shipped() -> None:
     package_dir = Path(downloader.__file__).resolve().parent
     assert (package_dir / "py.typed").is_file()
-    setup_cfg = package_dir.parent.parent / "setup.cfg"
-    if setup_cfg.is_file():
-        assert "py.typed" in setup_cfg.read_text(encoding="utf-8")
+    pyproject = package_dir.parent.parent / "pyproject.toml"
+    if pyproject.is_file() and sys.version_info >= (3, 11):  # a checkout, and tomllib to read its metadata
+        import tomllib
+
+        package_data = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+        assert "py.typed" in package_data["pacifica.downloader"]
 
 
 def test_every_public_name_has_a_docstring_with_an_example() -> None:

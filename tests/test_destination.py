@@ -21,6 +21,7 @@ leave under every final name either nothing or verified content, and leave
 no cart on the server.  Tests that need ``mount`` or ``setpriv`` skip, with
 the reason, where they are not available.
 """
+
 from __future__ import annotations
 
 import errno
@@ -35,16 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_tree, cart_gone
+from support.child import CHILD
 from support.events import make_event
+from support.helpers import assert_tree, cart_gone
 from support.sessions import RecordingSession
 
 from pacifica.downloader import DestinationError, Downloader, Progress
-from pacifica.downloader.incoming import HIDDEN_DIR, IncomingArea
+from pacifica.downloader._incoming import HIDDEN_DIR, IncomingArea
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent
-CHILD = HERE / "download_child.py"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Seconds any one download of these tests may take, cart staging included.
 DEADLINE = 30
 
@@ -91,8 +91,11 @@ def assert_no_staging(location: Path) -> None:
     hidden = location / HIDDEN_DIR
     if not hidden.exists():
         return
-    left = sorted(str(p.relative_to(hidden)) for p in hidden.rglob("*") if p.name.startswith(("incoming-", "staging-"))
-                  or p.name.endswith(".part"))
+    left = sorted(
+        str(p.relative_to(hidden))
+        for p in hidden.rglob("*")
+        if p.name.startswith(("incoming-", "staging-")) or p.name.endswith(".part")
+    )
     assert left == [], f"incoming folders or partial files left behind: {left}"
 
 
@@ -261,15 +264,18 @@ def unprivileged() -> None:
 
 def run_unprivileged(location: Path, cart_url: str, event: dict[str, Any]) -> dict[str, Any]:
     """Run one download as root without any capability in a child process; return its JSON report."""
-    argv = [
-        "setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all",
-        sys.executable, str(CHILD),
-    ]
+    argv = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", sys.executable, str(CHILD)]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONDONTWRITEBYTECODE="1", HOME=str(location.parent))
     job = json.dumps({"location": str(location), "cart_url": cart_url, "event": event, "deadline": DEADLINE})
     result = subprocess.run(
-        argv, input=job, capture_output=True, text=True, env=env, cwd=str(location.parent),
-        timeout=DEADLINE + 30, check=False,
+        argv,
+        input=job,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(location.parent),
+        timeout=DEADLINE + 30,
+        check=False,
     )
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if not lines:
@@ -380,8 +386,9 @@ def test_existing_file_replaced_only_after_verification(cartd_stack: Any, tmp_pa
 @pytest.mark.parametrize("prefix", ["incoming", "staging"])
 def test_incoming_folder_of_a_dead_process_is_removed(tmp_path: Path, prefix: str) -> None:
     """A killed run's incoming folder goes with the next run, also one named as earlier versions did ("staging-")."""
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     host = socket.gethostname().replace("-", "_")
     stale = tmp_path / HIDDEN_DIR / f"{prefix}-{host}-{int(dead.stdout)}-0123456789ab"
     stale.mkdir(parents=True)

@@ -1,10 +1,11 @@
-"""Downloads as Celery tasks on real workers (tests/download_workers.py), against the real Cartd stack.
+"""Downloads as Celery tasks on real workers (tests/support/download_workers.py), against the real Cartd stack.
 
 Three worker processes under two node names (a prefork pool of two
 children, and a second worker of one) consume the tasks.  A fault proxy in
 front of Cartd sees every request, so the carts each test created are known
 and can be asked for afterwards (HEAD 404: none left behind).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,13 @@ import pytest
 
 pytest.importorskip("celery")
 
-from download_workers import DownloadWorkers  # noqa: E402
-from fault_proxy import Fault, FaultProxy  # noqa: E402
-from helpers import assert_tree, cart_gone, incoming_leftovers, wait_until  # noqa: E402
+from support.download_workers import DownloadWorkers  # noqa: E402
 from support.events import archive, event_for, event_with  # noqa: E402
+from support.fault_proxy import Fault, FaultProxy  # noqa: E402
+from support.helpers import assert_tree, cart_gone, incoming_leftovers, wait_until  # noqa: E402
 
-from pacifica.downloader.incoming import HIDDEN_DIR  # noqa: E402
-from pacifica.downloader.ledger import LEDGER_DIR  # noqa: E402
+from pacifica.downloader._incoming import HIDDEN_DIR  # noqa: E402
+from pacifica.downloader._ledger import LEDGER_DIR  # noqa: E402
 from pacifica.downloader.tasks import TASK_NAME, enqueue  # noqa: E402
 
 #: Bound on any one task's wait for its result (seconds).
@@ -67,17 +68,22 @@ def test_twenty_events_on_three_workers_into_one_location(
     location = tmp_path / "area"
     with FaultProxy.for_url(cartd_stack.cart_url) as proxy:
         # The first event twice: two workers may well write the very same files at once.
-        results = [enqueue(event, location, celery_app=workers.app, cart_api_url=proxy.url)
-                   for event in [*events, events[0]]]
+        results = [
+            enqueue(event, location, celery_app=workers.app, cart_api_url=proxy.url) for event in [*events, events[0]]
+        ]
         manifests = [result.get(timeout=RESULT_WAIT) for result in results]
         carts = created_carts(proxy, cartd_stack.cart_url)
     assert_tree(location / "data", union)
     assert incoming_leftovers(location) == []
     for event, entries in zip([*events, events[0]], manifests):
-        wanted = {(f"{obj['subdir']}/{obj['name']}", obj["hashsum"]) for obj in event["data"]
-                  if obj.get("destinationTable") == "Files"}
-        assert {(str(Path(entry["path"]).relative_to(location / "data")), entry["hashsum"])
-                for entry in entries} == wanted
+        wanted = {
+            (f"{obj['subdir']}/{obj['name']}", obj["hashsum"])
+            for obj in event["data"]
+            if obj.get("destinationTable") == "Files"
+        }
+        assert {
+            (str(Path(entry["path"]).relative_to(location / "data")), entry["hashsum"]) for entry in entries
+        } == wanted
     assert len(carts) >= 10, "each task made its own carts (shared files come from whichever task was first)"
     assert [url for url in carts if not cart_gone(url)] == []
     assert cart_records(location) == [], "every cart of every task deleted"
@@ -99,14 +105,20 @@ def test_a_killed_child_is_redelivered_fetches_only_what_is_missing_and_its_cart
     with FaultProxy.for_url(cartd_stack.cart_url, [stall], max_hold=120) as proxy:
         result = enqueue(event, location, celery_app=workers.app, cart_api_url=proxy.url)
         wait_until(lambda: placed.is_dir() and len(list(placed.iterdir())) == 2, 60, "two files placed")
-        wait_until(lambda: result.state == "PROGRESS" and result.info["files_done"] == 2, 60,
-                   "the task's state says two files are done")
+        wait_until(
+            lambda: result.state == "PROGRESS" and result.info["files_done"] == 2,
+            60,
+            "the task's state says two files are done",
+        )
         assert result.info["files_total"] == 4 and result.info["cart_url"].startswith(proxy.url)
         present = {f"big/{path.name}" for path in placed.iterdir()}
         (ledger,) = cart_records(location)
         pid = int(ledger.name.split("-")[2])  # run-<host>-<pid>-<id>: the child running the task
-        dead_carts = [line[2:].strip().replace(proxy.url.rstrip("/"), cartd_stack.cart_url.rstrip("/"))
-                      for line in ledger.read_text().splitlines() if line.startswith("+ ")]
+        dead_carts = [
+            line[2:].strip().replace(proxy.url.rstrip("/"), cartd_stack.cart_url.rstrip("/"))
+            for line in ledger.read_text().splitlines()
+            if line.startswith("+ ")
+        ]
         assert dead_carts, "the dead run wrote its cart down before its POST"
         os.kill(pid, signal.SIGKILL)
         manifest = result.get(timeout=RESULT_WAIT)
@@ -136,11 +148,14 @@ def test_a_record_that_fails_validation_fails_the_task_at_once(workers: Download
 
 
 def test_a_cart_service_that_refuses_is_retried_then_fails(workers: DownloadWorkers, tmp_path: Path) -> None:
-    refusing = [Fault(method, "respond", count=None, status=404, body=b"no such service")
-                for method in ("POST", "HEAD", "DELETE")]  # nothing behind the proxy: every answer is its own
+    refusing = [
+        Fault(method, "respond", count=None, status=404, body=b"no such service")
+        for method in ("POST", "HEAD", "DELETE")
+    ]  # nothing behind the proxy: every answer is its own
     with FaultProxy(1, refusing) as proxy:
-        result = enqueue(event_for({"gone.txt": b"gone\n"}), tmp_path / "area", celery_app=workers.app,
-                         cart_api_url=proxy.url)
+        result = enqueue(
+            event_for({"gone.txt": b"gone\n"}), tmp_path / "area", celery_app=workers.app, cart_api_url=proxy.url
+        )
         with pytest.raises(Exception) as caught:
             result.get(timeout=RESULT_WAIT)
     assert type(caught.value).__name__ == "CartError"
@@ -155,9 +170,22 @@ def test_the_command_line_enqueues_and_prints_the_task_id(
     event_file = tmp_path / "event.json"
     event_file.write_text(json.dumps(event_with(archive(cartd_stack, files))))
     done = subprocess.run(
-        [sys.executable, "-m", "pacifica.downloader", "enqueue", str(event_file), "-d", str(tmp_path / "area"),
-         "--filename", "run-1"],
-        env=workers.env, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pacifica.downloader",
+            "enqueue",
+            str(event_file),
+            "-d",
+            str(tmp_path / "area"),
+            "--filename",
+            "run-1",
+        ],
+        env=workers.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     task_id = done.stdout.strip()
@@ -170,6 +198,12 @@ def test_the_command_line_enqueues_and_prints_the_task_id(
 def test_the_command_line_refuses_a_bad_event_without_queuing(workers: DownloadWorkers, tmp_path: Path) -> None:
     event_file = tmp_path / "event.json"
     event_file.write_text(json.dumps(event_for({"../x": b"x"})))
-    done = subprocess.run([sys.executable, "-m", "pacifica.downloader", "enqueue", str(event_file)],
-                          env=workers.env, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "pacifica.downloader", "enqueue", str(event_file)],
+        env=workers.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 2 and "climbs out" in done.stderr and done.stdout == ""

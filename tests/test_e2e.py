@@ -1,4 +1,5 @@
 """End-to-end downloads through the real Cartd stack (archive interface, Cartd, Celery, Redis)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_tree, cart_gone, incoming_leftovers
 from support.events import fresh_id, make_event
+from support.helpers import assert_tree, cart_gone, incoming_leftovers
 from support.sessions import RecordingSession
 
 from pacifica.downloader import (
@@ -83,8 +84,11 @@ def test_transaction_info_document(cartd_stack: Any, tmp_path: Path) -> None:
     files = {"x/one.bin": os.urandom(3000), "two.bin": os.urandom(10)}
     event = make_event(cartd_stack, files, hashtype="sha256")
     document = {
-        "files": {str(obj["_id"]): {k: v for k, v in obj.items() if k != "destinationTable"}
-                  for obj in event["data"] if obj.get("destinationTable") == "Files"}
+        "files": {
+            str(obj["_id"]): {k: v for k, v in obj.items() if k != "destinationTable"}
+            for obj in event["data"]
+            if obj.get("destinationTable") == "Files"
+        }
     }
     written = Downloader(tmp_path, cartd_stack.cart_url).transactioninfo(document, filename="trans")
     assert_tree(tmp_path / "trans", files)
@@ -134,8 +138,11 @@ def test_cartapi_pieces(cartd_stack: Any) -> None:
 
 
 def test_transactioninfo_yield_files_alias() -> None:
-    document = {"files": {"103": {"_id": 103, "name": "n", "subdir": "s", "hashtype": "md5",
-                                  "hashsum": hashlib.md5(b"").hexdigest()}}}
+    document = {
+        "files": {
+            "103": {"_id": 103, "name": "n", "subdir": "s", "hashtype": "md5", "hashsum": hashlib.md5(b"").hexdigest()}
+        }
+    }
     assert list(TransactionInfo.yield_files(document)()) == [
         {"id": "103", "path": "s/n", "hashtype": "md5", "hashsum": hashlib.md5(b"").hexdigest()}
     ]
@@ -173,8 +180,16 @@ def test_empty_event_makes_no_cart(cartd_stack: Any, tmp_path: Path) -> None:
 def test_bad_input_sends_nothing(cartd_stack: Any, tmp_path: Path) -> None:
     session = RecordingSession()
     event = make_event(cartd_stack, {"ok.txt": b"ok"})
-    event["data"].append({"destinationTable": "Files", "_id": 5, "name": "../../etc/passwd", "subdir": "",
-                          "hashtype": "sha1", "hashsum": "0" * 40})
+    event["data"].append(
+        {
+            "destinationTable": "Files",
+            "_id": 5,
+            "name": "../../etc/passwd",
+            "subdir": "",
+            "hashtype": "sha1",
+            "hashsum": "0" * 40,
+        }
+    )
     event["data"].append({"destinationTable": "Files", "name": "x", "hashtype": "sha1"})
     with pytest.raises(InvalidInputError) as raised:
         Downloader(tmp_path, cartd_stack.cart_url, session=session).cloudevent(event)
@@ -219,8 +234,11 @@ def test_interrupt_deletes_cart_and_leaves_nothing_partial(cartd_stack: Any, tmp
     assert ("DELETE", cart_url) in session.sent
     assert cart_gone(cart_url)
     assert incoming_leftovers(tmp_path) == []
-    on_disk = {str(p.relative_to(tmp_path / "data")): p.read_bytes()
-               for p in (tmp_path / "data").rglob("*") if p.is_file()} if (tmp_path / "data").exists() else {}
+    on_disk = (
+        {str(p.relative_to(tmp_path / "data")): p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
+        if (tmp_path / "data").exists()
+        else {}
+    )
     assert all(files[path] == content for path, content in on_disk.items()), "only verified files"
 
 
@@ -284,7 +302,7 @@ def test_rerun_trusts_the_verified_index_until_a_file_changes(
     files = {"v/a.bin": os.urandom(5000), "v/b.bin": os.urandom(5000)}
     event = make_event(cartd_stack, files)
     Downloader(tmp_path, cartd_stack.cart_url).cloudevent(event)
-    import pacifica.downloader.plan as module
+    import pacifica.downloader._plan as module
 
     hashed: list[str] = []
     real_digest = module.file_digest

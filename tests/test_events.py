@@ -11,8 +11,8 @@ import pytest
 from support.sessions import RecordingSession
 
 from pacifica.downloader import CloudEvent, Downloader, InvalidInputError, PolicyError, TransactionInfo
-from pacifica.downloader.policy import transaction_records
-from pacifica.downloader.policyapi import transaction_url
+from pacifica.downloader._policy_service import transaction_url
+from pacifica.downloader._transactions import transaction_records
 
 SHA1 = "f1d2d2f924e986ac86fdf7b36c94bcdf32beec15"
 EXAMPLE = Path(__file__).resolve().parent / "data" / "notifications-events.json"  # a copy of shared/examples/
@@ -264,20 +264,24 @@ def test_transactioninfo_with_empty_files_is_an_empty_download(document: dict[st
 
 #: What Policy answers (HTTP 200) for an unknown transaction: Metadata's error document, as it is.
 UNKNOWN_TRANSACTION = {
-    "status": "404 Not Found", "message": "No Transaction with an ID of 999 was found",
+    "status": "404 Not Found",
+    "message": "No Transaction with an ID of 999 was found",
     "traceback": "Traceback (most recent call last):\n  File ...\nIndexError: list index out of range\n",
     "version": "18.10.0",
 }
 
 
-@pytest.mark.parametrize(("document", "said"), [
-    (UNKNOWN_TRANSACTION, "404 Not Found: No Transaction with an ID of 999 was found"),
-    ({"status": "500 Internal Server Error", "message": "boom", "files": {}}, "500 Internal Server Error: boom"),
-    ({"status": "error", "files": {"1": _policy_file(_id=1)}}, "error"),
-    ({"status": 404}, "404"),
-    ({}, "a document without 'files' (keys: none)"),
-    ({"_id": 5, "transactions": {}}, "a document without 'files' (keys: _id, transactions)"),
-])
+@pytest.mark.parametrize(
+    ("document", "said"),
+    [
+        (UNKNOWN_TRANSACTION, "404 Not Found: No Transaction with an ID of 999 was found"),
+        ({"status": "500 Internal Server Error", "message": "boom", "files": {}}, "500 Internal Server Error: boom"),
+        ({"status": "error", "files": {"1": _policy_file(_id=1)}}, "error"),
+        ({"status": 404}, "404"),
+        ({}, "a document without 'files' (keys: none)"),
+        ({"_id": 5, "transactions": {}}, "a document without 'files' (keys: _id, transactions)"),
+    ],
+)
 def test_an_error_document_is_a_policy_error_not_an_empty_download(document: dict[str, Any], said: str) -> None:
     with pytest.raises(PolicyError) as info:
         TransactionInfo.transactioninfo(document)
@@ -298,13 +302,16 @@ def test_an_error_document_downloads_nothing_and_sends_nothing(tmp_path: Path) -
     assert not (tmp_path / "data").exists() and not (tmp_path / "old-style").exists()
 
 
-@pytest.mark.parametrize(("policy_url", "expected"), [
-    ("http://policy:8181", "http://policy:8181/status/transactions/by_id/7"),
-    ("http://policy:8181/", "http://policy:8181/status/transactions/by_id/7"),
-    ("https://site.org/policy", "https://site.org/policy/status/transactions/by_id/7"),
-    ("https://site.org/policy/status/transactions/by_id", "https://site.org/policy/status/transactions/by_id/7"),
-    ("https://site.org/policy/status/transactions/by_id/", "https://site.org/policy/status/transactions/by_id/7"),
-])
+@pytest.mark.parametrize(
+    ("policy_url", "expected"),
+    [
+        ("http://policy:8181", "http://policy:8181/status/transactions/by_id/7"),
+        ("http://policy:8181/", "http://policy:8181/status/transactions/by_id/7"),
+        ("https://site.org/policy", "https://site.org/policy/status/transactions/by_id/7"),
+        ("https://site.org/policy/status/transactions/by_id", "https://site.org/policy/status/transactions/by_id/7"),
+        ("https://site.org/policy/status/transactions/by_id/", "https://site.org/policy/status/transactions/by_id/7"),
+    ],
+)
 def test_policy_url_forms(policy_url: str, expected: str) -> None:
     assert transaction_url(policy_url, 7) == expected
 

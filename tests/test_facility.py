@@ -1,14 +1,15 @@
 """In a real Pacifica facility: uploads through Ingest, the events Notifications delivers, Policy's documents.
 
-The ``facility`` fixture (tests/facility_stack.py) runs the upstream services
+The ``facility`` fixture (tests/support/facility_stack.py) runs the upstream services
 from PyPI; files are uploaded with ``pacifica-cli upload`` as at a site. The
 download service (``pacifica-downloader serve``, tests/support/service.py) is
 subscribed to Notifications with ``pacifica-downloader subscribe`` and queues
-each event for two real download workers (tests/download_workers.py) on the
+each event for two real download workers (tests/support/download_workers.py) on the
 facility's downloads broker, which the tests stop and start; the service
 itself is SIGKILLed and started again. Every condition is waited for by
 observing it (an event's status, the files), within a bound.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,14 +27,14 @@ import requests
 
 pytest.importorskip("celery")  # the download workers and the service's queuing; other Pythons run without it
 
-from download_workers import DownloadWorkers  # noqa: E402
-from facility_stack import INSTRUMENT_ID, PROJECT_ID, USER_ID, FacilityStack  # noqa: E402
-from fault_proxy import FaultProxy  # noqa: E402
+from support.download_workers import DownloadWorkers  # noqa: E402
+from support.facility_stack import INSTRUMENT_ID, PROJECT_ID, USER_ID, FacilityStack  # noqa: E402
+from support.fault_proxy import FaultProxy  # noqa: E402
 from support.service import ServeProcess, wait_until  # noqa: E402
 from support.sessions import RecordingSession  # noqa: E402
 
 from pacifica.downloader import Downloader, PolicyError  # noqa: E402
-from pacifica.downloader.incoming import HIDDEN_DIR  # noqa: E402
+from pacifica.downloader._incoming import HIDDEN_DIR  # noqa: E402
 
 TOKEN = "facility-Serve-T0ken-5"
 #: Bound on an uploaded transaction's files being downloaded by the workers (seconds).
@@ -60,10 +61,14 @@ def write_tree(root: Path, files: dict[str, bytes]) -> Path:
 
 def assert_mirrored(folder: Path, files: dict[str, bytes]) -> None:
     """``folder`` holds exactly ``files``: the same names, the same sha1, the same bytes."""
-    found = {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*")
-             if path.is_file() and HIDDEN_DIR not in path.relative_to(folder).parts}
-    assert {path: hashlib.sha1(data).hexdigest() for path, data in found.items()} == \
-        {path: hashlib.sha1(data).hexdigest() for path, data in files.items()}
+    found = {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in folder.rglob("*")
+        if path.is_file() and HIDDEN_DIR not in path.relative_to(folder).parts
+    }
+    assert {path: hashlib.sha1(data).hexdigest() for path, data in found.items()} == {
+        path: hashlib.sha1(data).hexdigest() for path, data in files.items()
+    }
     assert found == files
 
 
@@ -73,18 +78,31 @@ def event_id(transaction: int) -> str:
 
 
 def run_downloader(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environ = {key: value for key, value in os.environ.items()
-               if not key.startswith(("PACIFICA_DOWNLOADER_", "CARTD_", "DOWNLOADER_")) and "proxy" not in key.lower()}
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PACIFICA_DOWNLOADER_", "CARTD_", "DOWNLOADER_")) and "proxy" not in key.lower()
+    }
     environ.update(NO_PROXY="127.0.0.1,localhost", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "pacifica.downloader", *args], env=environ,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=COMMAND)
+    return subprocess.run(
+        [sys.executable, "-m", "pacifica.downloader", *args],
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND,
+    )
 
 
 @pytest.fixture(scope="module")
 def workers(facility: FacilityStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DownloadWorkers]:
     """Two download workers on the facility's downloads broker, each a process of its own."""
-    pool = DownloadWorkers(facility, tmp_path_factory.mktemp("facility-workers"),
-                           BROKER_URL=facility.downloads_broker_url, BACKEND_URL=facility.downloads_broker_url)
+    pool = DownloadWorkers(
+        facility,
+        tmp_path_factory.mktemp("facility-workers"),
+        BROKER_URL=facility.downloads_broker_url,
+        BACKEND_URL=facility.downloads_broker_url,
+    )
     try:
         pool.start("facility-a")
         pool.start("facility-b")
@@ -110,9 +128,13 @@ def service(
         serve.stop()
 
 
+def subscribe_args(facility: FacilityStack, target: str) -> list[str]:
+    """The command line of ``pacifica-downloader subscribe`` for ``target``, as the uploader."""
+    return ["subscribe", "--notifications-url", facility.notifications_url, "--user", "uploader", "--target", target]
+
+
 def subscribe(facility: FacilityStack, target: str) -> str:
-    result = run_downloader("subscribe", "--notifications-url", facility.notifications_url, "--user", "uploader",
-                            "--target", target, env={"DOWNLOADER_SERVE_TOKEN": TOKEN})
+    result = run_downloader(*subscribe_args(facility, target), env={"DOWNLOADER_SERVE_TOKEN": TOKEN})
     assert result.returncode == 0, result.stderr
     assert TOKEN not in result.stdout + result.stderr
     return result.stdout.strip()
@@ -137,7 +159,11 @@ def upload(facility: FacilityStack, root: Path, files: dict[str, bytes]) -> int:
 
 
 def test_three_uploads_are_mirrored_byte_for_byte(
-    facility: FacilityStack, service: ServeProcess, subscription: str, workers: DownloadWorkers, incoming: Path,
+    facility: FacilityStack,
+    service: ServeProcess,
+    subscription: str,
+    workers: DownloadWorkers,
+    incoming: Path,
     tmp_path: Path,
 ) -> None:
     contents = [some_files(f"t{n}") for n in range(3)]
@@ -146,14 +172,19 @@ def test_three_uploads_are_mirrored_byte_for_byte(
     for transaction, files in uploads.items():
         status = service.wait_for(event_id(transaction), "queued", WAIT, task_state="SUCCESS")
         assert status["folder"] == str(incoming / event_id(transaction))
-        assert sorted(entry["path"] for entry in status["files"]) == \
-            sorted(str(incoming / event_id(transaction) / path) for path in files)
+        assert sorted(entry["path"] for entry in status["files"]) == sorted(
+            str(incoming / event_id(transaction) / path) for path in files
+        )
         assert_mirrored(incoming / event_id(transaction), files)
     assert match(facility, subscription)["disabled"] is None
 
 
 def test_an_event_delivered_twice_is_downloaded_once(
-    facility: FacilityStack, service: ServeProcess, subscription: str, workers: DownloadWorkers, incoming: Path,
+    facility: FacilityStack,
+    service: ServeProcess,
+    subscription: str,
+    workers: DownloadWorkers,
+    incoming: Path,
     tmp_path: Path,
 ) -> None:
     transaction = upload(facility, tmp_path, some_files("twice"))
@@ -190,8 +221,18 @@ def test_the_delivered_event_and_policys_document_drive_the_library_and_the_comm
 
     for policy_url in (facility.policy_url, f"{facility.policy_url}/status/transactions/by_id"):
         out = tmp_path / "command" / str(len(policy_url))
-        result = run_downloader("transactioninfo", "--transaction-id", str(transaction), "--policy-url", policy_url,
-                                "--cart-url", facility.cart_url, "-d", str(out), "--json")
+        result = run_downloader(
+            "transactioninfo",
+            "--transaction-id",
+            str(transaction),
+            "--policy-url",
+            policy_url,
+            "--cart-url",
+            facility.cart_url,
+            "-d",
+            str(out),
+            "--json",
+        )
         assert result.returncode == 0, result.stderr
         assert len(json.loads(result.stdout)) == len(files)
         assert_mirrored(out / "data", files)
@@ -206,8 +247,17 @@ def test_an_unknown_transaction_is_an_error_and_no_cart_is_created(facility: Fac
         Downloader(tmp_path / "lib", facility.cart_url, session=session).transactioninfo(document.json())
     assert session.sent == []
     with FaultProxy.for_url(facility.cart_url) as cartd:  # a request log in front of the real Cartd
-        result = run_downloader("transactioninfo", "--transaction-id", str(unknown), "--policy-url",
-                                facility.policy_url, "--cart-url", cartd.url, "-d", str(tmp_path / "cli"))
+        result = run_downloader(
+            "transactioninfo",
+            "--transaction-id",
+            str(unknown),
+            "--policy-url",
+            facility.policy_url,
+            "--cart-url",
+            cartd.url,
+            "-d",
+            str(tmp_path / "cli"),
+        )
         assert result.returncode == 3, result.stderr
         assert f"gave no files for transaction {unknown}" in result.stderr
         assert f"No Transaction with an ID of {unknown} was found" in result.stderr
@@ -259,13 +309,24 @@ def test_a_malformed_event_is_rejected_and_the_subscription_stays_enabled(
 ) -> None:
     # Through Notifications: an ingest event Policy lets through, whose one file would climb out of the download.
     event = {
-        "cloudEventsVersion": "0.1", "eventType": "org.pacifica.metadata.ingest", "eventID": "bad-ingest-1",
-        "source": "/tests", "contentType": "application/json", "data": [
+        "cloudEventsVersion": "0.1",
+        "eventType": "org.pacifica.metadata.ingest",
+        "eventID": "bad-ingest-1",
+        "source": "/tests",
+        "contentType": "application/json",
+        "data": [
             {"destinationTable": "Transactions.submitter", "value": USER_ID},
             {"destinationTable": "Transactions.project", "value": PROJECT_ID},
             {"destinationTable": "Transactions.instrument", "value": INSTRUMENT_ID},
-            {"destinationTable": "Files", "_id": 1, "name": "../../escape", "subdir": "", "hashtype": "sha1",
-             "hashsum": "0" * 40, "size": 1},
+            {
+                "destinationTable": "Files",
+                "_id": 1,
+                "name": "../../escape",
+                "subdir": "",
+                "hashtype": "sha1",
+                "hashsum": "0" * 40,
+                "size": 1,
+            },
         ],
     }
     assert requests.post(f"{facility.notifications_url}/receive", json=event, timeout=30).status_code == 200
@@ -293,8 +354,12 @@ def test_subscribe_is_idempotent_and_replaces_a_disabled_match(facility: Facilit
     first = subscribe(facility, target)
     assert subscribe(facility, target) == first
     who = {"Http-Remote-User": "uploader"}
-    disabled = requests.put(f"{facility.notifications_url}/eventmatch/{first}", headers=who, timeout=30,
-                            json={"disabled": "2026-12-01T10:00:00", "error": "404 from a target that was down"})
+    disabled = requests.put(
+        f"{facility.notifications_url}/eventmatch/{first}",
+        headers=who,
+        timeout=30,
+        json={"disabled": "2026-12-01T10:00:00", "error": "404 from a target that was down"},
+    )
     assert disabled.status_code == 200
     second = subscribe(facility, target)
     assert second != first
@@ -306,9 +371,9 @@ def test_subscribe_is_idempotent_and_replaces_a_disabled_match(facility: Facilit
 
 
 def test_subscribe_reports_what_notifications_refused(facility: FacilityStack, service: ServeProcess) -> None:
-    result = run_downloader("subscribe", "--notifications-url", facility.notifications_url, "--user", "uploader",
-                            "--target", service.url + "third", "--jsonpath", "$[?(@.", "-q")
+    result = run_downloader(*subscribe_args(facility, service.url + "third"), "--jsonpath", "$[?(@.", "-q")
     assert result.returncode == 3, result.stderr
-    assert result.stderr.startswith("pacifica-downloader: error: Notifications answered the create of the event "
-                                    "match with HTTP 500"), result.stderr
+    assert result.stderr.startswith(
+        "pacifica-downloader: error: Notifications answered the create of the event match with HTTP 500"
+    ), result.stderr
     assert result.stdout == ""

@@ -12,6 +12,7 @@ No test sleeps to synchronise and none asserts on timing: what happened is
 read from the proxy's request log, the library's log records, progress
 reports and a recording ``time.sleep``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,11 +29,11 @@ from typing import Any
 
 import pytest
 import requests
-from fault_proxy import Fault, FaultProxy
-from helpers import Clock, FakeBody, FakeResponse, assert_tree, incoming_leftovers
-from stub_cartd import StubCartd
 from support.events import make_event
+from support.fault_proxy import Fault, FaultProxy
+from support.helpers import Clock, FakeBody, FakeResponse, assert_tree, incoming_leftovers
 from support.sessions import RecordingSession
+from support.stub_cartd import StubCartd
 
 from pacifica.downloader import (
     CartAPI,
@@ -46,15 +47,17 @@ from pacifica.downloader import (
     Timeouts,
     TransferError,
 )
-from pacifica.downloader import stream as stream_module
-from pacifica.downloader import transport as transport_module
-from pacifica.downloader.incoming import HIDDEN_DIR
-from pacifica.downloader.ledger import LEDGER_DIR
-from pacifica.downloader.stream import CartStream
+from pacifica.downloader import _stream as stream_module
+from pacifica.downloader import _transport as transport_module
+from pacifica.downloader._incoming import HIDDEN_DIR
+from pacifica.downloader._ledger import LEDGER_DIR
+from pacifica.downloader._stream import CartStream
 
 #: Small limits so a failing scenario gives up in seconds: a silent socket
-#: after 2 s, a stream without 1 KiB of progress after 1 s.
-TIMEOUTS = Timeouts(connect=5.0, read=2.0, wait=30.0, stall=1.0, stall_bytes=1024)
+#: after 2 s, a stream without 1 KiB of progress after 1 s (see small_progress_bytes).
+TIMEOUTS = Timeouts(connect=5.0, read=2.0, wait=30.0, stall=1.0)
+#: The new stream bytes that count as progress in these tests (the library's is 64 KiB, PROGRESS_BYTES).
+STALL_BYTES = 1024
 #: Three tries per request and per stream, with short backoff.
 RETRY = Retry(attempts=3, backoff=0.05, backoff_max=2.0)
 #: Four files of 50 kB: the tar is about 200 kB, so a break after 120 kB
@@ -68,6 +71,14 @@ KINDS = ["plain", "bundle"]
 
 
 # -- helpers --------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def small_progress_bytes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Count 1 KiB of new stream bytes as progress, so the small carts here can stall; a test marked
+    ``defaults`` runs with the library's own 64 KiB."""
+    if request.node.get_closest_marker("defaults") is None:
+        monkeypatch.setattr(stream_module, "PROGRESS_BYTES", STALL_BYTES)
 
 
 def sample_files(count: int = 4, size: int = FILE_SIZE) -> dict[str, bytes]:
@@ -225,10 +236,12 @@ def test_stream_broken_on_every_try_gives_up_with_every_reason(
     assert f"({len(error.attempts)} attempts)" in str(error)
     assert_cart_deleted(cartd_stack, proxy)
     assert_no_staging(tmp_path)
-    on_disk = {str(p.relative_to(tmp_path / "data")): p.read_bytes()
-               for p in (tmp_path / "data").rglob("*") if p.is_file()} if (tmp_path / "data").exists() else {}
+    on_disk = (
+        {str(p.relative_to(tmp_path / "data")): p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
+        if (tmp_path / "data").exists()
+        else {}
+    )
     assert all(files[path] == content for path, content in on_disk.items()), "only verified files are kept"
-
 
 
 def test_resumed_stream_that_keeps_bringing_new_bytes_finishes(
@@ -281,7 +294,7 @@ def test_trickled_stream_fails_over_within_stall_timeout(
     _expect_success(cartd_stack, proxy, tmp_path, files, kind)
     gets = proxy.requests_for("GET")
     assert len(gets) == 2 and gets[0].fault == "trickle"
-    assert gets[0].body_bytes < TIMEOUTS.stall_bytes, "given up before a stall window's worth arrived"
+    assert gets[0].body_bytes < STALL_BYTES, "given up before a stall window's worth arrived"
     assert any("stalled" in message for message in library_warnings(caplog)), library_warnings(caplog)
 
 
@@ -313,7 +326,8 @@ def test_headers_then_silence_recovers(
     # Nothing was received: one more GET from byte 0 (a plain GET, or a Range from 0 answered 206)
     # is all it takes, whether the library calls it a resume or a restart.
     assert len(gets) == 2, "GETs sent: {}; warnings: {}".format(
-        [(get.header("Range"), get.status) for get in gets], library_warnings(caplog))
+        [(get.header("Range"), get.status) for get in gets], library_warnings(caplog)
+    )
     assert gets[1].status in (200, 206)
 
 
@@ -323,8 +337,9 @@ def test_silence_on_every_try_gives_up(cartd_stack: Any, proxied: Any, tmp_path:
         downloader(proxy.url, tmp_path).cloudevent(make_event(cartd_stack, sample_files(2)))
     assert proxy.count("GET") == RETRY.attempts
     assert len(raised.value.attempts) == RETRY.attempts
-    assert all(re.search(r"timed? ?out", reason, re.IGNORECASE) for reason in raised.value.attempts), \
+    assert all(re.search(r"timed? ?out", reason, re.IGNORECASE) for reason in raised.value.attempts), (
         raised.value.attempts
+    )
     assert_cart_deleted(cartd_stack, proxy)
 
 
@@ -359,7 +374,7 @@ def test_budget_is_spent_once_across_layers() -> None:
     budget = RetryBudget(Retry(attempts=3, jitter=0))
     assert budget.spend("HTTP 503") is not None  # a request retried
     budget.reached("cart", 10)  # new bytes: progress gives the tries back
-    assert budget.retry.spent == 0
+    assert budget.spent == 0
     assert budget.spend("reset at byte 10") is not None  # a resume
     budget.reached("cart", 10)  # the same bytes again: no progress
     assert budget.spend("reset at byte 10") is not None  # a restart
@@ -373,6 +388,7 @@ def test_budget_is_spent_once_across_layers() -> None:
 HOLD = 150.0
 
 
+@pytest.mark.defaults
 def test_with_defaults_a_server_that_stops_making_progress_is_reported_within_the_window(
     cartd_stack: Any, proxied: Any, tmp_path: Path
 ) -> None:
@@ -387,8 +403,9 @@ def test_with_defaults_a_server_that_stops_making_progress_is_reported_within_th
         "silent after headers": [Fault("GET", "silent", count=None)],
         "trickled headers": [Fault("GET", "trickle_head", interval=0.3, count=None)],
         "never answers": [Fault(method, "mute", count=None) for method in ("POST", "HEAD", "GET", "DELETE")],
-        "answers 30 s late": [Fault(method, "late", interval=30.0, count=None)
-                              for method in ("POST", "HEAD", "GET", "DELETE")],
+        "answers 30 s late": [
+            Fault(method, "late", interval=30.0, count=None) for method in ("POST", "HEAD", "GET", "DELETE")
+        ],
     }
     files = sample_files(2)
     outcomes: dict[str, BaseException | None] = {}
@@ -484,6 +501,7 @@ def refusing_transport(monkeypatch: pytest.MonkeyPatch, back: float | None) -> t
     return transport, server, clock
 
 
+@pytest.mark.defaults
 @pytest.mark.parametrize("outage", [4.0, 10.0, 30.0])
 def test_with_defaults_a_restart_is_ridden_out_not_counted_out(monkeypatch: pytest.MonkeyPatch, outage: float) -> None:
     """Refused connections fail at once: a budget counted in tries was spent within a 4 s restart.  With the
@@ -498,6 +516,7 @@ def test_with_defaults_a_restart_is_ridden_out_not_counted_out(monkeypatch: pyte
         assert len(budget.history) == len(server.tries) - 1
 
 
+@pytest.mark.defaults
 def test_with_defaults_a_server_gone_for_good_ends_within_the_patience_every_try_listed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -528,9 +547,10 @@ class TimedBody(FakeBody):
         return self.piece[:take]
 
 
+@pytest.mark.defaults
 def test_a_steady_slow_stream_is_never_out_of_patience(monkeypatch: pytest.MonkeyPatch) -> None:
     """1 MiB/s for 300 s of the fake clock, five times the 60 s window with the default Timeouts: each
-    stall_bytes of new bytes is progress, so the stream is read to its end (a 10 GB cart is the same rule)."""
+    64 KiB of new bytes is progress, so the stream is read to its end (a 10 GB cart is the same rule)."""
     clock = Clock()
     monkeypatch.setattr(stream_module, "time", clock)
     size = 300 * (1 << 20)
@@ -542,14 +562,19 @@ def test_a_steady_slow_stream_is_never_out_of_patience(monkeypatch: pytest.Monke
     assert budget.history == []
 
 
+@pytest.mark.defaults
 def test_a_trickling_stream_is_out_of_patience_within_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    """10 bytes/s, always under stall_bytes: TransferError naming the window, at 60 s of the fake clock."""
+    """10 bytes/s, always under 64 KiB: TransferError naming the window, at 60 s of the fake clock."""
     clock = Clock()
     monkeypatch.setattr(stream_module, "time", clock)
     budget = RetryBudget(Retry(), patience=Timeouts().progress, clock=clock.monotonic)
     body = TimedBody(10**6, clock, rate=10.0, chunk=1)
-    stream = CartStream(FakeResponse(body), lambda offset: pytest.fail("resumed"),
-                        timeouts=Timeouts().replace(stall=1000.0), budget=budget)
+    stream = CartStream(
+        FakeResponse(body),
+        lambda offset: pytest.fail("resumed"),
+        timeouts=Timeouts().replace(stall=1000.0),
+        budget=budget,
+    )
     with pytest.raises(TransferError, match="no sign of progress from the server for 60 s"):
         for _ in stream.pieces(10**6):
             pass
@@ -564,8 +589,9 @@ def test_deadline_stops_a_trickled_download(cartd_stack: Any, proxied: Any, tmp_
     proxy = proxied([Fault("GET", "trickle", interval=0.3, count=None)])
     patient = TIMEOUTS.replace(stall=60.0, read=5.0)
     with pytest.raises(CartTimeoutError):
-        downloader(proxy.url, tmp_path, timeouts=patient).cloudevent(make_event(cartd_stack, sample_files(2)),
-                                                                      deadline=3.0)
+        downloader(proxy.url, tmp_path, timeouts=patient).cloudevent(
+            make_event(cartd_stack, sample_files(2)), deadline=3.0
+        )
     assert proxy.count("GET") == 1, "the deadline is not retried"
     assert_cart_deleted(cartd_stack, proxy)
     assert_no_staging(tmp_path)
@@ -595,8 +621,12 @@ def test_deadline_bounds_a_silent_socket(cartd_stack: Any, proxied: Any, tmp_pat
 
 @pytest.mark.parametrize("status", [503, 429])
 def test_retry_after_is_honoured(
-    cartd_stack: Any, proxied: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch, status: int
+    cartd_stack: Any,
+    proxied: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
 ) -> None:
     """The first two HEADs get ``503``/``429`` with ``Retry-After: 1`` from the proxy: the library waits exactly 1 s
     (recorded, not timed) before each retry, then succeeds."""
@@ -624,16 +654,17 @@ def test_retry_after_is_capped_by_backoff_max(
     assert clock.delays == [RETRY.backoff_max]
 
 
-def test_head_503_on_every_try_gives_up(cartd_stack: Any, proxied: Any, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_head_503_on_every_try_gives_up(
+    cartd_stack: Any, proxied: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = SleepRecorder()
     monkeypatch.setattr(transport_module, "time", clock)
     proxy = proxied([Fault("HEAD", "respond", count=None, status=503, headers={"Retry-After": "1"})])
     with pytest.raises(TransferError) as raised:
         downloader(proxy.url, tmp_path).cloudevent(make_event(cartd_stack, sample_files(1)))
     methods = proxy.methods()
-    assert methods[:methods.index("DELETE")].count("HEAD") == RETRY.attempts, "no HEAD past the budget"
-    assert set(methods[methods.index("DELETE"):]) <= {"HEAD", "DELETE"}, "then only the checks it stayed deleted"
+    assert methods[: methods.index("DELETE")].count("HEAD") == RETRY.attempts, "no HEAD past the budget"
+    assert set(methods[methods.index("DELETE") :]) <= {"HEAD", "DELETE"}, "then only the checks it stayed deleted"
     assert raised.value.attempts == ["HTTP 503 Service Unavailable"] * RETRY.attempts
     assert f"({RETRY.attempts} attempts)" in str(raised.value)
     assert_cart_deleted(cartd_stack, proxy)
@@ -647,8 +678,9 @@ def test_transient_head_statuses_are_retried(cartd_stack: Any, proxied: Any, tmp
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_get_500_is_retried(cartd_stack: Any, proxied: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                            kind: str) -> None:
+def test_get_500_is_retried(
+    cartd_stack: Any, proxied: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
     """The first GET gets a 500 from the proxy: the GET is sent again and the download succeeds."""
     caplog.set_level(logging.INFO)
     proxy = proxied([Fault("GET", "respond", status=500, body=b"boom")])
@@ -735,8 +767,18 @@ def test_client_errors_from_stub_are_not_retried(tmp_path: Path, method: str, st
         options["head"] = [(status, {})]
     else:
         options["get_status"] = status
-    event = {"data": [{"destinationTable": "Files", "_id": 1, "name": "n.txt", "subdir": "s",
-                       "hashtype": "sha1", "hashsum": "0" * 40}]}
+    event = {
+        "data": [
+            {
+                "destinationTable": "Files",
+                "_id": 1,
+                "name": "n.txt",
+                "subdir": "s",
+                "hashtype": "sha1",
+                "hashsum": "0" * 40,
+            }
+        ]
+    }
     with StubCartd(**options) as stub:
         with pytest.raises(CartError) as raised:
             downloader(stub.url, tmp_path).cloudevent(event, timeout=3)
@@ -753,17 +795,23 @@ def test_client_errors_from_stub_are_not_retried(tmp_path: Path, method: str, st
 
 @pytest.mark.parametrize("where", ["auth-tuple", "in-url"])
 def test_logs_and_errors_hold_no_credentials(
-    cartd_stack: Any, proxied: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch, where: str
+    cartd_stack: Any,
+    proxied: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
 ) -> None:
     """A lost POST answer, 503s, a broken stream and a final error, all with credentials: none of it shows them."""
     caplog.set_level(logging.DEBUG)
     monkeypatch.setattr(transport_module, "time", SleepRecorder())
-    proxy = proxied([
-        Fault("POST", "drop_reply"),
-        Fault("HEAD", "respond", count=2, status=503, headers={"Retry-After": "1"}),
-        Fault("GET", "reset", after=BREAK_AFTER),
-    ])
+    proxy = proxied(
+        [
+            Fault("POST", "drop_reply"),
+            Fault("HEAD", "respond", count=2, status=503, headers={"Retry-After": "1"}),
+            Fault("GET", "reset", after=BREAK_AFTER),
+        ]
+    )
     options: dict[str, Any] = {}
     if where == "auth-tuple":
         url, options["auth"] = proxy.url, ("user", CREDENTIAL)
@@ -774,8 +822,7 @@ def test_logs_and_errors_hold_no_credentials(
     assert_tree(tmp_path / "data", files)
     # And a final error, with every attempt's reason in its message.
     failing = proxied([Fault("GET", "reset", count=None, after=20_000)])
-    failing_url = failing.url if where == "auth-tuple" else failing.url.replace(
-        "http://", f"http://user:{CREDENTIAL}@")
+    failing_url = failing.url if where == "auth-tuple" else failing.url.replace("http://", f"http://user:{CREDENTIAL}@")
     with pytest.raises(TransferError) as raised:
         downloader(failing_url, tmp_path / "again", **options).cloudevent(make_event(cartd_stack, files))
     sent = [request.header("Authorization") for request in proxy.requests + failing.requests]
@@ -813,7 +860,12 @@ def test_proxy_cuts_with_rst_or_fin(action: str) -> None:
         assert got == body[:1000]
         assert outcome == ("reset" if action == "reset" else "eof")
         (request,) = proxy.requests
-        assert (request.method, request.index, request.fault, request.status, request.body_bytes) == \
-            ("GET", 1, action, 200, 1000)
+        assert (request.method, request.index, request.fault, request.status, request.body_bytes) == (
+            "GET",
+            1,
+            action,
+            200,
+            1000,
+        )
         assert stub.requests_for("GET")[0].headers.get("Connection") == "close", "forced on the forwarded request"
         assert proxy.errors == []

@@ -18,6 +18,7 @@ library promises:
 * the incoming folder ``.pacifica-downloader`` is gone;
 * the cart was DELETEd on the server.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -34,9 +35,9 @@ from typing import Any, Callable
 
 import pytest
 import requests
-from helpers import incoming_leftovers, is_index_file
-from stub_cartd import StubCartd
 from support.events import event_for
+from support.helpers import incoming_leftovers, is_index_file
+from support.stub_cartd import StubCartd
 from support.tars import Member, build_tar, reg, special
 
 from pacifica.downloader import (
@@ -193,8 +194,11 @@ class Scene:
         wanted = {spec.path: spec for spec in specs}
         for path in _walk(self.dl):
             relative = str(path.relative_to(self.dl))
-            if path == self.dl or relative == STAGING or is_index_file(self.dl, path) or any(
-                relative == mine or relative.startswith(mine + "/") for mine in self.preexisting
+            if (
+                path == self.dl
+                or relative == STAGING
+                or is_index_file(self.dl, path)
+                or any(relative == mine or relative.startswith(mine + "/") for mine in self.preexisting)
             ):
                 continue
             info = os.lstat(path)
@@ -203,7 +207,7 @@ class Scene:
                 continue
             assert stat.S_ISREG(info.st_mode), f"{relative} is not a regular file or folder ({info.st_mode:o})"
             assert relative.startswith("data/"), f"unexpected file {relative}"
-            spec = wanted.get(relative[len("data/"):])
+            spec = wanted.get(relative[len("data/") :])
             assert spec is not None, f"a file nobody asked for was written: {relative}"
             assert hashlib.sha1(path.read_bytes()).hexdigest() == spec.sha1, (
                 f"{relative} is under its final name with unverified content"
@@ -343,10 +347,7 @@ CASES = [
     ),
     Case(
         "symlink-then-file-through-it",
-        lambda c: [
-            special(c.name, tarfile.SYMTYPE, _outside(c)),
-            reg(c.name, c.target.content),
-        ],
+        lambda c: [special(c.name, tarfile.SYMTYPE, _outside(c)), reg(c.name, c.target.content)],
         UnsafeArchiveError,
     ),
     Case(
@@ -361,10 +362,7 @@ CASES = [
     ),
     Case(
         "dir-symlink-chain-absolute",
-        lambda c: [
-            special(c.top + "/a", tarfile.SYMTYPE, str(c.scene.outside)),
-            reg(c.name, c.target.content),
-        ],
+        lambda c: [special(c.top + "/a", tarfile.SYMTYPE, str(c.scene.outside)), reg(c.name, c.target.content)],
         UnsafeArchiveError,
     ),
     Case(
@@ -395,20 +393,13 @@ CASES = [
     # Names that point elsewhere.
     Case("absolute-name-outside", lambda c: [reg(_outside(c, "evil.txt"), b"evil\n")], UnsafeArchiveError),
     Case("absolute-name-top", lambda c: [reg("/" + c.name, c.target.content)], UnsafeArchiveError),
+    Case("dotdot-after-top", lambda c: [reg(c.top + "/../../outside/evil.txt", b"evil\n")], UnsafeArchiveError),
     Case(
-        "dotdot-after-top",
-        lambda c: [reg(c.top + "/../../outside/evil.txt", b"evil\n")],
-        UnsafeArchiveError,
-    ),
-    Case(
-        "dotdot-deep",
-        lambda c: [reg(c.folder + "/" + _dotdots(c) + "outside/evil.txt", b"evil\n")],
-        UnsafeArchiveError,
+        "dotdot-deep", lambda c: [reg(c.folder + "/" + _dotdots(c) + "outside/evil.txt", b"evil\n")], UnsafeArchiveError
     ),
     Case(
         "dotdot-back-to-same-path",
-        lambda c: [reg(c.folder + "/../" + c.target.subdir.rsplit("/", 1)[-1] + "/" + c.target.name,
-                       c.target.content)],
+        lambda c: [reg(c.folder + "/../" + c.target.subdir.rsplit("/", 1)[-1] + "/" + c.target.name, c.target.content)],
         UnsafeArchiveError,
     ),
     Case(
@@ -431,11 +422,7 @@ CASES = [
     ),
     Case("not-under-top", lambda c: [reg("elsewhere/" + c.target.path, c.target.content)], UnsafeArchiveError),
     Case("no-top-folder", lambda c: [reg(c.target.path, c.target.content)], UnsafeArchiveError),
-    Case(
-        "top-changes-midway",
-        lambda c: [reg("other-top/" + c.target.path, c.target.content)],
-        UnsafeArchiveError,
-    ),
+    Case("top-changes-midway", lambda c: [reg("other-top/" + c.target.path, c.target.content)], UnsafeArchiveError),
     Case("backslash-top", lambda c: [reg(c.top + "\\..\\x/" + c.target.path, c.target.content)], UnsafeArchiveError),
     # The set of files is not the set requested.
     Case(
@@ -598,7 +585,7 @@ def test_setuid_setgid_sticky_bits_are_dropped(scene: Scene, fmt: str) -> None:
 
 @pytest.mark.parametrize(
     "fmt,mtime",
-    [("gnu", 2 ** 80), ("pax", "1e300"), ("pax", "nan"), ("pax", "-inf")],
+    [("gnu", 2**80), ("pax", "1e300"), ("pax", "nan"), ("pax", "-inf")],
     ids=["gnu-base256-huge", "pax-1e300", "pax-nan", "pax-minus-inf"],
 )
 def test_unusable_mtime(scene: Scene, fmt: str, mtime: Any) -> None:
@@ -864,7 +851,7 @@ def test_preexisting_hardlink_at_final_name_is_replaced_not_written_through(scen
 
 def test_preexisting_staging_symlink_pointing_outside(scene: Scene) -> None:
     """A ``.pacifica-downloader`` symlink to an outside folder must not make staging happen (or clean up) there."""
-    decoy = scene.outside / "staging-{}-{}-deadbeef0000".format(socket.gethostname().replace("-", "_"), 2 ** 22 + 7)
+    decoy = scene.outside / "staging-{}-{}-deadbeef0000".format(socket.gethostname().replace("-", "_"), 2**22 + 7)
     decoy.mkdir()
     (decoy / "keep.txt").write_bytes(b"not the downloader's\n")
     (scene.dl / STAGING).symlink_to(scene.outside)

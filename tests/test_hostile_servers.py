@@ -9,6 +9,7 @@ sequence reaches a terminal.
 * Terminal: the command on a pseudo-terminal, by default and with ``-vv``, against a stub that puts a window
   title, a screen clear and colours into its answers: none of them reaches the terminal raw.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,17 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stub_cartd import HOSTILE, StubCartd
+from support.child import CHILD
 from support.events import event_for
 from support.processes import REPO_ROOT, run_measured, run_on_pty, subprocess_env
+from support.stub_cartd import HOSTILE, StubCartd
 from support.tars import make_tar
 
-from pacifica.downloader import Downloader, TransferError, cli
+from pacifica.downloader import Downloader, TransferError
+from pacifica.downloader import _cli as cli
 
 MIB = 1024 * 1024
 FILES = {"a/one.txt": b"one\n", "two.txt": b"two\n"}
 EVENT = event_for(FILES)
-CHILD = Path(__file__).resolve().parent / "download_child.py"
 #: The most a hostile answer may add to the client's peak memory; the whole body would add 300 MiB and more.
 MEMORY_BOUND = 32 * MIB
 
@@ -69,8 +71,12 @@ def measured_download(case: str, tmp_path: Path) -> tuple[dict[str, Any], int, l
     status, headers, body = ANSWERS[case]
     with StubCartd(post_status=status, post_headers=headers, post_body=body) as stub:
         job = {"location": str(tmp_path / "area"), "cart_url": stub.url, "event": EVENT, "deadline": 120}
-        code, out, peak = run_measured([sys.executable, str(CHILD)], json.dumps(job).encode(),
-                                       env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), cwd=str(tmp_path))
+        code, out, peak = run_measured(
+            [sys.executable, str(CHILD)],
+            json.dumps(job).encode(),
+            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+            cwd=str(tmp_path),
+        )
         methods = stub.methods()
     assert code == 1, out
     return json.loads(out.decode().splitlines()[-1]), peak, methods
@@ -84,11 +90,14 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> int:
     return peak
 
 
-@pytest.mark.parametrize("case, error", [
-    ("300 MiB error body", "CartError"),
-    ("gzip body inflating to 300 MiB", "CartError"),
-    ("1 MiB header line", "TransferError"),
-])
+@pytest.mark.parametrize(
+    "case, error",
+    [
+        ("300 MiB error body", "CartError"),
+        ("gzip body inflating to 300 MiB", "CartError"),
+        ("1 MiB header line", "TransferError"),
+    ],
+)
 def test_no_answer_takes_the_memory(case: str, error: str, baseline: int, tmp_path: Path) -> None:
     report, peak, methods = measured_download(case, tmp_path)
     print(f"{case}: peak RSS {peak / MIB:.1f} MiB, baseline {baseline / MIB:.1f} MiB")
@@ -141,7 +150,11 @@ def test_an_unknown_ca_fails_at_once_naming_the_remedies(
 
 @pytest.mark.parametrize("remedy", ["auth-verify", "REQUESTS_CA_BUNDLE", "--ca-bundle"])
 def test_each_remedy_named_works(
-    remedy: str, https_stub: StubCartd, ca_file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    remedy: str,
+    https_stub: StubCartd,
+    ca_file: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "CARTD_CART_API_URL"):
@@ -166,19 +179,32 @@ def test_each_remedy_named_works(
 
 
 @pytest.mark.parametrize("verbose", [[], ["-vv"]])
-@pytest.mark.parametrize("answer", [
-    {"post_status": 403},                                # the body quoted in the error
-    {"head": [(401, {})]},                               # the reason phrase quoted in the error
-    {"head": [(500, {"X-Pacifica-Status": "error"})]},   # X-Pacifica-Message: the error, -v's server message
-])  # retried reasons in the warnings and the error: test_secrets.py's command tests, at once (no backoff)
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"post_status": 403},  # the body quoted in the error
+        {"head": [(401, {})]},  # the reason phrase quoted in the error
+        {"head": [(500, {"X-Pacifica-Status": "error"})]},  # X-Pacifica-Message: the error, -v's server message
+    ],
+)  # retried reasons in the warnings and the error: test_secrets.py's command tests, at once (no backoff)
 def test_no_escape_sequence_from_a_server_reaches_the_terminal(
     answer: dict[str, Any], verbose: list[str], tmp_path: Path
 ) -> None:
     event = tmp_path / "event.json"
     event.write_text(json.dumps(EVENT))
     with StubCartd(echo=True, body=lambda uid, filename: make_tar(filename, FILES), **answer) as stub:
-        argv = [sys.executable, "-m", "pacifica.downloader", "cloudevent", str(event), "-d", str(tmp_path / "area"),
-                "--cart-url", stub.url, *verbose]
+        argv = [
+            sys.executable,
+            "-m",
+            "pacifica.downloader",
+            "cloudevent",
+            str(event),
+            "-d",
+            str(tmp_path / "area"),
+            "--cart-url",
+            stub.url,
+            *verbose,
+        ]
         status, output = run_on_pty(argv, subprocess_env(PACIFICA_DOWNLOADER_TOKEN="t0ken-on-the-wire"), limit=120)
     assert status == 3, output
     for sequence in ("\x1b]0;owned\x07", "\x07", "\x1b[2J", "\x1b[31m"):

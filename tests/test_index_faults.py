@@ -4,6 +4,7 @@ Each case downloads an event, damages the index, then downloads the same
 event again (every file is hashed and found right: no cart) and a new
 event into the same location (a cart, and the tree exact).
 """
+
 from __future__ import annotations
 
 import os
@@ -14,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_tree
 from support.events import make_event
+from support.helpers import assert_tree
 from support.sessions import RecordingSession
 
 from pacifica.downloader import Downloader
-from pacifica.downloader.incoming import HIDDEN_DIR
-from pacifica.downloader.verified import INDEX_NAME, VerifiedIndex
+from pacifica.downloader._incoming import HIDDEN_DIR
+from pacifica.downloader._verified import INDEX_NAME, VerifiedIndex
 
 HOLD_LOCK = """
 import sqlite3, sys
@@ -45,8 +46,9 @@ def hold_lock() -> Iterator[Any]:
     holders: list[subprocess.Popen[str]] = []
 
     def hold(index: Path) -> None:
-        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(index)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(index)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         holders.append(holder)
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
 

@@ -1,5 +1,6 @@
 """The cart ledger: carts written down before their POST, taken over (deleted) by the next run once their run
 died, and left alone while it lives, whether in another process or in this one."""
+
 from __future__ import annotations
 
 import subprocess
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from pacifica.downloader.ledger import LEDGER_DIR, CartLedger
+from pacifica.downloader._ledger import LEDGER_DIR, CartLedger
 
 URL = "http://cartd.example:8081"
 
@@ -80,9 +81,16 @@ def test_the_ledger_of_another_cartd_is_left_alone(tmp_path: Path) -> None:
 def test_the_ledger_of_a_live_run_in_another_process_is_left_alone(tmp_path: Path) -> None:
     path = dead_run(tmp_path, "host-2-x", f"+ {URL}/a\n")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
-         "print('held', flush=True); sys.stdin.read()", str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"

@@ -1,24 +1,24 @@
 """The lost-cart rule (LostCarts, Cart.wait, Cart.post_spare) on a fake clock and a fake Cartd: a cart still
 staging when its spare is due gets one, never more than ``LostCarts.spares``; the first copy ready is downloaded
 and every other deleted; a slow, healthy cart is never given up."""
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from helpers import Clock
+from support.helpers import Clock
 
-from pacifica.downloader import cart as cart_module
-from pacifica.downloader import polling
-from pacifica.downloader.cart import Cart, Delivery
-from pacifica.downloader.cartapi import CartAPI
-from pacifica.downloader.config import LostCarts, Timeouts
-from pacifica.downloader.exceptions import CartTimeoutError
-from pacifica.downloader.polling import CartLost
-from pacifica.downloader.progress import Progress, Tracker
-from pacifica.downloader.records import FileRecord
-from pacifica.downloader.retry import Retry, RetryBudget
+from pacifica.downloader import CartAPI
+from pacifica.downloader import _cart as cart_module
+from pacifica.downloader import _polling as polling
+from pacifica.downloader._cart import Cart, DownloadContext
+from pacifica.downloader._config import LostCarts, Timeouts
+from pacifica.downloader._exceptions import CartLost, CartTimeoutError
+from pacifica.downloader._progress import Progress, Tracker
+from pacifica.downloader._records import FileRecord
+from pacifica.downloader._retry import Retry, RetryBudget
 
 RECORDS = [FileRecord(id=n, path=f"a/{n}.txt", hashtype="sha1", hashsum="0" * 40, size=10) for n in range(10)]
 
@@ -65,14 +65,26 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return clock
 
 
-def new_cart(clock: Clock, tmp_path: Path, stages: Callable[[int], float | None], rule: LostCarts = LostCarts(),
-             timeouts: Timeouts = Timeouts()) -> tuple[Cart, FakeCartd, list[Progress]]:
+def new_cart(
+    clock: Clock,
+    tmp_path: Path,
+    stages: Callable[[int], float | None],
+    rule: LostCarts = LostCarts(),
+    timeouts: Timeouts = Timeouts(),
+) -> tuple[Cart, FakeCartd, list[Progress]]:
     server = FakeCartd(clock, timeouts, stages)
     api = CartAPI("http://cartd.invalid", transport=server)  # type: ignore[arg-type]
     reports: list[Progress] = []
-    delivery = Delivery(tmp_path, "data", None, Tracker(reports.append, RECORDS), None,  # type: ignore[arg-type]
-                        RetryBudget(Retry()), lost=rule)
-    cart = Cart(api, RECORDS, delivery)
+    context = DownloadContext(
+        tmp_path,
+        "data",
+        None,
+        Tracker(reports.append, RECORDS),
+        None,  # type: ignore[arg-type]
+        RetryBudget(Retry()),
+        lost=rule,
+    )
+    cart = Cart(api, RECORDS, context)
     cart.create()
     return cart, server, reports
 

@@ -1,10 +1,11 @@
 """ServerPace: what the moments a client sees (POST returned, cart ready) tell of the server; a fake clock."""
+
 from __future__ import annotations
 
 import pytest
-from helpers import Clock
+from support.helpers import Clock
 
-from pacifica.downloader.pace import PREPOST_SHARE, SAFE_AFTER, SAFE_PER_FILE, ServerPace
+from pacifica.downloader._pace import PREPOST_SHARE, SAFE_AFTER, SAFE_PER_FILE, ServerPace
 
 
 def staged(pace: ServerPace, clock: Clock, turn: int, seconds: float) -> None:

@@ -1,15 +1,17 @@
 """The scheduler: carts take staging slots in batch order, at most ``max_staging`` at once, cancelling frees
 waiters, and the DELETE of a downloaded cart waits until it cannot hit the start of the cart that stages."""
+
 from __future__ import annotations
 
 import threading
 
 import pytest
-from helpers import Clock
+from support.helpers import Clock
 
-from pacifica.downloader import pace, scheduler
-from pacifica.downloader.cart import Cancelled
-from pacifica.downloader.scheduler import Scheduler as Slots
+from pacifica.downloader import _pace as pace
+from pacifica.downloader import _scheduler as scheduler
+from pacifica.downloader._exceptions import Cancelled
+from pacifica.downloader._scheduler import Scheduler as Slots
 
 
 class WatchedSlots(Slots):

@@ -1,18 +1,19 @@
-"""When a staging cart is polled (polling.PollSchedule, run by poll_until_ready for CartAPI.wait_for_cart and
+"""When a staging cart is polled (polling.PollSchedule, run by Polls for CartAPI.wait_for_cart and
 Cart.wait): fast at first, gently for long carts, often near the expected moment unless nothing waits for it.
 A fake clock and a fake server; no time passes."""
+
 from __future__ import annotations
 
 import threading
 from typing import Any
 
 import pytest
-from helpers import Clock
+from support.helpers import Clock
 
-from pacifica.downloader import polling
-from pacifica.downloader.cartapi import CartAPI
-from pacifica.downloader.config import Timeouts
-from pacifica.downloader.polling import PollSchedule, poll_until_ready
+from pacifica.downloader import CartAPI
+from pacifica.downloader import _polling as polling
+from pacifica.downloader._config import Timeouts
+from pacifica.downloader._polling import Polls, PollSchedule
 
 POLL_FIRST, POLL_CAP, POLL_NEAR = PollSchedule().first, PollSchedule().cap, PollSchedule().near
 URL = "http://cartd.invalid/c"
@@ -51,8 +52,9 @@ def wait(clock: Clock, ready_at: float, expect: float | None = None, **kwargs: A
     if expect is None and not kwargs:
         assert api.wait_for_cart(URL) == URL
     else:
-        poll_until_ready(lambda deadline: api.probe(URL, deadline=deadline), PollSchedule(expect=expect),
-                         3600.0, URL, **kwargs)
+        polls = Polls(PollSchedule(expect=expect), 3600.0, URL, **kwargs)
+        for deadline in polls:
+            polls.answered(api.probe(URL, deadline=deadline))
     return server
 
 

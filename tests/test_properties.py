@@ -24,16 +24,9 @@ import requests
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pacifica.downloader import (
-    CartLimits,
-    CloudEvent,
-    Downloader,
-    InvalidInputError,
-    PolicyError,
-    TransactionInfo,
-)
-from pacifica.downloader.incoming import HIDDEN_DIR
-from pacifica.downloader.ledger import LEDGER_DIR
+from pacifica.downloader import CartLimits, CloudEvent, Downloader, InvalidInputError, PolicyError, TransactionInfo
+from pacifica.downloader._incoming import HIDDEN_DIR
+from pacifica.downloader._ledger import LEDGER_DIR
 
 SETTINGS = settings(
     max_examples=300,
@@ -60,8 +53,7 @@ json_scalars = st.one_of(
 json_values = st.recursive(
     json_scalars,
     lambda children: st.one_of(
-        st.lists(children, max_size=5),
-        st.dictionaries(st.text(max_size=10), children, max_size=5),
+        st.lists(children, max_size=5), st.dictionaries(st.text(max_size=10), children, max_size=5)
     ),
     max_leaves=25,
 )
@@ -76,9 +68,9 @@ tricky_text = st.lists(
 file_name = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=12
 ).filter(lambda text: text not in (".", ".."))
-folder = st.lists(
-    st.text(alphabet="abcdXYZ_é", min_size=1, max_size=4).map(lambda text: "d" + text), max_size=3
-).map("/".join)
+folder = st.lists(st.text(alphabet="abcdXYZ_é", min_size=1, max_size=4).map(lambda text: "d" + text), max_size=3).map(
+    "/".join
+)
 good_ids = st.one_of(st.integers(min_value=0, max_value=10**12), st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True))
 
 
@@ -101,11 +93,25 @@ def valid_file(draw: Any, index: int) -> dict[str, Any]:
     return record
 
 
-WRONG_TYPES = st.one_of(st.none(), st.booleans(), st.floats(), st.lists(st.integers(), max_size=2), st.just({}),
-                        st.integers())
+WRONG_TYPES = st.one_of(
+    st.none(), st.booleans(), st.floats(), st.lists(st.integers(), max_size=2), st.just({}), st.integers()
+)
 MUTATIONS = [
-    "drop", "wrong_type", "dotdot", "absolute", "nul", "hashtype", "bad_hex", "bad_id", "size", "duplicate",
-    "folder_conflict", "tricky_name", "tricky_subdir", "upper_hex", "long_name",
+    "drop",
+    "wrong_type",
+    "dotdot",
+    "absolute",
+    "nul",
+    "hashtype",
+    "bad_hex",
+    "bad_id",
+    "size",
+    "duplicate",
+    "folder_conflict",
+    "tricky_name",
+    "tricky_subdir",
+    "upper_hex",
+    "long_name",
 ]
 
 
@@ -139,16 +145,18 @@ def mutated(draw: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif kind == "bad_hex":
             hashsum = str(record.get("hashsum", SHA1))
             record["hashsum"] = draw(
-                st.sampled_from([
-                    hashsum[:-1] + "g",
-                    hashsum[:-1],
-                    hashsum + "0",
-                    hashsum[:-1] + "\n",
-                    "0x" + hashsum[2:],
-                    " " + hashsum[1:],
-                    "",
-                    hashsum[:-1] + "٣",  # a non-ASCII digit
-                ])
+                st.sampled_from(
+                    [
+                        hashsum[:-1] + "g",
+                        hashsum[:-1],
+                        hashsum + "0",
+                        hashsum[:-1] + "\n",
+                        "0x" + hashsum[2:],
+                        " " + hashsum[1:],
+                        "",
+                        hashsum[:-1] + "٣",  # a non-ASCII digit
+                    ]
+                )
             )
         elif kind == "bad_id":
             record["_id"] = draw(st.sampled_from(["", "a/b", "a b", "34\n", "\t1", "a?b", "a#b", "a\\b", "x\x00"]))
@@ -178,24 +186,38 @@ def almost_valid_events(draw: Any) -> Any:
     files = draw(mutated([draw(valid_file(index)) for index in range(count)]))
     for record in files:
         record["destinationTable"] = "Files"
-    others = draw(st.lists(
-        st.fixed_dictionaries({"destinationTable": st.sampled_from(["Transactions._id", "TransactionKeyValue"]),
-                               "value": json_scalars}),
-        max_size=2,
-    ))
+    others = draw(
+        st.lists(
+            st.fixed_dictionaries(
+                {
+                    "destinationTable": st.sampled_from(["Transactions._id", "TransactionKeyValue"]),
+                    "value": json_scalars,
+                }
+            ),
+            max_size=2,
+        )
+    )
     data: list[Any] = files + others
     data = draw(st.permutations(data))
     if draw(st.integers(min_value=0, max_value=9)) == 0:
         data.insert(draw(st.integers(min_value=0, max_value=len(data))), draw(json_values))
     encoded: Any = json.dumps(data) if draw(st.integers(min_value=0, max_value=4)) == 0 else data
     style = draw(st.sampled_from(["0.1", "1.0", "bare"]))
-    if style == "0.1":
-        return {"cloudEventsVersion": "0.1", "eventID": "E-1", "eventType": "org.pacifica.metadata.ingest",
-                "source": "/pacifica/metadata/ingest", "contentType": "application/json", "data": encoded}
-    if style == "1.0":
-        return {"specversion": "1.0", "id": "E-1", "type": "org.pacifica.metadata.ingest",
-                "source": "/pacifica/metadata/ingest", "datacontenttype": "application/json", "data": encoded}
-    return {"data": encoded}
+    names = {
+        "0.1": ("cloudEventsVersion", "eventID", "eventType", "contentType"),
+        "1.0": ("specversion", "id", "type", "datacontenttype"),
+    }.get(style)
+    if names is None:
+        return {"data": encoded}
+    version, event_id, kind, content_type = names
+    return {
+        version: style,
+        event_id: "E-1",
+        kind: "org.pacifica.metadata.ingest",
+        "data": encoded,
+        "source": "/pacifica/metadata/ingest",
+        content_type: "application/json",
+    }
 
 
 @st.composite
@@ -305,8 +327,14 @@ def download_dir() -> Iterator[Path]:
 
 
 def _valid_event(**changes: Any) -> dict[str, Any]:
-    record = {"destinationTable": "Files", "_id": 34, "name": "foo.txt", "subdir": "a", "hashtype": "sha1",
-              "hashsum": SHA1}
+    record = {
+        "destinationTable": "Files",
+        "_id": 34,
+        "name": "foo.txt",
+        "subdir": "a",
+        "hashtype": "sha1",
+        "hashsum": SHA1,
+    }
     record.update(changes)
     return {"data": [record]}
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from pacifica.downloader import FileRecord, InvalidInputError
-from pacifica.downloader.hashing import check_hashtype
-from pacifica.downloader.records import join_path, validate_records
+from pacifica.downloader._hashing import check_hashtype
+from pacifica.downloader._records import join_path, validate_records
 
 SHA1 = "f1d2d2f924e986ac86fdf7b36c94bcdf32beec15"
 JAPANESE_NAME = "パソコン資産管理台帳（S&T HK）_現地調達PC.xls"
@@ -182,18 +182,7 @@ def test_all_missing_keys_reported_together() -> None:
 
 @pytest.mark.parametrize(
     "hashsum",
-    [
-        "z" * 40,
-        SHA1[:-1] + "g",
-        "0x" + SHA1[:38],
-        SHA1[:-1],
-        SHA1 + "0",
-        "",
-        " " + SHA1[1:],
-        40,
-        None,
-        [SHA1],
-    ],
+    ["z" * 40, SHA1[:-1] + "g", "0x" + SHA1[:38], SHA1[:-1], SHA1 + "0", "", " " + SHA1[1:], 40, None, [SHA1]],
 )
 def test_bad_hashsum_refused(hashsum: Any) -> None:
     error = _refused(_record(hashsum=hashsum))
@@ -201,8 +190,7 @@ def test_bad_hashsum_refused(hashsum: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "hashtype, hashsum",
-    [("sha1", SHA1[:-1] + "\n"), ("md5", hashlib.md5(b"x").hexdigest()[:-1] + "\n")],
+    "hashtype, hashsum", [("sha1", SHA1[:-1] + "\n"), ("md5", hashlib.md5(b"x").hexdigest()[:-1] + "\n")]
 )
 def test_hashsum_with_trailing_newline_refused(hashtype: str, hashsum: str) -> None:
     """A newline is not a hex digit, wherever it is (``re``'s ``$`` also matches before a final newline)."""
@@ -252,18 +240,12 @@ def test_record_must_be_object() -> None:
 
 
 def test_duplicate_paths_refused() -> None:
-    error = _refused(
-        _record(_id=1, subdir="a/b/", name="x"),
-        _record(_id=2, subdir="a/b", name="x"),
-    )
+    error = _refused(_record(_id=1, subdir="a/b/", name="x"), _record(_id=2, subdir="a/b", name="x"))
     assert any("requested twice" in problem and "a/b/x" in problem for problem in error.problems)
 
 
 def test_duplicate_paths_after_normalisation_refused() -> None:
-    error = _refused(
-        _record(_id=1, subdir="./a//b", name="x"),
-        _record(_id=2, subdir="a", name="b/x"),
-    )
+    error = _refused(_record(_id=1, subdir="./a//b", name="x"), _record(_id=2, subdir="a", name="b/x"))
     assert any("requested twice" in problem for problem in error.problems)
 
 
@@ -335,10 +317,7 @@ def test_file_record_values_are_checked_too(path: str) -> None:
         validate_records([("records[0]", record)])
 
 
-@pytest.mark.parametrize(
-    "changes",
-    [{"hashsum": "nothex"}, {"hashtype": "shake_128"}, {"id": "a/b"}],
-)
+@pytest.mark.parametrize("changes", [{"hashsum": "nothex"}, {"hashtype": "shake_128"}, {"id": "a/b"}])
 def test_file_record_other_fields_checked_too(changes: dict[str, str]) -> None:
     values = dict(id="34", path="a/x", hashtype="sha1", hashsum=SHA1)
     values.update(changes)

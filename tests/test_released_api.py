@@ -8,6 +8,7 @@ attributes, the environment's precedence, the 0.4 call style returning None,
 where the server must lie; tests/test_released_programs.py runs the real
 programs on the real stack.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,10 +19,10 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import incoming_leftovers
-from stub_cartd import StubCartd
 from support.events import event_for
+from support.helpers import incoming_leftovers
 from support.sessions import RecordingSession
+from support.stub_cartd import StubCartd
 from support.tars import make_tar
 
 from pacifica.downloader import (
@@ -34,7 +35,7 @@ from pacifica.downloader import (
     TransactionInfo,
     UnsafeArchiveError,
 )
-from pacifica.downloader.verified import INDEX_NAME
+from pacifica.downloader._verified import INDEX_NAME
 
 FILES = {"a/b/foo.txt": b"foo\n" * 8, "a/b/\u00e9/bar\u00e9.txt": "bar\u00e9\n".encode()}
 CARTD_VARS = ("CARTD_CART_API_URL", "CARTD_PROTO", "CARTD_ADDR", "CARTD_PORT")
@@ -70,8 +71,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 def test_proto_addr_port_keywords(clean_env: pytest.MonkeyPatch) -> None:
     """0.4.1 passed every keyword to CartAPI, which built the URL from proto, addr and port."""
-    assert Downloader(proto="https", addr="cart.example.org", port=8443).cart_api.cart_api_url == \
-        "https://cart.example.org:8443"
+    assert (
+        Downloader(proto="https", addr="cart.example.org", port=8443).cart_api.cart_api_url
+        == "https://cart.example.org:8443"
+    )
     assert Downloader(port="9000").cart_api.cart_api_url == "http://127.0.0.1:9000"
     assert CartAPI(proto="http", addr="::1", port=1).cart_api_url == "http://[::1]:1"
 
@@ -281,8 +284,10 @@ def test_download_from_url_of_an_unknown_cart_is_unverified_but_safe(
 @pytest.mark.parametrize(
     "body, error",
     [
-        (lambda uid, filename: make_tar(filename, {"ok.txt": b"ok"}, links={"evil": "/etc/passwd"}),
-         "symbolic link|not a regular file"),
+        (
+            lambda uid, filename: make_tar(filename, {"ok.txt": b"ok"}, links={"evil": "/etc/passwd"}),
+            "symbolic link|not a regular file",
+        ),
         (lambda uid, filename: make_tar(filename, {"../escape.txt": b"x"}), "climbs out"),
         (lambda uid, filename: make_tar("elsewhere", {"x.txt": b"x"}), "not inside the cart's folder"),
     ],
@@ -305,7 +310,7 @@ def test_download_from_url_of_an_unknown_cart_refuses_unsafe_tars(
 
 def test_posted_records_are_bounded(clean_env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller that creates carts and never fetches them does not grow the memory without end."""
-    from pacifica.downloader import cartapi
+    from pacifica.downloader import _cartapi as cartapi
 
     monkeypatch.setattr(cartapi, "REMEMBERED_CARTS", 3)
     with StubCartd() as cartd:

@@ -5,6 +5,7 @@ pacifica-cli 0.5.2 (``pacifica-cli download``) and pacifica-dispatcher 0.2.5
 library installed over the 0.4.1 they pull in (see released_programs.py), and
 run as subprocesses of their own virtualenv: their code, not a reading of it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,11 @@ from typing import Any
 
 import pytest
 import requests
-from released_programs import DISPATCHER_TEST, ReleasedPrograms, ensure_released_programs
 from support.events import archive, event_with
+from support.released_programs import DISPATCHER_TEST, ReleasedPrograms, ensure_released_programs
+
+# Every test here runs the released programs' venv, installed from the package index: never offline.
+pytestmark = pytest.mark.stack
 
 #: Seconds any one released program may take here; they finish in a few.
 BOUND = 120
@@ -35,8 +39,11 @@ def released() -> ReleasedPrograms:
 
 def program_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a released program: a home of its own (pacifica-cli writes ~/.pacifica_cli)."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("PYTHONPATH", "VIRTUAL_ENV", "CARTD_CART_API_URL", "CARTD_PROTO", "CARTD_ADDR", "CARTD_PORT")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("PYTHONPATH", "VIRTUAL_ENV", "CARTD_CART_API_URL", "CARTD_PROTO", "CARTD_ADDR", "CARTD_PORT")
+    }
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env.update(HOME=str(home), NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", **extra)
@@ -44,10 +51,14 @@ def program_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def assert_files(root: Path, files: dict[str, bytes]) -> None:
-    found = {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*")
-             if path.is_file() and ".pacifica-downloader" not in path.parts}
-    assert {path: hashlib.sha1(data).hexdigest() for path, data in found.items()} == \
-        {path: hashlib.sha1(data).hexdigest() for path, data in files.items()}
+    found = {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in root.rglob("*")
+        if path.is_file() and ".pacifica-downloader" not in path.parts
+    }
+    assert {path: hashlib.sha1(data).hexdigest() for path, data in found.items()} == {
+        path: hashlib.sha1(data).hexdigest() for path, data in files.items()
+    }
 
 
 def cart_gone(url: str) -> bool:
@@ -58,8 +69,14 @@ def cart_gone(url: str) -> bool:
 
 
 def run_cli(released: ReleasedPrograms, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(released.bin_dir / "pacifica-cli"), "download", *args], env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=BOUND)
+    return subprocess.run(
+        [str(released.bin_dir / "pacifica-cli"), "download", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+    )
 
 
 def test_pacifica_cli_downloads_a_cloudevent_and_exits_0(
@@ -67,8 +84,11 @@ def test_pacifica_cli_downloads_a_cloudevent_and_exits_0(
 ) -> None:
     event = event_with(archive(cartd_stack, FILES))
     (tmp_path / "event.json").write_text(json.dumps(event))
-    result = run_cli(released, ["--cloudevent", str(tmp_path / "event.json"), "--destination", str(tmp_path / "d")],
-                     program_env(tmp_path, DOWNLOAD_URL=cartd_stack.cart_url))
+    result = run_cli(
+        released,
+        ["--cloudevent", str(tmp_path / "event.json"), "--destination", str(tmp_path / "d")],
+        program_env(tmp_path, DOWNLOAD_URL=cartd_stack.cart_url),
+    )
     assert result.returncode == 0, result.stderr
     assert str(tmp_path / "d") not in result.stdout + result.stderr, "no list of paths printed on exit"
     assert_files(tmp_path / "d" / "data", FILES)
@@ -76,8 +96,11 @@ def test_pacifica_cli_downloads_a_cloudevent_and_exits_0(
 
 def test_pacifica_cli_event_without_files_exits_0(released: ReleasedPrograms, cartd_stack: Any, tmp_path: Path) -> None:
     (tmp_path / "event.json").write_text(json.dumps({"eventID": "cli-2", "data": []}))
-    result = run_cli(released, ["--cloudevent", str(tmp_path / "event.json"), "--destination", str(tmp_path / "d")],
-                     program_env(tmp_path, DOWNLOAD_URL=cartd_stack.cart_url))
+    result = run_cli(
+        released,
+        ["--cloudevent", str(tmp_path / "event.json"), "--destination", str(tmp_path / "d")],
+        program_env(tmp_path, DOWNLOAD_URL=cartd_stack.cart_url),
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -90,8 +113,9 @@ def test_pacifica_cli_downloads_a_transaction_by_id_from_the_real_policy(
         (upload / path).parent.mkdir(parents=True, exist_ok=True)
         (upload / path).write_bytes(data)
     transaction = facility.upload(upload)
-    env = program_env(tmp_path, DOWNLOAD_URL=facility.cart_url,
-                      DOWNLOAD_POLICY_URL=f"{facility.policy_url}/status/transactions/by_id")
+    env = program_env(
+        tmp_path, DOWNLOAD_URL=facility.cart_url, DOWNLOAD_POLICY_URL=f"{facility.policy_url}/status/transactions/by_id"
+    )
     result = run_cli(released, ["--transaction-id", str(transaction), "--destination", str(tmp_path / "d")], env)
     assert result.returncode == 0, result.stderr
     assert_files(tmp_path / "d" / "data", FILES)
@@ -133,13 +157,28 @@ def test_dispatcher_remote_runner_downloads_and_opens_the_files(
 ) -> None:
     texts = {"a/b/foo.txt": "foo\n" * 3, "a/b/\u00e9/bar\u00e9.txt": "bar\u00e9\n"}
     objects = archive(cartd_stack, {path: text.encode() for path, text in texts.items()})
-    spec = {"basedir": str(tmp_path / "base"), "files": [
-        {"_id": obj["_id"], "name": obj["name"], "subdir": obj["subdir"], "hashtype": "sha1",
-         "hashsum": obj["hashsum"], "encoding": "utf-8"} for obj in objects
-    ]}
-    result = subprocess.run([str(released.python), "-c", DISPATCHER_SCRIPT], input=json.dumps(spec),
-                            env=program_env(tmp_path, CARTD_CART_API_URL=cartd_stack.cart_url),
-                            capture_output=True, text=True, timeout=BOUND)
+    spec = {
+        "basedir": str(tmp_path / "base"),
+        "files": [
+            {
+                "_id": obj["_id"],
+                "name": obj["name"],
+                "subdir": obj["subdir"],
+                "hashtype": "sha1",
+                "hashsum": obj["hashsum"],
+                "encoding": "utf-8",
+            }
+            for obj in objects
+        ],
+    }
+    result = subprocess.run(
+        [str(released.python), "-c", DISPATCHER_SCRIPT],
+        input=json.dumps(spec),
+        env=program_env(tmp_path, CARTD_CART_API_URL=cartd_stack.cart_url),
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+    )
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert answer["texts"] == list(texts.values())
@@ -160,8 +199,12 @@ def test_dispatcher_own_remote_runner_test_passes(released: ReleasedPrograms, ca
         cartd_stack.put_file(file_id, readme.encode("utf8"))
     result = subprocess.run(
         [str(released.python), "-m", "unittest", "-v", Path(DISPATCHER_TEST).stem],
-        cwd=source / Path(DISPATCHER_TEST).parent, env=program_env(tmp_path, CARTD_CART_API_URL=cartd_stack.cart_url),
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=BOUND,
+        cwd=source / Path(DISPATCHER_TEST).parent,
+        env=program_env(tmp_path, CARTD_CART_API_URL=cartd_stack.cart_url),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
     )
     assert result.returncode == 0, result.stderr
     assert "(downloader_runners_test.RemoteDownloaderRunnerTestCase.test_remote_downloader_runner)" in result.stderr

@@ -14,6 +14,7 @@ in-process, first deletes that cart, removes the stale folder, fetches only
 the files that are missing (the POSTed cart lists exactly their ids) and
 ends with every file right and no cart of either run left on the server.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,14 +22,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from helpers import assert_tree, cart_gone, incoming_leftovers
 from support.child import file_ids, run_and_kill
 from support.events import make_event
+from support.helpers import assert_tree, cart_gone, incoming_leftovers
 from support.sessions import RecordingSession
 
 from pacifica.downloader import CartAPI, Downloader
-from pacifica.downloader.incoming import HIDDEN_DIR
-from pacifica.downloader.ledger import LEDGER_DIR
+from pacifica.downloader._incoming import HIDDEN_DIR
+from pacifica.downloader._ledger import LEDGER_DIR
 
 FILE_COUNT = 8
 FILE_SIZE = 4 * 1024 * 1024
@@ -80,8 +81,11 @@ def test_rerun_after_sigkill_fetches_only_missing_files(cartd_stack: Any, tmp_pa
     assert_tree(data, files)
     assert not stale[0].exists(), "the dead process's incoming folder was removed"
     hidden = location / HIDDEN_DIR
-    left = sorted(p.name for p in hidden.iterdir() if p.name.startswith(("incoming-", "staging-"))) \
-        if hidden.exists() else []
+    left = (
+        sorted(p.name for p in hidden.iterdir() if p.name.startswith(("incoming-", "staging-")))
+        if hidden.exists()
+        else []
+    )
     assert left == [], f"no incoming folder is left: {left}"
     assert [p for p in location.rglob("*.part")] == []
     assert incoming_leftovers(location) == [], "the dead run's ledger is gone, and this run's too"

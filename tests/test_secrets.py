@@ -12,6 +12,7 @@ progress report, the command's output and every file under the location are sear
 base64 forms.  The download workers' task is run too, its states, result, error and traceback searched the
 same way.
 """
+
 from __future__ import annotations
 
 import base64
@@ -33,8 +34,8 @@ from urllib.parse import quote
 import pytest
 import requests
 import urllib3
-from stub_cartd import HOSTILE, STAGING, StubCartd
 from support.events import event_for
+from support.stub_cartd import HOSTILE, STAGING, StubCartd
 from support.tars import make_tar
 
 from pacifica.downloader import (
@@ -52,14 +53,14 @@ from pacifica.downloader import (
     Progress,
     TransferError,
     UnsafeArchiveError,
-    bodies,
-    cli,
 )
-from pacifica.downloader import transport as transport_module
-from pacifica.downloader.incoming import HIDDEN_DIR
-from pacifica.downloader.ledger import LEDGER_DIR
-from pacifica.downloader.polling import CartLost
-from pacifica.downloader.redaction import MASK, Secrets, escape_controls
+from pacifica.downloader import _bodies as bodies
+from pacifica.downloader import _cli as cli
+from pacifica.downloader import _transport as transport_module
+from pacifica.downloader._exceptions import CartLost
+from pacifica.downloader._incoming import HIDDEN_DIR
+from pacifica.downloader._ledger import LEDGER_DIR
+from pacifica.downloader._redaction import MASK, Secrets, escape_controls
 
 USER = "ann"
 SECRET = "s3cret-Pw-4711"
@@ -239,11 +240,20 @@ def test_the_library_never_shows_a_credential(
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 @pytest.mark.parametrize("form", CLI_FORMS)
 def test_the_command_never_shows_a_credential(
-    form: str, scenario: str, tmp_path: Path, no_waiting: None, debug_logs: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    form: str,
+    scenario: str,
+    tmp_path: Path,
+    no_waiting: None,
+    debug_logs: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for name in ("PACIFICA_DOWNLOADER_USER", "PACIFICA_DOWNLOADER_PASSWORD", "PACIFICA_DOWNLOADER_TOKEN",
-                 "CARTD_CART_API_URL"):
+    for name in (
+        "PACIFICA_DOWNLOADER_USER",
+        "PACIFICA_DOWNLOADER_PASSWORD",
+        "PACIFICA_DOWNLOADER_TOKEN",
+        "CARTD_CART_API_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     if form == "cli-basic":
         monkeypatch.setenv("PACIFICA_DOWNLOADER_USER", USER)
@@ -271,7 +281,10 @@ def test_the_command_never_shows_a_credential(
 
 @pytest.mark.parametrize("scenario", ["success", "post-refused", "server-errors", "staging-failed"])
 def test_the_download_task_never_shows_a_credential(
-    scenario: str, tmp_path: Path, no_waiting: None, debug_logs: pytest.LogCaptureFixture,
+    scenario: str,
+    tmp_path: Path,
+    no_waiting: None,
+    debug_logs: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The workers' credentials come from their environment (CARTD_CART_API_URL with user:password@): none of
@@ -280,8 +293,14 @@ def test_the_download_task_never_shows_a_credential(
     pytest.importorskip("celery")
     from pacifica.downloader import tasks
 
-    app = tasks.make_app({"BROKER_URL": "memory://", "BACKEND_URL": "cache+memory://",
-                          "DOWNLOADER_RETRY_BACKOFF": "0", "DOWNLOADER_MAX_RETRIES": "1"})
+    app = tasks.make_app(
+        {
+            "BROKER_URL": "memory://",
+            "BACKEND_URL": "cache+memory://",
+            "DOWNLOADER_RETRY_BACKOFF": "0",
+            "DOWNLOADER_MAX_RETRIES": "1",
+        }
+    )
     app.conf.result_extended = True
     task = app.tasks[tasks.TASK_NAME]
     monkeypatch.setattr(task, "store_eager_result", True, raising=False)
@@ -301,8 +320,10 @@ def test_the_download_task_never_shows_a_credential(
     check_sent(stub)
     assert result.successful() == (scenario == "success"), result.traceback
     assert {"PROGRESS", "SUCCESS" if scenario == "success" else "FAILURE"} <= {
-        state for state in ("PROGRESS", "RETRY", "SUCCESS", "FAILURE") if any(
-            state.encode() in (value if isinstance(value, bytes) else str(value).encode()) for value in stored)}
+        state
+        for state in ("PROGRESS", "RETRY", "SUCCESS", "FAILURE")
+        if any(state.encode() in (value if isinstance(value, bytes) else str(value).encode()) for value in stored)
+    }
     for value in stored:
         assert_clean("a value sent to the result backend", value if isinstance(value, bytes) else str(value))
     assert_clean("the task's result", repr(result.result))
@@ -359,10 +380,24 @@ def test_a_task_refuses_credentials_in_its_arguments() -> None:
     assert_clean("the refusal", str(raised.value))
 
 
-@pytest.mark.parametrize("kind", [
-    DownloaderError, CartError, CartNotFoundError, CartFailedError, CartTimeoutError, TransferError, PolicyError,
-    IntegrityError, ManifestError, UnsafeArchiveError, DestinationError, InvalidInputError, CartLost,
-])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        DownloaderError,
+        CartError,
+        CartNotFoundError,
+        CartFailedError,
+        CartTimeoutError,
+        TransferError,
+        PolicyError,
+        IntegrityError,
+        ManifestError,
+        UnsafeArchiveError,
+        DestinationError,
+        InvalidInputError,
+        CartLost,
+    ],
+)
 def test_every_error_pickles_without_its_response_or_credentials(kind: type[DownloaderError]) -> None:
     secrets = Secrets()
     secrets.add_auth((USER, SECRET))
@@ -395,9 +430,7 @@ def test_quoting_escapes_what_a_terminal_acts_on_and_keeps_the_rest() -> None:
     secrets.add_header("Cookie", f"session={SECRET}; lang=en")
     hostile = f"\x1b]0;t\x07a\x9b31m\u202egnp.exe\udc80 {quote(SECRET, safe='')} {json.dumps(SECRET)}\n2nd\tline"
     quoted = secrets.quote(hostile)
-    assert quoted == (
-        "\\x1b]0;t\\x07a\\x9b31m\\u202egnp.exe\\udc80 *** \"***\" ... 2nd\\x09line"
-    )
+    assert quoted == ('\\x1b]0;t\\x07a\\x9b31m\\u202egnp.exe\\udc80 *** "***" ... 2nd\\x09line')
     assert escape_controls("a\tb\nc\x00") == "a\tb\nc\\x00"
     assert secrets.scrub("lang=en") == "lang=en", "a short cookie value is not a secret worth mangling text for"
 
@@ -413,8 +446,11 @@ def test_a_body_cut_at_the_cap_loses_a_secret_cut_in_two() -> None:
 def test_bodies_are_read_up_to_the_cap_after_decompression(encoding: str) -> None:
     text = b"line of an error page\n" * 10_000  # 220 kB
     packed = {
-        "identity": text, "gzip": gzip.compress(text), "deflate": zlib.compress(text),
-        "raw-deflate": zlib.compress(text)[2:-4], "two-gzip-members": gzip.compress(text[:1000]) + gzip.compress(text),
+        "identity": text,
+        "gzip": gzip.compress(text),
+        "deflate": zlib.compress(text),
+        "raw-deflate": zlib.compress(text)[2:-4],
+        "two-gzip-members": gzip.compress(text[:1000]) + gzip.compress(text),
         "br": b"\x00" * 100,
     }[encoding]
     header = {"raw-deflate": "deflate", "two-gzip-members": "gzip"}.get(encoding, encoding)
@@ -431,6 +467,7 @@ def fake_answer(body: bytes, encoding: str) -> requests.Response:
     response = requests.Response()
     response.status_code = 500
     response.headers["Content-Encoding"] = encoding
-    response.raw = urllib3.HTTPResponse(body=io.BytesIO(body), preload_content=False, decode_content=False,
-                                        headers={"Content-Encoding": encoding})
+    response.raw = urllib3.HTTPResponse(
+        body=io.BytesIO(body), preload_content=False, decode_content=False, headers={"Content-Encoding": encoding}
+    )
     return response

@@ -4,11 +4,13 @@ The broker is a fake sender here (a list, or one that raises as a broker
 that is down does); tests/test_facility.py runs the real service against
 the real Notifications, broker and workers.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +21,9 @@ import requests
 from support.events import event_for
 
 from pacifica.downloader import InvalidInputError
-from pacifica.downloader.bearer import BearerToken, token_from_environment
-from pacifica.downloader.journal import QUEUED, RECEIVED, REJECTED, EventJournal, EventRecord
-from pacifica.downloader.serve import DownloadService, EventServer, record_key
+from pacifica.downloader._bearer import BearerToken, token_from_environment
+from pacifica.downloader._journal import QUEUED, RECEIVED, REJECTED, EventJournal, EventRecord
+from pacifica.downloader._serve import MAX_EVENT_BYTES, REQUEST_TIMEOUT, DownloadService, EventServer, record_key
 
 TOKEN = "tok-Serve-S3cret-41"
 
@@ -53,14 +55,29 @@ def broker() -> Broker:
 
 @pytest.fixture
 def service(tmp_path: Path, broker: Broker) -> DownloadService:
-    return DownloadService(EventJournal(tmp_path / "incoming"), broker.send,
-                           reporter=lambda task: {"task_state": "SUCCESS", "files": []}, probe=broker.probe)
+    return DownloadService(
+        EventJournal(tmp_path / "incoming"),
+        broker.send,
+        reporter=lambda task: {"task_state": "SUCCESS", "files": []},
+        probe=broker.probe,
+    )
 
 
 @pytest.fixture
 def server(service: DownloadService) -> Iterator[str]:
-    http = EventServer(("127.0.0.1", 0), service, BearerToken(TOKEN), max_event_bytes=64 * 1024,
-                       request_timeout=5.0)
+    """The service over HTTP with small limits (64 KiB events, 5 s per request); ``default_server`` has the real."""
+    yield from serving(
+        EventServer(("127.0.0.1", 0), service, BearerToken(TOKEN), max_event_bytes=64 * 1024, request_timeout=5.0)
+    )
+
+
+@pytest.fixture
+def default_server(service: DownloadService) -> Iterator[str]:
+    """The service over HTTP with the limits a user gets (256 MiB events, 30 s per request)."""
+    yield from serving(EventServer(("127.0.0.1", 0), service, BearerToken(TOKEN)))
+
+
+def serving(http: EventServer) -> Iterator[str]:
     thread = threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -79,8 +96,11 @@ def post(url: str, body: Any, token: str | None = TOKEN, **headers: str) -> requ
 
 
 def files_in(journal: EventJournal) -> list[str]:
-    return sorted(str(path.relative_to(journal.root)) for path in journal.root.rglob("*") if path.is_file()
-                  and path.name != "service.lock")
+    return sorted(
+        str(path.relative_to(journal.root))
+        for path in journal.root.rglob("*")
+        if path.is_file() and path.name != "service.lock"
+    )
 
 
 EVENT = event_for({"a/one.txt": b"one\n", "two.txt": b"two\n"}, first_id=7)
@@ -167,8 +187,9 @@ def test_token_from_the_environment_or_a_file(tmp_path: Path) -> None:
         token_from_environment({"DOWNLOADER_SERVE_TOKEN_FILE": str(path)})
 
 
-@pytest.mark.parametrize("header", [None, "", TOKEN, f"Basic {TOKEN}", "Bearer", f"Bearer {TOKEN}x",
-                                    f"Bearer {TOKEN[:-1]}", "Bearer \u00e9"])
+@pytest.mark.parametrize(
+    "header", [None, "", TOKEN, f"Basic {TOKEN}", "Bearer", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "Bearer \u00e9"]
+)
 def test_token_refuses_anything_else(header: str | None) -> None:
     assert not BearerToken(TOKEN).admits(header)
 
@@ -195,8 +216,13 @@ def test_an_event_is_recorded_then_queued_once(server: str, service: DownloadSer
 
 
 def test_binary_mode_event(server: str, service: DownloadService) -> None:
-    headers = {"ce-specversion": "1.0", "ce-id": "bin-1", "ce-type": "org.pacifica.metadata.ingest",
-               "ce-source": "/pacifica/metadata/ingest", "Content-Type": "application/json"}
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "bin-1",
+        "ce-type": "org.pacifica.metadata.ingest",
+        "ce-source": "/pacifica/metadata/ingest",
+        "Content-Type": "application/json",
+    }
     assert post(server, EVENT["data"], **headers).status_code == 202
     assert service.journal.find("bin-1").event["data"] == EVENT["data"]  # type: ignore[union-attr]
 
@@ -214,15 +240,25 @@ def test_a_post_without_the_token_is_401_and_records_nothing(
     assert TOKEN not in answer.text and TOKEN not in caplog.text
 
 
-@pytest.mark.parametrize(("body", "reason"), [
-    (b"not json at all", "not JSON"),
-    ({"eventID": "no-files", "data": []}, "lists no files"),
-    ({"eventID": "bad-record", "data": [{"destinationTable": "Files", "_id": 1, "name": "../x",
-                                         "hashtype": "sha1", "hashsum": "0" * 40}]}, "climbs out"),
-    ({"data": EVENT["data"]}, "has no id"),
-    ({"eventID": "no-data"}, "no 'data'"),
-    ([1, 2], "no CloudEvent"),
-])
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json at all", "not JSON"),
+        ({"eventID": "no-files", "data": []}, "lists no files"),
+        (
+            {
+                "eventID": "bad-record",
+                "data": [
+                    {"destinationTable": "Files", "_id": 1, "name": "../x", "hashtype": "sha1", "hashsum": "0" * 40}
+                ],
+            },
+            "climbs out",
+        ),
+        ({"data": EVENT["data"]}, "has no id"),
+        ({"eventID": "no-data"}, "no 'data'"),
+        ([1, 2], "no CloudEvent"),
+    ],
+)
 def test_an_event_that_cannot_be_downloaded_is_recorded_rejected_and_answered_200(
     server: str, service: DownloadService, broker: Broker, body: Any, reason: str
 ) -> None:
@@ -231,8 +267,9 @@ def test_an_event_that_cannot_be_downloaded_is_recorded_rejected_and_answered_20
     assert answer.json()["state"] == REJECTED and reason in answer.json()["reason"]
     key = answer.json()["event"]
     assert service.journal.find(key).reason == answer.json()["reason"]  # type: ignore[union-attr]
-    status = requests.get(server + answer.headers["Location"], headers={"Authorization": f"Bearer {TOKEN}"},
-                          timeout=10).json()
+    status = requests.get(
+        server + answer.headers["Location"], headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+    ).json()
     assert status["state"] == REJECTED and reason in status["reason"]
     assert service.queue_pending() == 0 and broker.sent == []
     assert requests.get(server + "/health", timeout=10).json()["rejected"] == 1
@@ -253,6 +290,43 @@ def test_a_body_over_the_limit_is_read_and_rejected(server: str, service: Downlo
     assert "more than the 65536 read" in answer.json()["reason"]
 
 
+def raw_connection(url: str) -> socket.socket:
+    host, port = url.rsplit("//", 1)[1].split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def test_with_defaults_a_body_over_256_mib_is_drained_and_rejected(default_server: str, broker: Broker) -> None:
+    """The limit a user gets: one byte more than MAX_EVENT_BYTES is read off the socket (so the answer reaches a
+    client still sending) but never kept, and the event is rejected, not recorded as an event."""
+    length = MAX_EVENT_BYTES + 1
+    with raw_connection(default_server) as conn:
+        conn.sendall(
+            f"POST / HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n".encode()
+        )
+        chunk = b" " * (1 << 20)
+        left = length
+        while left:
+            left -= conn.send(chunk[: min(left, len(chunk))])
+        conn.shutdown(socket.SHUT_WR)
+        answer = b"".join(iter(lambda: conn.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0]
+    reply = json.loads(body)
+    assert reply["state"] == REJECTED
+    assert f"more than the {MAX_EVENT_BYTES} read" in reply["reason"]
+    assert broker.sent == [], "nothing is queued"
+
+
+def test_with_defaults_a_silent_client_is_let_go(default_server: str) -> None:
+    """A client that opens a connection and stops mid-headers is disconnected by the server after
+    REQUEST_TIMEOUT (30 s), the limit a user gets; the test's own bound is four times that."""
+    with raw_connection(default_server) as conn:
+        conn.sendall(b"POST / HTTP/1.1\r\nHost: test\r\n")  # and then nothing
+        conn.settimeout(REQUEST_TIMEOUT * 4)
+        assert conn.recv(65536) == b"", "the server closed the connection"
+
+
 def test_broker_down_the_event_waits_and_is_queued_when_it_is_back(
     server: str, service: DownloadService, broker: Broker
 ) -> None:
@@ -266,7 +340,11 @@ def test_broker_down_the_event_waits_and_is_queued_when_it_is_back(
     broker.down = False
     assert service.queue_pending() == 1
     assert requests.get(server + "/health", timeout=10).json() == {
-        "broker": "reachable", "waiting": 0, "rejected": 0, "queued": 1}
+        "broker": "reachable",
+        "waiting": 0,
+        "rejected": 0,
+        "queued": 1,
+    }
 
 
 def test_a_restarted_service_queues_what_was_recorded_before(tmp_path: Path, broker: Broker) -> None:
@@ -299,13 +377,19 @@ def test_other_methods_and_paths(server: str) -> None:
 
 
 def test_subscribe_keeps_updates_replaces_or_creates() -> None:
-    from pacifica.downloader.subscribe import Plan, plan
+    from pacifica.downloader._subscribe import Plan, plan
 
     target, path, token = "http://dl:8090/", "$", BearerToken(TOKEN)
     auth = {"type": "header", "header": {"type": "Bearer", "credentials": TOKEN}}
     enabled = {"uuid": "u1", "target_url": target, "jsonpath": path, "disabled": None, "auth": auth}
-    disabled = {"uuid": "u0", "target_url": target, "jsonpath": path, "disabled": "2026-12-01T10:00:00",
-                "error": "404 Not Found", "auth": auth}
+    disabled = {
+        "uuid": "u0",
+        "target_url": target,
+        "jsonpath": path,
+        "disabled": "2026-12-01T10:00:00",
+        "error": "404 Not Found",
+        "auth": auth,
+    }
     elsewhere = {"uuid": "u9", "target_url": "http://other/", "jsonpath": path, "disabled": None, "auth": {}}
     assert plan([enabled, disabled, elsewhere], target, path, token) == Plan("keep", "u1", ("u0",))
     assert plan([enabled], target, path, BearerToken("rotated-token")) == Plan("update", "u1")

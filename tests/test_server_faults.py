@@ -15,6 +15,7 @@ every scenario, and PostgreSQL as well for the lost carts.  Cartd reaches its ar
 slow archive.  No test sleeps to synchronise: a fault is triggered by the download's progress reports, the
 worker's log or the archive proxy's request log; only an outage is held for its length.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv
-from fault_proxy import Fault
-from helpers import assert_tree, cart_gone, incoming_leftovers, wait_until
+from support.cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv
 from support.child import file_ids, run_and_kill
 from support.events import make_event
+from support.fault_proxy import Fault
+from support.helpers import assert_tree, cart_gone, incoming_leftovers, wait_until
 from support.sessions import RecordingSession
 
 from pacifica.downloader import Downloader, LostCarts, Progress, Retry, TransferError
@@ -45,8 +46,12 @@ STAGE_DELAY = 0.5
 
 
 def start_stack(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[CartdStack]:
-    stack = CartdStack(tmp_path_factory.mktemp(f"faults-{database}"), ensure_stack_venv(default_stack_venv_path()),
-                       database=database, archive_proxy=True)
+    stack = CartdStack(
+        tmp_path_factory.mktemp(f"faults-{database}"),
+        ensure_stack_venv(default_stack_venv_path()),
+        database=database,
+        archive_proxy=True,
+    )
     with stack:
         yield stack
 
@@ -104,7 +109,7 @@ class FailedTries(logging.Handler):
 @pytest.fixture()
 def failed_tries() -> Iterator[FailedTries]:
     handler = FailedTries()
-    logger = logging.getLogger("pacifica.downloader.transport")
+    logger = logging.getLogger("pacifica.downloader._transport")
     logger.addHandler(handler)
     try:
         yield handler
@@ -136,7 +141,8 @@ class Run:
         def run() -> None:
             try:
                 Downloader(self.location, self.cart_url, session=self.session, progress=self.progress).cloudevent(
-                    self.event, deadline=self.deadline)
+                    self.event, deadline=self.deadline
+                )
             except BaseException as err:  # noqa: BLE001 - asserted by finish()
                 self.error = err
 
@@ -217,8 +223,10 @@ def test_several_clients_on_sqlite_all_finish_though_cartd_loses_carts(
     rounds = 0
     while rounds < MAX_ROUNDS:
         rounds += 1
-        runs = [new_run(sqlite_stack, tmp_path / f"r{rounds}c{client}", sample(f"r{rounds}c{client}", 30)).start()
-                for client in range(CLIENTS)]
+        runs = [
+            new_run(sqlite_stack, tmp_path / f"r{rounds}c{client}", sample(f"r{rounds}c{client}", 30)).start()
+            for client in range(CLIENTS)
+        ]
         for run in runs:
             run.finish()
         if "database is locked" in sqlite_stack.worker_log():

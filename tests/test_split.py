@@ -1,11 +1,12 @@
 """How a download is cut into carts: in order, within the limits, small at both ends, even in between."""
+
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pacifica.downloader.records import FileRecord
-from pacifica.downloader.split import EDGE_SHARE, CartLimits, split_batches
+from pacifica.downloader._records import FileRecord
+from pacifica.downloader._split import EDGE_SHARE, CartLimits, split_batches
 
 MiB = 1024 * 1024
 

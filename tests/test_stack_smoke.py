@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv, reachable_by_others
+from support.cartd_stack import CartdStack, default_stack_venv_path, ensure_stack_venv, reachable_by_others
 
 from pacifica.downloader import Downloader
 
@@ -37,8 +37,10 @@ def _wait_until_ready(session: requests.Session, cart: str, stack: CartdStack) -
         if response.status_code == 204 and status == "ready":
             return
         if response.status_code != 204 or status not in ("staging",):
-            pytest.fail(f"cart went {response.status_code} {status}: "
-                        f"{response.headers.get('X-Pacifica-Message')}\n{stack.log_tails()}")
+            pytest.fail(
+                f"cart went {response.status_code} {status}: "
+                f"{response.headers.get('X-Pacifica-Message')}\n{stack.log_tails()}"
+            )
         time.sleep(0.2)
     pytest.fail(f"cart not ready after {READY_TIMEOUT}s (last status {status})\n{stack.log_tails()}")
 
@@ -107,6 +109,7 @@ def _private_stack_venv(real_venv: Path, checkout: Path) -> Path:
     return venv
 
 
+@pytest.mark.stack  # starts a stack of its own, not the cartd_stack fixture's
 def test_stack_starts_from_a_private_folder_with_spaces(tmp_path: Path) -> None:
     """A clone in a home only its owner may enter (as root's is), below a path with spaces, still runs the stack.
 
@@ -122,8 +125,18 @@ def test_stack_starts_from_a_private_folder_with_spaces(tmp_path: Path) -> None:
     content = b"from a private folder\n"
     with CartdStack(checkout / "stack work", venv / "bin") as stack:
         stack.put_file(777_000_001, content)
-        event = {"data": [{"destinationTable": "Files", "_id": 777_000_001, "name": "f.txt", "subdir": "p q",
-                           "hashtype": "sha1", "hashsum": hashlib.sha1(content).hexdigest()}]}
+        event = {
+            "data": [
+                {
+                    "destinationTable": "Files",
+                    "_id": 777_000_001,
+                    "name": "f.txt",
+                    "subdir": "p q",
+                    "hashtype": "sha1",
+                    "hashsum": hashlib.sha1(content).hexdigest(),
+                }
+            ]
+        }
         (written,) = Downloader(checkout / "downloads", stack.cart_url).cloudevent(event)
     assert Path(written).read_bytes() == content
     assert written == str(checkout / "downloads" / "data" / "p q" / "f.txt")

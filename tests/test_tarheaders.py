@@ -5,6 +5,7 @@ download does with each kind of member; these tests check the reader alone,
 on tars built in memory and served in chunks of every size, so that headers
 straddle chunk boundaries.
 """
+
 from __future__ import annotations
 
 import io
@@ -12,16 +13,16 @@ import tarfile
 from typing import Any
 
 import pytest
-from helpers import fake_response
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support.helpers import fake_response
 from support.tars import build_tar, reg, special
 
-from pacifica.downloader.config import Timeouts
-from pacifica.downloader.exceptions import UnsafeArchiveError
-from pacifica.downloader.retry import Retry, RetryBudget
-from pacifica.downloader.stream import CartStream, StreamBroken
-from pacifica.downloader.tarheaders import BLOCK, MalformedTar, TarMember, TarReader
+from pacifica.downloader._config import Timeouts
+from pacifica.downloader._exceptions import MalformedTar, StreamBroken, UnsafeArchiveError
+from pacifica.downloader._retry import Retry, RetryBudget
+from pacifica.downloader._stream import CartStream
+from pacifica.downloader._tarheaders import BLOCK, TarMember, TarReader
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 
@@ -30,8 +31,12 @@ def stream_of(body: bytes, chunk: int = 1 << 20) -> CartStream:
     def reopen(offset: int) -> Any:
         raise AssertionError("no resume expected")
 
-    return CartStream(fake_response(body, chunk), reopen, timeouts=Timeouts(),  # type: ignore[arg-type]
-                      budget=RetryBudget(Retry(attempts=1)))
+    return CartStream(
+        fake_response(body, chunk),
+        reopen,
+        timeouts=Timeouts(),  # type: ignore[arg-type]
+        budget=RetryBudget(Retry(attempts=1)),
+    )
 
 
 def read_all(body: bytes, chunk: int = 1 << 20) -> list[tuple[TarMember, bytes]]:
@@ -60,9 +65,12 @@ def reference(body: bytes) -> list[tuple[str, bytes, int, float, bytes]]:
 def build(members: list[tuple[str, bytes | None, float]], fmt: int, global_pax: dict[str, str] | None = None) -> bytes:
     """A tar of (name, content or None for a folder, mtime) members."""
     return build_tar(
-        [special(name, tarfile.DIRTYPE, mtime=mtime) if content is None else reg(name, content, mtime=mtime)
-         for name, content, mtime in members],
-        fmt, global_pax=global_pax,
+        [
+            special(name, tarfile.DIRTYPE, mtime=mtime) if content is None else reg(name, content, mtime=mtime)
+            for name, content, mtime in members
+        ],
+        fmt,
+        global_pax=global_pax,
     )
 
 

@@ -4,6 +4,7 @@ The task runs eagerly (``Task.apply``, Celery runs a retry at once, in
 process) with the Downloader replaced by a scripted one; the real workers
 are in test_download_workers.py.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,8 @@ import pytest
 
 celery = pytest.importorskip("celery")
 
-from helpers import Clock  # noqa: E402
 from support.events import event_for  # noqa: E402
+from support.helpers import Clock  # noqa: E402
 
 from pacifica.downloader import (  # noqa: E402
     CartFailedError,
@@ -26,14 +27,18 @@ from pacifica.downloader import (  # noqa: E402
     UnsafeArchiveError,
     tasks,  # noqa: E402
 )
-from pacifica.downloader.deliveries import Deliveries, RedeliveryError  # noqa: E402
-from pacifica.downloader.incoming import hidden_folder  # noqa: E402
-from pacifica.downloader.polling import CartLost  # noqa: E402
-from pacifica.downloader.progress import Progress  # noqa: E402
+from pacifica.downloader._exceptions import CartLost  # noqa: E402
+from pacifica.downloader._incoming import hidden_folder  # noqa: E402
+from pacifica.downloader._progress import Progress  # noqa: E402
+from pacifica.downloader._task_starts import RedeliveryError, TaskStarts  # noqa: E402
 
 EVENT = event_for({"a/one.txt": b"one\n", "two.txt": b"two\n"})
-ENVIRON = {"BROKER_URL": "memory://", "BACKEND_URL": "cache+memory://", "DOWNLOADER_RETRY_BACKOFF": "0",
-           "DOWNLOADER_MAX_RETRIES": "2"}
+ENVIRON = {
+    "BROKER_URL": "memory://",
+    "BACKEND_URL": "cache+memory://",
+    "DOWNLOADER_RETRY_BACKOFF": "0",
+    "DOWNLOADER_MAX_RETRIES": "2",
+}
 
 
 class ScriptedDownloader:
@@ -95,17 +100,22 @@ def test_success_returns_the_manifest(app: Any, scripted: Any, tmp_path: Path) -
     result = run(app, EVENT, tmp_path, filename="ev1", keep_cart=True, cart_api_url="http://cartd:8081")
     assert result.successful(), result.traceback
     assert [(entry["path"], entry["size"], entry["hashtype"]) for entry in result.result] == [
-        (str(tmp_path / "ev1/a/one.txt"), 4, "sha1"), (str(tmp_path / "ev1/two.txt"), 4, "sha1")]
+        (str(tmp_path / "ev1/a/one.txt"), 4, "sha1"),
+        (str(tmp_path / "ev1/two.txt"), 4, "sha1"),
+    ]
     assert scripted.calls[0]["keep_cart"] is True and scripted.calls[0]["cart_api_url"] == "http://cartd:8081"
     assert not list((tmp_path / ".pacifica-downloader" / "tasks").iterdir()), "the start record is removed"
 
 
-@pytest.mark.parametrize("error", [
-    TransferError("POST failed", attempts=["HTTP 503"]),
-    CartFailedError("Cartd could not stage the cart"),
-    CartLost("cart lost", cart_url="http://cartd/1", waited=60.0),
-    CartTimeoutError("still staging"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        TransferError("POST failed", attempts=["HTTP 503"]),
+        CartFailedError("Cartd could not stage the cart"),
+        CartLost("cart lost", cart_url="http://cartd/1", waited=60.0),
+        CartTimeoutError("still staging"),
+    ],
+)
 def test_transient_errors_are_retried(app: Any, scripted: Any, tmp_path: Path, error: Exception) -> None:
     scripted.script = [error, error]
     result = run(app, EVENT, tmp_path)
@@ -131,12 +141,15 @@ def test_no_retries_when_max_retries_is_zero(scripted: Any, tmp_path: Path) -> N
     assert len(scripted.calls) == 1
 
 
-@pytest.mark.parametrize("error", [
-    IntegrityError("a.txt does not match its hash", path="data/a.txt"),
-    UnsafeArchiveError("the tar entry 'data/a' is a symbolic link; refused"),
-    DestinationError("cannot write: disk full", path="/srv/x"),
-    InvalidInputError("no such folder name"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        IntegrityError("a.txt does not match its hash", path="data/a.txt"),
+        UnsafeArchiveError("the tar entry 'data/a' is a symbolic link; refused"),
+        DestinationError("cannot write: disk full", path="/srv/x"),
+        InvalidInputError("no such folder name"),
+    ],
+)
 def test_input_integrity_safety_and_destination_errors_are_not_retried(
     app: Any, scripted: Any, tmp_path: Path, error: Exception
 ) -> None:
@@ -178,14 +191,23 @@ def test_the_deadline_stays_below_the_visibility_timeout(app: Any, scripted: Any
 # -- what survives a JSON result backend ----------------------------------------------
 
 
-@pytest.mark.parametrize("error, kind, words", [
-    (InvalidInputError("the event cannot be downloaded", ["data[3]: missing 'hashsum'"]), InvalidInputError,
-     ["data[3]: missing 'hashsum'"]),
-    (IntegrityError("does not match its sha1", path="data/a.txt", cart_url="http://u:p@cartd/9"), IntegrityError,
-     ["[file data/a.txt]", "[cart http://cartd/9]"]),
-    (CartLost("cart lost", cart_url="http://cartd/1", waited=60.0), CartTimeoutError, ["[cart http://cartd/1]"]),
-    (RedeliveryError("task t was started 3 times"), RedeliveryError, ["started 3 times"]),
-])
+@pytest.mark.parametrize(
+    "error, kind, words",
+    [
+        (
+            InvalidInputError("the event cannot be downloaded", ["data[3]: missing 'hashsum'"]),
+            InvalidInputError,
+            ["data[3]: missing 'hashsum'"],
+        ),
+        (
+            IntegrityError("does not match its sha1", path="data/a.txt", cart_url="http://u:p@cartd/9"),
+            IntegrityError,
+            ["[file data/a.txt]", "[cart http://cartd/9]"],
+        ),
+        (CartLost("cart lost", cart_url="http://cartd/1", waited=60.0), CartTimeoutError, ["[cart http://cartd/1]"]),
+        (RedeliveryError("task t was started 3 times"), RedeliveryError, ["started 3 times"]),
+    ],
+)
 def test_errors_keep_their_type_and_facts_through_json(
     app: Any, error: Exception, kind: type, words: list[str]
 ) -> None:
@@ -201,7 +223,7 @@ def test_errors_keep_their_type_and_facts_through_json(
 
 
 def test_starts_are_counted_and_bounded(tmp_path: Path) -> None:
-    starts = Deliveries(tmp_path, "task-1")
+    starts = TaskStarts(tmp_path, "task-1")
     assert [starts.start(limit=3) for _ in range(3)] == [1, 2, 3]
     with pytest.raises(RedeliveryError, match="started 3 times and the worker running it died each time"):
         starts.start(limit=3)
@@ -211,14 +233,14 @@ def test_starts_are_counted_and_bounded(tmp_path: Path) -> None:
 
 
 def test_retries_count_apart_and_odd_ids_stay_inside_the_folder(tmp_path: Path) -> None:
-    first, retry = Deliveries(tmp_path, "../../x", 0), Deliveries(tmp_path, "../../x", 1)
+    first, retry = TaskStarts(tmp_path, "../../x", 0), TaskStarts(tmp_path, "../../x", 1)
     assert first.start(limit=1) == 1 and retry.start(limit=1) == 1
     assert first.path.parent == tmp_path / "tasks" and first.path != retry.path
 
 
 def test_a_task_whose_workers_died_is_not_started_again(app: Any, scripted: Any, tmp_path: Path) -> None:
     task = app.tasks[tasks.TASK_NAME]
-    dead = Deliveries(hidden_folder(tmp_path), "dead-task")
+    dead = TaskStarts(hidden_folder(tmp_path), "dead-task")
     for _ in range(3):
         dead.start(limit=3)  # three starts whose worker never ended them
     result = task.apply(args=(EVENT, str(tmp_path)), task_id="dead-task")
@@ -248,7 +270,7 @@ def test_progress_is_reported_per_phase_and_file_and_bytes_once_a_second() -> No
     task = RecordingTask()
     reports = tasks.StateReports(task, clock.monotonic)
     reports(Progress("staging", files_total=2, cart_url="http://u:p@cartd/1"))
-    reports(Progress("staging", files_total=2))                    # the same, at once: not sent
+    reports(Progress("staging", files_total=2))  # the same, at once: not sent
     reports(Progress("transferring", files_total=2, bytes_done=10))
     clock.now += 0.5
     reports(Progress("transferring", files_total=2, bytes_done=20))  # only more bytes, 0.5 s later: not sent
@@ -256,7 +278,11 @@ def test_progress_is_reported_per_phase_and_file_and_bytes_once_a_second() -> No
     reports(Progress("transferring", files_total=2, bytes_done=30))  # 1.1 s later: sent
     reports(Progress("verifying", files_done=1, files_total=2, bytes_done=30))
     assert [(meta["phase"], meta["files_done"], meta["bytes_done"]) for _, meta in task.states] == [
-        ("staging", 0, 0), ("transferring", 0, 10), ("transferring", 0, 30), ("verifying", 1, 30)]
+        ("staging", 0, 0),
+        ("transferring", 0, 10),
+        ("transferring", 0, 30),
+        ("verifying", 1, 30),
+    ]
     assert {state for state, _ in task.states} == {"PROGRESS"}
     assert task.states[0][1]["cart_url"] == "http://cartd/1", "no credentials in the result backend"
 

@@ -1,22 +1,26 @@
 """The watchdog: a try whose answer does not come by the budget's patience is cut off, even when the server
 trickles its status line and headers one byte at a time (which no socket timeout catches).  A stub Cartd behind
 the fault proxy; the patience is scaled down to a second so the test is short."""
+
 from __future__ import annotations
 
 import requests
-from fault_proxy import Fault, FaultProxy
-from stub_cartd import StubCartd
+from support.fault_proxy import Fault, FaultProxy
+from support.stub_cartd import StubCartd
 
 from pacifica.downloader import CartAPI, Retry, Timeouts, TransferError
-from pacifica.downloader.watchdog import WatchedAdapter
+from pacifica.downloader._watchdog import WatchedAdapter
 
 PATIENT_SOCKET = Timeouts(read=30.0, progress=1.0)  # every socket wait is far longer than the patience
 
 
 def test_trickled_headers_are_cut_off_at_the_patience() -> None:
-    with StubCartd() as cartd, FaultProxy.for_url(
-        cartd.url, [Fault("HEAD", "trickle_head", interval=0.05, count=None)], timeout=10.0, max_hold=30.0
-    ) as proxy:
+    with (
+        StubCartd() as cartd,
+        FaultProxy.for_url(
+            cartd.url, [Fault("HEAD", "trickle_head", interval=0.05, count=None)], timeout=10.0, max_hold=30.0
+        ) as proxy,
+    ):
         api = CartAPI(proxy.url, timeouts=PATIENT_SOCKET, retry=Retry(attempts=5, backoff=0.01))
         try:
             api.probe(f"{proxy.url}/some-cart")
@@ -37,7 +41,8 @@ def test_a_default_session_gets_the_watched_adapter_with_its_settings() -> None:
     CartAPI("http://127.0.0.1:1", session=session)
     adapter = session.get_adapter("http://127.0.0.1:1/")
     assert isinstance(adapter, WatchedAdapter)
-    assert adapter._pool_maxsize == 33 and adapter.max_retries.total == 2  # type: ignore[attr-defined]
+    # The pool size, read where it takes effect: requests keeps it in no public attribute.
+    assert adapter.poolmanager.connection_pool_kw["maxsize"] == 33 and adapter.max_retries.total == 2
 
 
 def test_a_session_with_an_adapter_of_its_own_keeps_it() -> None:

@@ -9,11 +9,10 @@ The entry point is :class:`Downloader`::
 :class:`CartAPI`, :class:`CloudEvent` and :class:`TransactionInfo` are the
 pieces it is built from; every error derives from :class:`DownloaderError`.
 """
-from .cartapi import CartAPI
-from .cloudevent import CloudEvent
-from .config import LostCarts, Timeouts
-from .downloader import Downloader
-from .exceptions import (
+
+from ._compat import CartAPI, CloudEvent, Downloader, TransactionInfo
+from ._config import LostCarts, Timeouts
+from ._exceptions import (
     CartError,
     CartFailedError,
     CartNotFoundError,
@@ -27,11 +26,10 @@ from .exceptions import (
     TransferError,
     UnsafeArchiveError,
 )
-from .policy import TransactionInfo
-from .progress import Progress
-from .records import FileRecord
-from .retry import Retry, RetryBudget
-from .split import CartLimits
+from ._progress import Progress
+from ._records import FileRecord
+from ._retry import Retry, RetryBudget
+from ._split import CartLimits
 
 __version__ = "1.0.0"
 
@@ -60,3 +58,8 @@ __all__ = [
     "TransferError",
     "UnsafeArchiveError",
 ]
+
+# The public names are documented, shown and pickled as what users import: pacifica.downloader.X.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

@@ -55,6 +55,7 @@ What happens to a task:
 worker should then run with ``worker_prefetch_multiplier = 1`` (a worker
 holding tasks it has not started delays them behind long downloads).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,22 +71,33 @@ from urllib.parse import urlsplit
 from celery import Celery, Task
 from celery.result import AsyncResult
 
-from . import exceptions
-from .calls import as_path
-from .cloudevent import event_records
-from .deliveries import Deliveries, RedeliveryError
-from .downloader import Downloader
-from .exceptions import CartError, DownloaderError, InvalidInputError, TransferError
-from .incoming import hidden_folder, os_error
-from .manifest import manifest
-from .permissions import make_folders
-from .progress import Progress
-from .transport import redact
+from ._compat import Downloader
+from ._downloader import as_path
+from ._events import event_records
+from ._exceptions import CartError, DownloaderError, InvalidInputError, TransferError, os_error
+from ._incoming import hidden_folder
+from ._manifest import manifest
+from ._permissions import make_folders
+from ._progress import Progress
+from ._redaction import redact
+from ._task_starts import RedeliveryError, TaskStarts
 
 __all__ = [
-    "OPTIONS", "TASK_NAME", "TRANSIENT", "StateReports", "app", "download", "enqueue", "make_app", "portable",
+    "OPTIONS",
+    "TASK_NAME",
+    "TRANSIENT",
+    "RedeliveryError",
+    "StateReports",
+    "app",
+    "download",
+    "enqueue",
+    "make_app",
+    "portable",
     "register",
 ]
+
+# Documented, shown and pickled as what users import (pacifica.downloader.tasks.RedeliveryError).
+RedeliveryError.__module__ = __name__
 
 LOGGER = logging.getLogger(__name__)
 
@@ -184,7 +196,7 @@ def _run(task: Task, event: Any, location: str, **options: Any) -> list[dict[str
         make_folders(root)
     except OSError as err:
         raise os_error(err, str(root), "create the download directory") from err
-    starts = Deliveries(hidden_folder(root), str(task.request.id), int(task.request.retries or 0))
+    starts = TaskStarts(hidden_folder(root), str(task.request.id), int(task.request.retries or 0))
     starts.start(int(_setting(task, "max_deliveries", 3)))
     try:
         paths = _download(task, records, root, options)
@@ -193,9 +205,12 @@ def _run(task: Task, event: Any, location: str, **options: Any) -> list[dict[str
         retries = int(task.request.retries or 0)
         limit = int(_setting(task, "max_retries", 5))
         pause = min(600.0, _setting(task, "retry_backoff", 30.0) * 2**retries)
-        LOGGER.warning("task %s: %s; %s", task.request.id, _first_line(err),
-                       f"retrying in {pause:.0f} s (retry {retries + 1} of {limit})" if retries < limit
-                       else "no retries left")
+        LOGGER.warning(
+            "task %s: %s; %s",
+            task.request.id,
+            _first_line(err),
+            f"retrying in {pause:.0f} s (retry {retries + 1} of {limit})" if retries < limit else "no retries left",
+        )
         raise task.retry(exc=portable(err), countdown=pause, max_retries=limit) from err
     except DownloaderError as err:
         raise portable(err) from err
@@ -208,13 +223,24 @@ def _download(task: Task, records: list[Any], root: Path, options: dict[str, Any
     limit = _visibility_limit(task)
     if limit is not None and (deadline is None or deadline > limit):
         if deadline is not None:
-            LOGGER.warning("task %s: deadline %.0f s cut to %.0f s, below the broker's visibility timeout "
-                           "(a longer task would be delivered twice)", task.request.id, deadline, limit)
+            LOGGER.warning(
+                "task %s: deadline %.0f s cut to %.0f s, below the broker's visibility timeout "
+                "(a longer task would be delivered twice)",
+                task.request.id,
+                deadline,
+                limit,
+            )
         deadline = limit
-    down = Downloader(root, options.get("cart_api_url"), keep_cart=bool(options.get("keep_cart", False)),
-                      overwrite=bool(options.get("overwrite", True)), progress=StateReports(task))
-    return down.download(records, filename=options.get("filename") or "data", timeout=options.get("timeout"),
-                         deadline=deadline)
+    down = Downloader(
+        root,
+        options.get("cart_api_url"),
+        keep_cart=bool(options.get("keep_cart", False)),
+        overwrite=bool(options.get("overwrite", True)),
+        progress=StateReports(task),
+    )
+    return down.download(
+        records, filename=options.get("filename") or "data", timeout=options.get("timeout"), deadline=deadline
+    )
 
 
 class StateReports:
@@ -269,7 +295,7 @@ def _first_line(err: BaseException) -> str:
 
 
 #: Where the error types a caller imports are defined (a private subclass, such as ``CartLost``, is sent as these).
-_PUBLIC_MODULES = {exceptions.__name__, __name__, RedeliveryError.__module__}
+_PUBLIC_MODULES = {__package__, __name__}
 
 
 def portable(err: DownloaderError) -> DownloaderError:
@@ -292,8 +318,14 @@ def portable(err: DownloaderError) -> DownloaderError:
     return kind(message)
 
 
-def enqueue(event: Any, location: str | os.PathLike[str], *, celery_app: Celery | None = None,
-            task_id: str | None = None, **options: Any) -> AsyncResult:
+def enqueue(
+    event: Any,
+    location: str | os.PathLike[str],
+    *,
+    celery_app: Celery | None = None,
+    task_id: str | None = None,
+    **options: Any,
+) -> AsyncResult:
     """Queue the download of ``event`` (its JSON form) into ``location``; return the task's result handle.
 
     The event is checked here first: one that cannot be downloaded raises

@@ -5,11 +5,16 @@
 * ``tars.py``: tars of any members, in any format, and Cartd-shaped ones;
 * ``child.py``: a download run in a child process and SIGKILLed mid-stream;
 * ``processes.py``: how the tests run a child process: its environment, on a pseudo-terminal, its peak memory;
-* ``service.py``: ``pacifica-downloader serve`` as a process of its own, and waiting on what can be observed.
+* ``service.py``: ``pacifica-downloader serve`` as a process of its own, and waiting on what can be observed;
+* ``helpers.py``: the small helpers (a fake clock, fake responses, tree and leftover assertions);
+* ``stub_cartd.py``: the one stub Cartd, configured per test, or serving an archive as test_cli's CartdStub sets it up;
+* ``fault_proxy.py``: a TCP proxy whose faults a test sets;
+* ``cartd_stack.py``: the real Cartd stack, and ``facility_stack.py`` a whole facility around one (both also run
+  as scripts: ``python3 tests/support/cartd_stack.py up``);
+* ``download_workers.py``: this library's Celery download workers on the stack's Redis;
+* ``released_programs.py``: the venv of pacifica-cli and pacifica-dispatcher with this library over them;
+* ``download_child.py``: the script :mod:`child` and the memory tests run in a child process.
 
-The one stub Cartd (stub_cartd.py: configured per test, or serving an archive as test_cli's CartdStub
-sets it up), the stacks (cartd_stack.py, and facility_stack.py around one), the fault proxy
-(fault_proxy.py), the released programs' venv (released_programs.py) and the small helpers (helpers.py)
-still live beside the tests, which import them by name: the stacks also run as scripts, and dev.py, the
-demo and the benchmarks import cartd_stack.py.
+Only the test modules and conftest.py live directly in tests/; the tests, dev.py, the demo and the benchmarks
+(which put tests/ on ``sys.path``) import these as ``support.<module>``.
 """

@@ -1,11 +1,12 @@
 """A download run in a child process and SIGKILLed mid-stream (no cleanup runs), for the tests that run it again.
 
-The child (``tests/download_child.py``), once its first file is verified and
+The child (``tests/support/download_child.py``), once its first file is verified and
 placed and the next one has started streaming into the incoming area, tells
 the parent through its stdout pipe and blocks; :func:`run_and_kill` then
 SIGKILLs it.  No sleep is involved: the parent waits on the pipe, the child
 on an event nobody sets.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,10 @@ from typing import Any
 
 import pytest
 
-__all__ = ["file_ids", "run_and_kill"]
+__all__ = ["CHILD", "file_ids", "run_and_kill"]
 
-HERE = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+#: The child's script, run by path (see its module for how it finds the support package).
 CHILD = HERE / "download_child.py"
 #: Bound on waiting for the child to reach the middle of the stream (cart staging included).
 CHILD_WAIT = 120.0
@@ -59,11 +61,15 @@ def read_line(proc: subprocess.Popen[bytes], limit: float) -> bytes | None:
 
 def run_and_kill(location: Path, cart_url: str, event: dict[str, Any]) -> dict[str, Any]:
     """Start the download in a child, wait until it is mid-stream, SIGKILL it; return its 'paused' report."""
-    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    env = dict(os.environ, PYTHONPATH=str(HERE.parents[1]))
     job = json.dumps({"location": str(location), "cart_url": cart_url, "event": event, "pause_mid_file": True})
     proc = subprocess.Popen(
-        [sys.executable, str(CHILD)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=env, cwd=str(location.parent),
+        [sys.executable, str(CHILD)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=str(location.parent),
     )
     try:
         assert proc.stdin is not None

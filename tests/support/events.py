@@ -1,4 +1,5 @@
 """The one event builder of the tests: Pacifica ``Files`` objects, Notifications events, archived or not."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,9 +34,7 @@ def files_object(file_id: int | str, path: str, data: bytes, hashtype: str = "sh
     }
 
 
-def event_with(
-    objects: Iterable[Mapping[str, Any]], event_id: str | None = None, spec: str = "0.1"
-) -> dict[str, Any]:
+def event_with(objects: Iterable[Mapping[str, Any]], event_id: str | None = None, spec: str = "0.1") -> dict[str, Any]:
     """A Notifications-shaped CloudEvent whose data are a transaction's records and ``objects``.
 
     ``spec`` "0.1" is what Notifications sends; "1.0" is the structured form of CloudEvents 1.0.
@@ -47,16 +46,28 @@ def event_with(
     ]
     name = event_id or f"test-{fresh_id()}"
     if spec == "1.0":
-        return {"specversion": "1.0", "id": name, "source": "/pacifica/metadata/ingest",
-                "type": "org.pacifica.metadata.ingest", "data": data}
-    return {"cloudEventsVersion": "0.1", "eventType": "org.pacifica.metadata.ingest", "eventID": name,
-            "source": "/pacifica/metadata/ingest", "contentType": "application/json", "data": data}
+        return {
+            "specversion": "1.0",
+            "id": name,
+            "source": "/pacifica/metadata/ingest",
+            "type": "org.pacifica.metadata.ingest",
+            "data": data,
+        }
+    return {
+        "cloudEventsVersion": "0.1",
+        "eventType": "org.pacifica.metadata.ingest",
+        "eventID": name,
+        "source": "/pacifica/metadata/ingest",
+        "contentType": "application/json",
+        "data": data,
+    }
 
 
 def event_for(files: Mapping[str, bytes], first_id: int = 1, hashtype: str = "sha1") -> dict[str, Any]:
     """An event asking for ``files`` ({"sub/dir/name": bytes}) under ids ``first_id``, ``first_id + 1``, ..."""
-    return event_with(files_object(number, path, data, hashtype)
-                      for number, (path, data) in enumerate(files.items(), first_id))
+    return event_with(
+        files_object(number, path, data, hashtype) for number, (path, data) in enumerate(files.items(), first_id)
+    )
 
 
 def archive(stack: Any, files: Mapping[str, bytes], hashtype: str = "sha1") -> list[dict[str, Any]]:

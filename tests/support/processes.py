@@ -1,4 +1,5 @@
 """The one way the tests run a child process: its environment, on a pseudo-terminal, or with its peak memory."""
+
 from __future__ import annotations
 
 import errno
@@ -22,7 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def subprocess_env(**extra: str) -> dict[str, str]:
     """This environment without the library's settings and proxies, the checkout importable, and ``extra``."""
     env = {
-        key: value for key, value in os.environ.items()
+        key: value
+        for key, value in os.environ.items()
         if not key.startswith(("PACIFICA_DOWNLOADER_", "CARTD_")) and not key.lower().endswith("_proxy")
     }
     env["NO_PROXY"] = "127.0.0.1,localhost"
@@ -66,8 +68,9 @@ def run_on_pty(argv: list[str], env: dict[str, str], limit: float = 60.0, sized:
     return proc.wait(timeout=limit), b"".join(chunks).decode("utf-8", "replace")
 
 
-def run_measured(argv: list[str], stdin: bytes, env: dict[str, str], limit: float = 120.0, **popen: Any
-                 ) -> tuple[int, bytes, int]:
+def run_measured(
+    argv: list[str], stdin: bytes, env: dict[str, str], limit: float = 120.0, **popen: Any
+) -> tuple[int, bytes, int]:
     """Run ``argv`` with ``stdin``; return its exit status, its stdout and its peak RSS in bytes (``os.wait4``)."""
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, **popen)
     try:

@@ -4,6 +4,7 @@ It keeps its port across restarts (the Notifications event match's target),
 can be SIGKILLed and started again, and waits for states it can observe: its
 ``/health`` answering, an event's ``/status`` reaching a state.
 """
+
 from __future__ import annotations
 
 import signal
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from cartd_stack import _Service
+
+from support.cartd_stack import _Service
 
 __all__ = ["ServeProcess", "wait_until"]
 
@@ -52,8 +54,17 @@ class ServeProcess:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.token = token
-        argv = [sys.executable, "-m", "pacifica.downloader", "serve", "--download-dir", str(download_dir),
-                "--port", str(self.port), "-vv"]
+        argv = [
+            sys.executable,
+            "-m",
+            "pacifica.downloader",
+            "serve",
+            "--download-dir",
+            str(download_dir),
+            "--port",
+            str(self.port),
+            "-vv",
+        ]
         environ = {key: value for key, value in env.items() if not key.startswith("DOWNLOADER_SERVE_TOKEN")}
         if token is not None:
             environ["DOWNLOADER_SERVE_TOKEN"] = token
@@ -121,6 +132,7 @@ class ServeProcess:
 
     def wait_for(self, event: str, state: str, timeout: float, task_state: str | None = None) -> dict[str, Any]:
         """Wait until event ``event`` stands in ``state`` (and its task in ``task_state``); return its status."""
+
         def reached() -> dict[str, Any] | None:
             status = self.status(event)
             if status.get("task_state") == "FAILURE":

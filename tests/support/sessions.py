@@ -1,4 +1,5 @@
 """The one recording session of the tests: a ``requests.Session`` that remembers every request it sent."""
+
 from __future__ import annotations
 
 import json

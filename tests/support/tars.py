@@ -1,4 +1,5 @@
 """The one tar builder of the tests: members (regular files and anything else) into a tar, in any format."""
+
 from __future__ import annotations
 
 import io
@@ -41,7 +42,10 @@ def special(
 
 
 def build_tar(
-    members: Sequence[Member], fmt: int = tarfile.PAX_FORMAT, *, end_blocks: bool = True,
+    members: Sequence[Member],
+    fmt: int = tarfile.PAX_FORMAT,
+    *,
+    end_blocks: bool = True,
     global_pax: dict[str, str] | None = None,
 ) -> bytes:
     """The tar of ``members`` in ``fmt``; without the end-of-archive blocks when ``end_blocks`` is False."""
