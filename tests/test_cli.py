@@ -535,28 +535,28 @@ def test_transactioninfo_document_file(stub: CartdStub, tmp_path: Path, capsys: 
     assert (tmp_path / "data" / "a" / "big.bin").read_bytes() == FILES["102"][2]
 
 
+def policy_argv(stub: CartdStub, policy_url: str, tmp_path: Path) -> list[str]:
+    """``transactioninfo`` of transaction 67 through ``policy_url``, into ``tmp_path``, from the stub's Cartd."""
+    return [
+        "transactioninfo",
+        "--transaction-id",
+        "67",
+        "--policy-url",
+        policy_url,
+        "-d",
+        str(tmp_path),
+        "--cart-url",
+        stub.url,
+    ]
+
+
 def test_transactioninfo_fetched_from_policy_with_token(
     stub: CartdStub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     files = {str(obj["_id"]): obj for obj in event_of(stub)["data"][1:]}
     stub.transactions["67"] = {"files": files}
     monkeypatch.setenv("PACIFICA_DOWNLOADER_TOKEN", SECRET_TOKEN)
-    assert (
-        main(
-            [
-                "transactioninfo",
-                "--transaction-id",
-                "67",
-                "--policy-url",
-                stub.url + "/",
-                "-d",
-                str(tmp_path),
-                "--cart-url",
-                stub.url,
-            ]
-        )
-        == 0
-    )
+    assert main(policy_argv(stub, stub.url + "/", tmp_path)) == 0
     assert (tmp_path / "data" / "a" / "b" / "small.txt").exists()
     assert [(method, path) for method, path, _ in stub.requests][0] == ("GET", "/status/transactions/by_id/67")
     assert all(headers.get("Authorization") == "Bearer " + SECRET_TOKEN for _, _, headers in stub.requests)
@@ -565,23 +565,7 @@ def test_transactioninfo_fetched_from_policy_with_token(
 @pytest.mark.parametrize("suffix", ["", "/", "/status/transactions/by_id", "/status/transactions/by_id/"])
 def test_policy_url_is_the_root_or_pacifica_clis_by_id_url(stub: CartdStub, tmp_path: Path, suffix: str) -> None:
     stub.transactions["67"] = {"files": {str(obj["_id"]): obj for obj in event_of(stub)["data"][1:]}}
-    assert (
-        main(
-            [
-                "transactioninfo",
-                "--transaction-id",
-                "67",
-                "--policy-url",
-                stub.url + suffix,
-                "-d",
-                str(tmp_path),
-                "--cart-url",
-                stub.url,
-                "-q",
-            ]
-        )
-        == 0
-    )
+    assert main([*policy_argv(stub, stub.url + suffix, tmp_path), "-q"]) == 0
     assert [path for method, path, _ in stub.requests if method == "GET"][0] == "/status/transactions/by_id/67"
 
 

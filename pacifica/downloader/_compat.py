@@ -31,6 +31,8 @@ from ._records import entries_callable, validate_records
 from ._retry import RetryBudget
 from ._transactions import transaction_records
 
+#: The keywords a Downloader passes to the CartAPI it builds (besides the URL).
+_CART_API_KEYWORDS = ("proto", "addr", "port", "auth", "session", "extra_args", "timeouts", "retry")
 #: The keywords of :class:`BaseDownloader` itself; every other keyword of :class:`Downloader` goes to its CartAPI.
 _DOWNLOADER_KEYWORDS = ("keep_cart", "overwrite", "progress", "limits", "trust_verified", "lost_carts")
 
@@ -203,10 +205,12 @@ class Downloader(BaseDownloader):
                 )
             api = cart_api
         elif cart_api is None or isinstance(cart_api, str):
-            try:
-                api = CartAPI(cart_api, **keywords)
-            except TypeError as err:
-                raise InvalidInputError("the downloader cannot be built", [str(err)]) from None
+            unknown = sorted(set(keywords) - set(_CART_API_KEYWORDS))
+            if unknown:  # said here: a TypeError from inside CartAPI would name no argument of the caller's
+                raise InvalidInputError(
+                    "the downloader cannot be built", [f"unexpected keyword {key!r}" for key in unknown]
+                )
+            api = CartAPI(cart_api, **keywords)
         else:
             raise InvalidInputError(
                 "the downloader cannot be built",
